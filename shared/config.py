@@ -1,0 +1,120 @@
+"""Configuration as one frozen dataclass, read once from ``TTI_*`` environment variables.
+
+Every setting has a default that works for the embedded run (``tti run``). The CLI accepts the
+same names as flags (``TTI_SPEED_WINDOW_S`` ↔ ``--speed-window-s``); flags win over environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+SERVICE_PORTS = {"publisher": 8080, "collector": 8081, "bigdata": 8082, "warning": 8083}
+"""HTTP port of each service under ``tti serve`` (health, metrics, its API)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """All settings of every service; each field maps to ``TTI_<FIELD>``."""
+
+    bus_url: str = "memory://"
+    bus_stream: str = "TTI"
+    bus_prefix: str = "tti"
+    db_url: str = "sqlite:///var/tti.db"
+    var_dir: str = "var"
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    bigdata_url: str = "http://127.0.0.1:8080/bigdata"
+    partitions: int = 16
+    replica_index: int = 0
+    replica_count: int = 1
+    speed_window_s: float = 60.0
+    osm: str = ""
+    gtfs: str = ""
+    demo_size: int = 1
+    jt808_host: str = "0.0.0.0"
+    jt808_port: int = 6808
+    jt808_heartbeat_s: float = 60.0
+    jt808_idle_factor: float = 3.0
+    jt808_max_connections: int = 20_000
+    jt808_open_registration: bool = True
+    sim_vehicles: int = 120
+    sim_interval_s: float = 5.0
+    sim_seed: int = 1
+    sim_incidents: tuple[str, ...] = ()
+    sim_truth: str = ""
+    sim_host: str = "127.0.0.1"
+    sim_noise_m: float = 5.0
+    vehicle_registry: str = ""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    department_tokens: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def var_path(self) -> Path:
+        """The folder for embedded data (SQLite, generated demo files, simulator truth)."""
+        return Path(self.var_dir)
+
+    def owned_partitions(self) -> list[int]:
+        """Partitions this replica consumes: p ≡ replica_index (mod replica_count)."""
+        return [p for p in range(self.partitions) if p % self.replica_count == self.replica_index]
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"TTI_{name.upper()}: {exc}") from exc
+    return raw
+
+
+def _replica_index(raw: str) -> str:
+    """``auto`` takes the StatefulSet ordinal from the host name (``bigdata-3`` → 3)."""
+    if raw != "auto":
+        return raw
+    m = re.search(r"-(\d+)$", socket.gethostname())
+    return m.group(1) if m else "0"
+
+
+def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the configuration from ``TTI_*`` variables, then keyword overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Config):
+        key = f"TTI_{f.name.upper()}"
+        if key in env:
+            raw = env[key]
+            if f.name == "replica_index":
+                raw = _replica_index(raw)
+            default = f.default if f.default is not dataclasses.MISSING else ()
+            values[f.name] = _convert(f.name, raw, default)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = Config(**values)  # type: ignore[arg-type]
+    if not 0 <= cfg.replica_index < cfg.replica_count:
+        raise ConfigError("TTI_REPLICA_INDEX must be in [0, TTI_REPLICA_COUNT)")
+    if cfg.partitions < 1 or cfg.speed_window_s <= 0:
+        raise ConfigError("TTI_PARTITIONS and TTI_SPEED_WINDOW_S must be positive")
+    return cfg

@@ -1,0 +1,136 @@
+"""Every event type on the bus, each tied to its subject by a typed constant.
+
+Payloads are frozen, slotted, keyword-only dataclasses. Times are aware UTC datetimes, speeds
+km/h, distances metres. Per-vehicle subjects are partitioned: the wire subject is
+``<name>.<p>`` with ``p = crc32(vehicle_id) mod P`` (see :func:`partition_of`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+VEHICLE_CLASSES = ("coach", "tourist_bus", "dangerous_goods", "bus", "taxi", "other")
+"""Vehicle classes of the registry; JT/T 808 registration carries none, so unknown is ``other``."""
+
+SPEED_SOURCES = ("probe", "detector", "profile", "none")
+"""Where a live road value comes from (DESIGN.md road status record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subject(Generic[T]):
+    """A bus subject and the payload type it carries."""
+
+    name: str
+    payload_type: type[T]
+    partitioned: bool = False
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a per-vehicle key: crc32(key) mod ``partitions``."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VehiclePosition:
+    """One position of one vehicle, whatever its source (JT/T 808, GTFS-rt, simulator)."""
+
+    vehicle_id: str
+    lon: float
+    lat: float
+    observed_at: datetime
+    speed_kmh: float | None = None
+    heading_deg: float | None = None
+    vehicle_class: str = "other"
+    source: str = "jt808"
+    alarm: int = 0
+    status: int = 0
+    trip_id: str | None = None
+    route_id: str | None = None
+    occupancy: str | None = None
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminalAlarm:
+    """Alarm bits a terminal raised in a location report (emergency/SOS first)."""
+
+    vehicle_id: str
+    lon: float
+    lat: float
+    observed_at: datetime
+    alarms: tuple[str, ...]
+    alarm_bits: int
+    vehicle_class: str = "other"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentSpeed:
+    """Space-mean speed on one directed segment over one window."""
+
+    segment_id: str
+    window_start: datetime
+    observed_at: datetime
+    speed_kmh: float | None
+    sample_count: int
+    source: str = "probe"
+    confidence: float = 0.0
+    free_flow_kmh: float | None = None
+    road_class: str | None = None
+    road_name: str | None = None
+    lon: float | None = None
+    lat: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoadStatus:
+    """Congestion level of a segment (GB/T 33171 levels 1-5), as the warning service judges it."""
+
+    segment_id: str
+    level: int | None
+    level_name: str | None
+    speed_kmh: float | None
+    free_flow_kmh: float | None
+    observed_at: datetime
+    sample_count: int
+    source: str
+    tpi: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Warning:
+    """A warning for police, departments and citizens; the same id moves through its lifecycle."""
+
+    warning_id: str
+    kind: str
+    severity: str
+    status: str
+    segment_id: str | None
+    started_at: datetime
+    updated_at: datetime
+    headline: str
+    description: str = ""
+    level: int | None = None
+    speed_kmh: float | None = None
+    lon: float | None = None
+    lat: float | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
+TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
+SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
+ROAD_STATUS: Subject[RoadStatus] = Subject("tti.road.status", RoadStatus)
+WARNING: Subject[Warning] = Subject("tti.warning", Warning)
+
+ALL_SUBJECTS: tuple[Subject[object], ...] = (
+    VEHICLE_POSITION,  # type: ignore[assignment]
+    TERMINAL_ALARM,  # type: ignore[assignment]
+    SEGMENT_SPEED,  # type: ignore[assignment]
+    ROAD_STATUS,  # type: ignore[assignment]
+    WARNING,  # type: ignore[assignment]
+)

@@ -1,0 +1,62 @@
+"""Shared fixtures: real servers for integration tests, reference data beside the repository."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def shared_dir() -> Path:
+    """``../shared`` beside the repository, or ``TTI_SHARED_DIR``; fails in CI when missing."""
+    path = Path(os.environ.get("TTI_SHARED_DIR") or REPO.parent / "shared")
+    if not (path / "data").is_dir():
+        msg = f"reference data folder {path}/data not found (set TTI_SHARED_DIR)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def require_server(host: str, port: int, what: str) -> None:
+    """Skip (locally) or fail (CI) when a server the test needs is not listening."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        msg = f"{what} not reachable at {host}:{port}: {exc}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+NATS_URL = os.environ.get("TTI_TEST_NATS_URL", "nats://127.0.0.1:4222")
+PG_DSN = os.environ.get("TTI_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The reference data folder (``../shared/data``)."""
+    return shared_dir() / "data"
+
+
+@pytest.fixture
+def nats_url() -> str:
+    """URL of the real NATS JetStream server (fails in CI when down)."""
+    hostport = NATS_URL.split("://", 1)[1].split(",")[0]
+    host, port = hostport.rsplit(":", 1)
+    require_server(host, int(port), "NATS")
+    return NATS_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name per test (stream, database, prefix)."""
+    return "t" + uuid.uuid4().hex[:12]
