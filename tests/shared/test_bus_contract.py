@@ -33,8 +33,14 @@ async def make_bus(request: pytest.FixtureRequest, unique_name: str) -> AsyncIte
         url = request.getfixturevalue("nats_url")
 
         async def factory() -> EventBus:
-            bus = bus_from_url(url, partitions=4, prefix=unique_name, stream=unique_name.upper(),
-                               nak_delay_s=0.05, ack_wait_s=2.0)
+            bus = bus_from_url(
+                url,
+                partitions=4,
+                prefix=unique_name,
+                stream=unique_name.upper(),
+                nak_delay_s=0.05,
+                ack_wait_s=2.0,
+            )
             await bus.start()
             made.append(bus)
             return bus
@@ -58,9 +64,13 @@ async def _delete_stream(url: str, stream: str) -> None:
 
 
 def _pos(vid: str, i: int) -> VehiclePosition:
-    return VehiclePosition(vehicle_id=vid, lon=114.3 + i * 1e-5, lat=30.5,
-                           observed_at=datetime(2026, 11, 28, 12, 0, i % 60, tzinfo=UTC),
-                           speed_kmh=float(i))
+    return VehiclePosition(
+        vehicle_id=vid,
+        lon=114.3 + i * 1e-5,
+        lat=30.5,
+        observed_at=datetime(2026, 11, 28, 12, 0, i % 60, tzinfo=UTC),
+        speed_kmh=float(i),
+    )
 
 
 async def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -80,8 +90,14 @@ async def test_published_event_arrives_intact(make_bus: BusFactory) -> None:
 
     await bus.subscribe(SEGMENT_SPEED, handler, durable="contract")
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    sent = SegmentSpeed(segment_id="1:2:3", window_start=now, observed_at=now, speed_kmh=42.5,
-                        sample_count=3, confidence=0.5)
+    sent = SegmentSpeed(
+        segment_id="1:2:3",
+        window_start=now,
+        observed_at=now,
+        speed_kmh=42.5,
+        sample_count=3,
+        confidence=0.5,
+    )
     eid = await bus.publish(SEGMENT_SPEED, sent, correlation_id="corr-1")
     await _wait_for(lambda: len(got) == 1)
     assert got[0].payload == sent
@@ -89,8 +105,7 @@ async def test_published_event_arrives_intact(make_bus: BusFactory) -> None:
     assert got[0].correlation_id == "corr-1"
 
 
-async def test_partitions_keep_per_vehicle_order_and_split_by_replica(
-        make_bus: BusFactory) -> None:
+async def test_partitions_keep_per_vehicle_order_and_split_by_replica(make_bus: BusFactory) -> None:
     bus_a = await make_bus()
     bus_b = await make_bus()
     seen_a: list[VehiclePosition] = []
@@ -133,16 +148,24 @@ async def test_each_group_gets_every_event_once(make_bus: BusFactory) -> None:
     await bus.subscribe(SEGMENT_SPEED, h2, durable="g2")
     now = datetime.now(UTC)
     for n in range(50):
-        await bus.publish(SEGMENT_SPEED, SegmentSpeed(segment_id=f"s{n}", window_start=now,
-                                                      observed_at=now, speed_kmh=None,
-                                                      sample_count=0))
+        await bus.publish(
+            SEGMENT_SPEED,
+            SegmentSpeed(
+                segment_id=f"s{n}",
+                window_start=now,
+                observed_at=now,
+                speed_kmh=None,
+                sample_count=0,
+            ),
+        )
     await _wait_for(lambda: len(g1) == 50 and len(g2) == 50)
     await asyncio.sleep(0.2)
     assert sorted(g1) == sorted(g2) == sorted(f"s{n}" for n in range(50))
 
 
 async def test_transient_failure_is_redelivered_and_decode_error_is_not(
-        make_bus: BusFactory) -> None:
+    make_bus: BusFactory,
+) -> None:
     bus = await make_bus()
     attempts: dict[str, int] = {}
     done: list[str] = []
@@ -159,9 +182,12 @@ async def test_transient_failure_is_redelivered_and_decode_error_is_not(
     await bus.subscribe(SEGMENT_SPEED, handler, durable="retry")
     now = datetime.now(UTC)
     for sid in ("flaky", "poison", "fine"):
-        await bus.publish(SEGMENT_SPEED, SegmentSpeed(segment_id=sid, window_start=now,
-                                                      observed_at=now, speed_kmh=10.0,
-                                                      sample_count=1))
+        await bus.publish(
+            SEGMENT_SPEED,
+            SegmentSpeed(
+                segment_id=sid, window_start=now, observed_at=now, speed_kmh=10.0, sample_count=1
+            ),
+        )
     await _wait_for(lambda: "flaky" in done and "fine" in done)
     await asyncio.sleep(0.5)
     assert attempts["flaky"] == 3

@@ -1,0 +1,289 @@
+"""The ``tti`` command: the composition root, the only module that imports every service.
+
+``tti run`` starts all four services in one process (memory bus, SQLite, generated demo region,
+fleet simulator); ``tti serve <service>`` starts one alone with the bus and database the
+configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
+``tti import-osm FILE`` loads a road network into the geodatabase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from shared.bus import EventBus, bus_from_url
+from shared.config import SERVICE_PORTS, Config, load_config
+from shared.errors import TtiError
+from shared.service import READINESS, configure_logging
+
+log = logging.getLogger("tti.cli")
+
+SERVICES = ("collector", "bigdata", "warning", "publisher")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One flag per Config field (``--speed-window-s`` ↔ ``TTI_SPEED_WINDOW_S``)."""
+    for f in dataclasses.fields(Config):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else ()
+        if isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, action="append", default=None,
+                                help=f"repeatable (env TTI_{f.name.upper()}, comma-separated)")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, default=None,
+                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                help=f"true/false (env TTI_{f.name.upper()}, default {default})")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type=type(default),
+                                help=f"env TTI_{f.name.upper()} (default {default!r})")
+
+
+def _config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)}
+    overrides: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k in names and v is not None:
+            overrides[k] = tuple(v) if isinstance(v, list) else v
+    # Service defaults (a port per service) yield to explicit flags and TTI_* variables.
+    overrides.update({k: v for k, v in extra.items()
+                      if k not in overrides and f"TTI_{k.upper()}" not in os.environ})
+    return load_config(**overrides)
+
+
+def make_bus(config: Config) -> EventBus:
+    """The configured bus backend (not started)."""
+    kwargs: dict[str, Any] = {"partitions": config.partitions, "prefix": config.bus_prefix}
+    if not config.bus_url.startswith("memory:"):
+        kwargs["stream"] = config.bus_stream
+    return bus_from_url(config.bus_url, **kwargs)
+
+
+def ensure_demo(config: Config) -> tuple[Config, Any]:
+    """Without ``--osm``, generate the demo region under ``var/`` and use it.
+
+    Returns the configuration pointing at the map, and the demo region's description (bus
+    routes, incident segment) or None for a real map.
+    """
+    if config.osm:
+        if not Path(config.osm).is_file():
+            raise TtiError(f"OSM file not found: {config.osm}", code="bad_input")
+        return config, None
+    from shared.demo import generate_demo_region
+
+    out = config.var_path / f"demo-{config.demo_size}"
+    region = generate_demo_region(out, size=config.demo_size)
+    log.info("demo region ready", extra={"osm": str(region.osm_path),
+                                         "segments": region.segment_count})
+    return (config.replace(osm=str(region.osm_path), gtfs=config.gtfs or str(region.gtfs_path)),
+            region)
+
+
+async def _serve_until_signal(runner: web.AppRunner, sites: list[web.BaseSite],
+                              after_start: Callable[[], Awaitable[None]] | None = None,
+                              before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    for site in sites:
+        await site.start()
+    try:
+        if after_start is not None:
+            await after_start()
+        await stop.wait()
+        log.info("shutting down (draining)")
+    finally:
+        if before_stop is not None:
+            await before_stop()
+        await runner.cleanup()
+
+
+def build_embedded(config: Config, bus: EventBus) -> tuple[web.Application, Any]:
+    """All four services in one app tree: publisher at ``/``, the others mounted below it."""
+    from services.bigdata.app import create_app as bigdata_app
+    from services.collector.app import create_app as collector_app
+    from services.publisher.app import create_app as publisher_app
+    from services.warning.app import create_app as warning_app
+
+    root = publisher_app(config, bus=bus)
+    subapps = {
+        "bigdata": bigdata_app(config, bus=bus),
+        "warning": warning_app(config, bus=bus),
+        "collector": collector_app(config, bus=bus),
+    }
+    for name, sub in subapps.items():
+        root.add_subapp(f"/{name}/", sub)
+        # The root /readyz answers for the whole process: every service's checks count.
+        for check, fn in sub[READINESS].items():
+            root[READINESS][f"{name}.{check}"] = fn
+    return root, subapps
+
+
+async def run_embedded(config: Config) -> None:
+    """``tti run``: everything in one process until SIGINT/SIGTERM."""
+    from services.simulator.fleet import Simulator, add_incident_routes, sim_config_from
+
+    config, demo = ensure_demo(config)
+    sim = Simulator(sim_config_from(config, demo=demo))
+    await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
+    config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
+                            vehicle_registry=config.vehicle_registry
+                            or sim.config.registry_path)
+    bus = make_bus(config)
+    await bus.start()
+    root, _ = build_embedded(config, bus)
+    add_incident_routes(root, sim)
+    runner = web.AppRunner(root, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port)
+
+    async def start_sim() -> None:
+        await sim.start()
+        log.info("TTI running", extra={"http": f"http://127.0.0.1:{config.http_port}/",
+                                        "jt808_port": config.jt808_port,
+                                        "vehicles": config.sim_vehicles})
+
+    try:
+        await _serve_until_signal(runner, [site], after_start=start_sim, before_stop=sim.stop)
+    finally:
+        await bus.close()
+
+
+async def serve_one(service: str, config: Config) -> None:
+    """``tti serve <service>``: one service, its own HTTP port, the configured bus and store."""
+    bus = make_bus(config)
+    await bus.start()
+    if service == "bigdata":
+        from services.bigdata.app import create_app as bigdata_app
+
+        app = bigdata_app(config, bus=bus)
+    elif service == "collector":
+        from services.collector.app import create_app as collector_app
+
+        app = collector_app(config, bus=bus)
+    elif service == "warning":
+        from services.warning.app import create_app as warning_app
+
+        app = warning_app(config, bus=bus)
+    else:
+        from services.publisher.app import create_app as publisher_app
+
+        app = publisher_app(config, bus=bus)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await _serve_until_signal(runner, [web.TCPSite(runner, config.http_host,
+                                                       config.http_port)])
+    finally:
+        await bus.close()
+
+
+async def import_osm(config: Config, path: str) -> None:
+    """``tti import-osm FILE``: parse, then replace the stored network in one transaction."""
+    import hashlib
+
+    from services.bigdata.store import store_from_url
+    from shared.roadnet import RoadNetwork
+
+    file = Path(path)
+    if not file.is_file():
+        raise TtiError(f"no such file: {path}", code="bad_input")
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    network = await asyncio.to_thread(RoadNetwork.from_osm, file)
+    store = store_from_url(config.db_url)
+    await store.open()
+    try:
+        changed = await store.import_segments(str(file), digest, file.stem,
+                                              network.segments.values())
+    finally:
+        await store.close()
+    print(f"{len(network.segments)} road segments from {file}: "
+          f"{'imported' if changed else 'already imported (unchanged)'}")
+
+
+async def simulate(config: Config) -> None:
+    """``tti simulate``: the fleet simulator alone, against a running collector."""
+    from services.simulator.fleet import Simulator, sim_config_from
+
+    config, demo = ensure_demo(config)
+    sim = Simulator(sim_config_from(config, demo=demo))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await sim.start()
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tti`` console script."""
+    parser = argparse.ArgumentParser(prog="tti", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run the whole system in one process (embedded)")
+    _add_config_flags(p_run)
+    p_run.add_argument("--incident", dest="sim_incidents", action="append",
+                       help="SEGMENT_ID@START+DURATION:SPEED_KMH or 'demo' (repeatable)")
+    p_run.add_argument("--vehicles", dest="sim_vehicles", type=int)
+    p_serve = sub.add_parser("serve", help="run one service")
+    p_serve.add_argument("service", choices=SERVICES)
+    _add_config_flags(p_serve)
+    p_sim = sub.add_parser("simulate", help="run the fleet simulator against a collector")
+    _add_config_flags(p_sim)
+    p_sim.add_argument("--incident", dest="sim_incidents", action="append",
+                       help="SEGMENT_ID@START+DURATION:SPEED_KMH or 'demo' (repeatable)")
+    p_sim.add_argument("--vehicles", dest="sim_vehicles", type=int)
+    p_imp = sub.add_parser("import-osm", help="import an OpenStreetMap .osm/.osm.pbf file")
+    p_imp.add_argument("file")
+    _add_config_flags(p_imp, only=["db_url", "log_level", "log_format"])
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "serve":
+            config = _config_from_args(args, http_port=SERVICE_PORTS[args.service])
+        else:
+            config = _config_from_args(args)
+        configure_logging(config.log_level, config.log_format)
+        _install_uvloop()
+        if args.command == "run":
+            asyncio.run(run_embedded(config))
+        elif args.command == "serve":
+            asyncio.run(serve_one(args.service, config))
+        elif args.command == "simulate":
+            asyncio.run(simulate(config))
+        elif args.command == "import-osm":
+            asyncio.run(import_osm(config, args.file))
+    except TtiError as exc:
+        print(f"tti: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

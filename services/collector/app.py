@@ -1,0 +1,58 @@
+"""Collector service: protocol gateways that turn terminal reports into bus events.
+
+The JT/T 808 TCP server runs inside the app's lifecycle (``cleanup_ctx``); the HTTP side serves
+health, readiness and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.collector.jt808_gateway import Jt808Gateway
+from services.collector.registry import VehicleRegistry
+from services.collector.terminals import TerminalStore, terminal_store_from_url
+from shared.bus import EventBus
+from shared.config import Config
+from shared.service import add_readiness_check, create_base_app
+
+log = logging.getLogger("tti.collector")
+
+GATEWAY = web.AppKey("jt808_gateway", Jt808Gateway)
+
+
+def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None = None,
+               registry: VehicleRegistry | None = None) -> web.Application:
+    """Wire the collector; the TCP server starts in ``cleanup_ctx``."""
+    app = create_base_app("collector", config)
+    store = terminals or terminal_store_from_url(config.db_url)
+    gateway = Jt808Gateway(
+        bus=bus, terminals=store, registry=registry or VehicleRegistry(),
+        heartbeat_s=config.jt808_heartbeat_s, idle_factor=config.jt808_idle_factor,
+        max_connections=config.jt808_max_connections,
+        open_registration=config.jt808_open_registration)
+    app[GATEWAY] = gateway
+    started: list[bool] = []
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        if registry is None and config.vehicle_registry:
+            gateway.registry = VehicleRegistry.from_csv(config.vehicle_registry)
+            log.info("vehicle registry: %d vehicles", len(gateway.registry))
+        await store.open()
+        try:
+            await gateway.start(config.jt808_host, config.jt808_port)
+            started.append(True)
+            log.info("JT/T 808 gateway listening", extra={"port": gateway.port})
+            yield
+            await gateway.stop()
+        finally:
+            await store.close()
+
+    app.cleanup_ctx.append(resources)
+    add_readiness_check(app, "jt808", lambda: (bool(started), "listening" if started
+                                               else "not started"))
+    add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
+                                             else "disconnected"))
+    return app

@@ -1,0 +1,174 @@
+"""Terminal registrations and auth codes, persisted so every collector replica knows them.
+
+A terminal registers once (0x0100) and receives an auth code (0x8100); on every connection it
+authenticates with that code (0x0102). Codes live in the store — SQLite for the embedded run,
+PostgreSQL when replicas share them.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.errors import ConfigError, TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRecord:
+    """One registered terminal."""
+
+    terminal_phone: str
+    auth_code: str
+    plate: str
+    terminal_id: str
+    registered_at: datetime
+
+
+def new_auth_code() -> str:
+    """A fresh, unguessable auth code (16 hex digits, ASCII so every version can carry it)."""
+    return secrets.token_hex(8).upper()
+
+
+class TerminalStore(abc.ABC):
+    """Where registrations and auth codes persist."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the table when missing."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect."""
+
+    @abc.abstractmethod
+    async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
+        """Register (or re-register) a terminal with a new auth code."""
+
+    @abc.abstractmethod
+    async def find(self, terminal_phone: str) -> TerminalRecord | None:
+        """The terminal's registration, or None."""
+
+    @abc.abstractmethod
+    async def delete(self, terminal_phone: str) -> None:
+        """Forget a terminal (deregistration)."""
+
+
+class SqliteTerminalStore(TerminalStore):
+    """Terminals in the embedded SQLite database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT "
+                         "PRIMARY KEY, auth_code TEXT NOT NULL, plate TEXT NOT NULL, "
+                         "terminal_id TEXT NOT NULL, registered_at TEXT NOT NULL)")
+            return conn
+
+        self._conn = await asyncio.to_thread(connect)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    async def _q(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        if self._conn is None:
+            raise TransientError("terminal store is not open")
+        conn = self._conn
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(lambda: conn.execute(sql, args).fetchall())
+            except sqlite3.OperationalError as exc:
+                raise TransientError(f"sqlite: {exc}") from exc
+
+    async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
+        rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
+                             datetime.now(UTC))
+        await self._q("INSERT OR REPLACE INTO jt808_terminals VALUES (?,?,?,?,?)",
+                      (rec.terminal_phone, rec.auth_code, rec.plate, rec.terminal_id,
+                       rec.registered_at.isoformat()))
+        return rec
+
+    async def find(self, terminal_phone: str) -> TerminalRecord | None:
+        rows = await self._q("SELECT terminal_phone, auth_code, plate, terminal_id, registered_at"
+                             " FROM jt808_terminals WHERE terminal_phone=?", (terminal_phone,))
+        if not rows:
+            return None
+        p, code, plate, tid, at = rows[0]
+        return TerminalRecord(str(p), str(code), str(plate), str(tid),
+                              datetime.fromisoformat(str(at)))
+
+    async def delete(self, terminal_phone: str) -> None:
+        await self._q("DELETE FROM jt808_terminals WHERE terminal_phone=?", (terminal_phone,))
+
+
+class PostgresTerminalStore(TerminalStore):
+    """Terminals in PostgreSQL, shared by every collector replica."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._pool: object | None = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        await self._pool.execute(  # type: ignore[attr-defined]
+            "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT PRIMARY KEY, "
+            "auth_code TEXT NOT NULL, plate TEXT NOT NULL, terminal_id TEXT NOT NULL, "
+            "registered_at TIMESTAMPTZ NOT NULL)")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()  # type: ignore[attr-defined]
+
+    @property
+    def pool(self) -> object:
+        """The connection pool (open() first)."""
+        if self._pool is None:
+            raise TransientError("terminal store is not open")
+        return self._pool
+
+    async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
+        rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
+                             datetime.now(UTC))
+        await self.pool.execute(  # type: ignore[attr-defined]
+            "INSERT INTO jt808_terminals VALUES ($1,$2,$3,$4,$5) ON CONFLICT (terminal_phone) "
+            "DO UPDATE SET auth_code=$2, plate=$3, terminal_id=$4, registered_at=$5",
+            rec.terminal_phone, rec.auth_code, rec.plate, rec.terminal_id, rec.registered_at)
+        return rec
+
+    async def find(self, terminal_phone: str) -> TerminalRecord | None:
+        row = await self.pool.fetchrow(  # type: ignore[attr-defined]
+            "SELECT terminal_phone, auth_code, plate, terminal_id, registered_at "
+            "FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
+        return None if row is None else TerminalRecord(*row)
+
+    async def delete(self, terminal_phone: str) -> None:
+        await self.pool.execute(  # type: ignore[attr-defined]
+            "DELETE FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
+
+
+def terminal_store_from_url(url: str) -> TerminalStore:
+    """``sqlite:///path`` or ``postgresql://…`` → a terminal store (not yet open)."""
+    if url.startswith("sqlite:///"):
+        return SqliteTerminalStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresTerminalStore(url)
+    raise ConfigError(f"unsupported database URL {url!r}")

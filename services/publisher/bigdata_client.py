@@ -1,0 +1,215 @@
+"""A small client of bigdata's internal HTTP API: the segment catalogue and the region.
+
+Contract (bigdata implements it): ``GET /v1/segments[?bbox=…]``, ``GET /v1/segments/{id}`` and
+``GET /v1/region``. Records that break the contract are skipped and counted by kind instead of
+failing the whole catalogue, so one bad row never blanks the map.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from shared.errors import NotFound, TransientError
+
+log = logging.getLogger("tti.publisher.bigdata")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """One directed road segment as bigdata describes it (WGS-84 coordinates)."""
+
+    segment_id: str
+    name: str | None
+    name_en: str | None
+    road_class: str
+    lanes: int | None
+    speed_limit_kmh: float | None
+    free_flow_kmh: float
+    oneway: bool
+    bridge: bool
+    tunnel: bool
+    length_m: float
+    coords: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Region:
+    """The region bigdata holds: its name, bounding box and segment count."""
+
+    name: str
+    bbox: tuple[float, float, float, float]
+    segment_count: int
+
+
+@dataclass(slots=True)
+class SegmentBatch:
+    """The segments parsed from one listing, and how many records were rejected, by kind."""
+
+    segments: list[Segment] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class SegmentFormatError(ValueError):
+    """A segment record breaks the contract; ``kind`` is a bounded label."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _opt_str(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise SegmentFormatError("bad_field", f"{name} must be a string or null")
+
+
+def _number(value: object, name: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SegmentFormatError("bad_field", f"{name} must be a finite number")
+    return float(value)
+
+
+def _coords(value: object) -> tuple[tuple[float, float], ...]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise SegmentFormatError("bad_geometry", "coords must list at least two points")
+    out = []
+    for point in value:
+        if not isinstance(point, list | tuple) or len(point) < 2:
+            raise SegmentFormatError("bad_geometry", "each point must be [lon, lat]")
+        lon = _number(point[0], "lon")
+        lat = _number(point[1], "lat")
+        assert lon is not None and lat is not None
+        if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+            raise SegmentFormatError("bad_geometry", "point out of WGS-84 range")
+        out.append((lon, lat))
+    return tuple(out)
+
+
+def parse_segment(data: object) -> Segment:
+    """One contract record → :class:`Segment`; :class:`SegmentFormatError` when malformed."""
+    if not isinstance(data, dict):
+        raise SegmentFormatError("not_object", "segment must be an object")
+    try:
+        segment_id = data["segment_id"]
+        if not isinstance(segment_id, str) or not segment_id:
+            raise SegmentFormatError("bad_field", "segment_id must be a non-empty string")
+        lanes = data.get("lanes")
+        if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int)):
+            raise SegmentFormatError("bad_field", "lanes must be an integer or null")
+        free_flow = _number(data["free_flow_kmh"], "free_flow_kmh")
+        length = _number(data["length_m"], "length_m")
+        assert free_flow is not None and length is not None
+        return Segment(
+            segment_id=segment_id,
+            name=_opt_str(data.get("name"), "name"),
+            name_en=_opt_str(data.get("name_en"), "name_en"),
+            road_class=str(data["road_class"]),
+            lanes=lanes,
+            speed_limit_kmh=_number(data.get("speed_limit_kmh"), "speed_limit_kmh",
+                                    optional=True),
+            free_flow_kmh=free_flow,
+            oneway=bool(data.get("oneway", False)),
+            bridge=bool(data.get("bridge", False)),
+            tunnel=bool(data.get("tunnel", False)),
+            length_m=length,
+            coords=_coords(data["coords"]),
+        )
+    except KeyError as exc:
+        raise SegmentFormatError("missing_field", f"segment lacks {exc}") from exc
+
+
+def parse_region(data: object) -> Region:
+    """bigdata's region answer → :class:`Region`; :class:`TransientError` when malformed."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError("region answer must be an object")
+        minlon, minlat, maxlon, maxlat = (float(v) for v in data["bbox"])
+        bbox = (minlon, minlat, maxlon, maxlat)
+        if not all(math.isfinite(v) for v in bbox):
+            raise ValueError("bbox must be four finite numbers")
+        return Region(name=str(data["name"]), bbox=bbox,
+                      segment_count=int(data["segment_count"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TransientError(f"bigdata region answer is malformed: {exc}",
+                             code="bigdata_bad_answer") from exc
+
+
+class BigdataClient:
+    """Reads segments and the region from bigdata; ``start``/``close`` own the HTTP session."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP session (idempotent)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5.0),
+                headers={"Accept": "application/json"},
+            )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        if self._session is None:
+            raise TransientError("bigdata client is not started", code="bigdata_unavailable")
+        url = self.base_url + path
+        try:
+            async with self._session.get(url, params=params) as resp:
+                if resp.status == 404:
+                    raise NotFound(f"bigdata has no {path}")
+                if resp.status != 200:
+                    raise TransientError(f"bigdata answered HTTP {resp.status} for {path}",
+                                         code="bigdata_unavailable")
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransientError(f"bigdata unreachable at {url}: {exc or type(exc).__name__}",
+                                 code="bigdata_unavailable") from exc
+
+    async def list_segments(self, bbox: tuple[float, float, float, float] | None = None
+                            ) -> SegmentBatch:
+        """Every segment (or those in ``bbox``), malformed records skipped and counted."""
+        params = {"bbox": ",".join(repr(v) for v in bbox)} if bbox else None
+        data = await self._get("/v1/segments", params)
+        records = data.get("segments") if isinstance(data, dict) else None
+        if not isinstance(records, list):
+            raise TransientError("bigdata segment listing lacks 'segments'",
+                                 code="bigdata_bad_answer")
+        batch = SegmentBatch()
+        for record in records:
+            try:
+                batch.segments.append(parse_segment(record))
+            except SegmentFormatError as exc:
+                batch.rejected[exc.kind] += 1
+        return batch
+
+    async def find_segment(self, segment_id: str) -> Segment | None:
+        """One segment by id, or None when bigdata does not know it."""
+        try:
+            data = await self._get("/v1/segments/" + quote(segment_id, safe=":"))
+        except NotFound:
+            return None
+        try:
+            return parse_segment(data)
+        except SegmentFormatError as exc:
+            raise TransientError(f"bigdata segment {segment_id!r} is malformed: {exc}",
+                                 code="bigdata_bad_answer") from exc
+
+    async def get_region(self) -> Region:
+        """The region's name, bbox and segment count."""
+        return parse_region(await self._get("/v1/region"))

@@ -1,0 +1,404 @@
+"""Fleet simulator: virtual vehicles that are real JT/T 808 terminals over TCP.
+
+Each vehicle registers (0x0100), authenticates (0x0102) with the code it was given, then sends a
+location report (0x0200) every few seconds and a heartbeat (0x0002) between them, and counts the
+platform's 0x8001 acknowledgments. Vehicles drive the road graph (``world.py``); incidents slow a
+segment down for a while. Ground truth — each segment traversal with its true speed — goes to a
+JSON-lines file so matching and speed accuracy can be measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import orjson
+from aiohttp import web
+
+from services.simulator.world import Incident, Leg, Vehicle, World, parse_incident
+from shared.config import Config
+from shared.errors import BadRequest
+from shared.jt808 import (
+    FrameSplitter,
+    Heartbeat,
+    Jt808Error,
+    LocationReport,
+    MsgId,
+    PlatformGeneralResponse,
+    RegisterResponse,
+    TerminalAuth,
+    TerminalRegister,
+    datetime_to_bcd_time,
+    decode_frame,
+    encode_message,
+)
+from shared.roadnet import RoadNetwork
+
+log = logging.getLogger("tti.simulator")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    """What the simulator needs: where the collector is, the map, the fleet, the incidents."""
+
+    host: str = "127.0.0.1"
+    port: int = 6808
+    osm: str = ""
+    vehicles: int = 120
+    interval_s: float = 5.0
+    heartbeat_s: float = 30.0
+    seed: int = 1
+    noise_m: float = 5.0
+    incidents: tuple[str, ...] = ()
+    truth_path: str = "var/sim/truth.jsonl"
+    registry_path: str = "var/sim/vehicles.csv"
+    version: int = 2013
+    bus_routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    demo_incident_segment: str | None = None
+
+
+def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
+    """SimConfig from the service configuration (and the demo region's routes, if any)."""
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    incident_seg = None
+    if demo is not None:
+        routes = tuple((f"{r.route_id}:{p.direction_id}", tuple(p.segment_ids))
+                       for r in demo.bus_routes for p in r.patterns)  # type: ignore[attr-defined]
+        incident_seg = demo.incident_segment_id  # type: ignore[attr-defined]
+    return SimConfig(
+        host=config.sim_host, port=config.jt808_port, osm=config.osm,
+        vehicles=config.sim_vehicles, interval_s=config.sim_interval_s, seed=config.sim_seed,
+        noise_m=config.sim_noise_m, incidents=config.sim_incidents,
+        truth_path=config.sim_truth or str(config.var_path / "sim" / "truth.jsonl"),
+        registry_path=str(config.var_path / "sim" / "vehicles.csv"),
+        bus_routes=routes, demo_incident_segment=incident_seg)
+
+
+@dataclass(slots=True)
+class TerminalStats:
+    """Counters the simulator keeps (also the load generator's output)."""
+
+    connected: int = 0
+    registered: int = 0
+    authenticated: int = 0
+    reports_sent: int = 0
+    reports_acked: int = 0
+    reports_nacked: int = 0
+    heartbeats_sent: int = 0
+    reconnects: int = 0
+
+
+@dataclass(slots=True)
+class _Terminal:
+    vehicle: Vehicle
+    auth_code: str = ""
+    serial: int = 0
+    pending: dict[int, int] = field(default_factory=dict)  # serial -> msg id awaiting a reply
+
+    def next_serial(self) -> int:
+        s = self.serial
+        self.serial = (s + 1) & 0xFFFF
+        return s
+
+
+def _terminal_id(v: Vehicle) -> str:
+    return f"T{v.phone[-6:]}"
+
+
+class Simulator:
+    """Runs the fleet against a collector; ``start``/``stop`` around its lifetime."""
+
+    def __init__(self, config: SimConfig, *, network: RoadNetwork | None = None) -> None:
+        self.config = config
+        self.network = network
+        self.world: World | None = None
+        self.fleet: list[Vehicle] = []
+        self.stats = TerminalStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._truth: IO[bytes] | None = None
+        self._t0 = 0.0
+        self._epoch = datetime.now(UTC)
+        self._running = False
+
+    # ---- setup ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load the map, build the fleet, write the vehicle registry (idempotent)."""
+        if self.world is not None:
+            return
+        if self.network is None:
+            if not self.config.osm:
+                raise BadRequest("the simulator needs a road network (--osm FILE)")
+            self.network = RoadNetwork.from_osm(self.config.osm)
+        hot = self.config.demo_incident_segment or self._busy_segment()
+        self.world = World(self.network, seed=self.config.seed, bus_routes=self.config.bus_routes,
+                           hot_segment=hot)
+        self.demo_incident_segment = hot
+        for spec in self.config.incidents:
+            self.world.incidents.append(parse_incident(spec, self.network, default_segment=hot))
+        self.fleet = self.world.make_fleet(self.config.vehicles)
+        self._write_registry()
+
+    def _busy_segment(self) -> str:
+        """For a map without demo metadata: a long segment of the highest class near the centre."""
+        assert self.network is not None
+        rank = {"motorway": 0, "trunk": 1, "primary": 2, "secondary": 3, "tertiary": 4}
+        min_lon, min_lat, max_lon, max_lat = self.network.bbox()
+        cx, cy = (min_lon + max_lon) / 2, (min_lat + max_lat) / 2
+
+        def key(seg_id: str) -> tuple[int, float]:
+            s = self.network.segments[seg_id]  # type: ignore[union-attr]
+            mx, my = s.coords[len(s.coords) // 2]
+            return (rank.get(s.road_class, 9), math.hypot(mx - cx, my - cy) * 1e5 - s.length_m)
+
+        return min(self.network.segments, key=key)
+
+    def _write_registry(self) -> None:
+        path = Path(self.config.registry_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["terminal_phone,plate,vehicle_class,operator,route_id"]
+        for v in self.fleet:
+            route = (v.route_id or "").split(":")[0]
+            lines.append(f"{v.phone},{v.plate},{v.vehicle_class},TTI Sim,{route}")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def add_incident(self, spec: str) -> Incident:
+        """Add an incident now; its start is relative to the simulator's start."""
+        self.prepare()
+        assert self.world is not None and self.network is not None
+        inc = parse_incident(spec, self.network, default_segment=self.demo_incident_segment)
+        self.world.incidents.append(inc)
+        log.info("incident added", extra={"segment": inc.segment_id, "speed_kmh": inc.speed_kmh,
+                                          "start_s": inc.start_s, "duration_s": inc.duration_s})
+        return inc
+
+    def sim_time(self) -> float:
+        """Seconds since the simulator started."""
+        return time.monotonic() - self._t0
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect every terminal (staggered) and start driving."""
+        await asyncio.to_thread(self.prepare)
+        self._t0 = time.monotonic()
+        self._epoch = datetime.now(UTC)
+        truth = Path(self.config.truth_path)
+        truth.parent.mkdir(parents=True, exist_ok=True)
+        self._truth = truth.open("ab")
+        self._running = True
+        rng = random.Random(self.config.seed)
+        for v in self.fleet:
+            phase = rng.uniform(0, self.config.interval_s)
+            t = asyncio.create_task(self._run_terminal(_Terminal(v), phase),
+                                    name=f"sim:{v.vehicle_id}")
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        log.info("simulator started", extra={"vehicles": len(self.fleet),
+                                             "collector": f"{self.config.host}:{self.config.port}"})
+
+    async def stop(self) -> None:
+        """Disconnect every terminal and close the truth file."""
+        self._running = False
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._truth is not None:
+            self._truth.close()
+            self._truth = None
+
+    # ---- one terminal --------------------------------------------------------------------
+    async def _run_terminal(self, term: _Terminal, phase: float) -> None:
+        await asyncio.sleep(phase)
+        backoff = 1.0
+        while self._running:
+            try:
+                reader, writer = await asyncio.open_connection(self.config.host,
+                                                               self.config.port)
+            except OSError:
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            self.stats.connected += 1
+            try:
+                await self._session(term, reader, writer)
+                backoff = 1.0
+            except (OSError, asyncio.IncompleteReadError, Jt808Error, TimeoutError) as exc:
+                # One line per terminal per outage, not one per retry.
+                level = logging.DEBUG if backoff > 1.0 else logging.WARNING
+                log.log(level, "terminal %s disconnected: %s", term.vehicle.vehicle_id, exc)
+            finally:
+                self.stats.connected -= 1
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            if self._running:
+                self.stats.reconnects += 1
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+
+    def _frame(self, term: _Terminal, msg_id: int, body: object) -> bytes:
+        serial = term.next_serial()
+        term.pending[serial] = msg_id
+        if len(term.pending) > 1024:  # replies that never came: keep memory bounded
+            term.pending.pop(next(iter(term.pending)))
+        return encode_message(msg_id, body, phone_bcd=term.vehicle.phone,  # type: ignore[arg-type]
+                              serial=serial, version=self.config.version)  # type: ignore[arg-type]
+
+    async def _request(self, term: _Terminal, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, splitter: FrameSplitter, frame: bytes,
+                       want: int) -> object:
+        writer.write(frame)
+        await writer.drain()
+        while True:
+            data = await asyncio.wait_for(reader.read(4096), 10.0)
+            if not data:
+                raise ConnectionError("collector closed the connection")
+            for f in splitter.feed(data):
+                msg = decode_frame(f)
+                if msg.msg_id == want:
+                    return msg.body
+
+    async def _session(self, term: _Terminal, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        v = term.vehicle
+        splitter = FrameSplitter()
+        if not term.auth_code:
+            reg = TerminalRegister(42, 100, "TTISM", "SIM-808", _terminal_id(v), 1, v.plate)
+            resp = await self._request(term, reader, writer, splitter,
+                                       self._frame(term, MsgId.T_REGISTER, reg),
+                                       MsgId.P_REGISTER_RESPONSE)
+            if not isinstance(resp, RegisterResponse) or resp.result != 0:
+                raise ConnectionError(f"registration refused: {resp}")
+            term.auth_code = resp.auth_code
+            self.stats.registered += 1
+        resp = await self._request(term, reader, writer, splitter,
+                                   self._frame(term, MsgId.T_AUTH, TerminalAuth(term.auth_code)),
+                                   MsgId.P_GENERAL_RESPONSE)
+        if not isinstance(resp, PlatformGeneralResponse) or resp.result != 0:
+            term.auth_code = ""  # forget it and register again next time
+            raise ConnectionError("authentication refused")
+        self.stats.authenticated += 1
+        term.pending.clear()
+        acks = asyncio.create_task(self._read_acks(term, reader, splitter))
+        try:
+            last_hb = time.monotonic()
+            next_t = time.monotonic()
+            while self._running and not acks.done():
+                writer.write(self._frame(term, MsgId.T_LOCATION, self._report(v)))
+                self.stats.reports_sent += 1
+                if time.monotonic() - last_hb >= self.config.heartbeat_s:
+                    writer.write(self._frame(term, MsgId.T_HEARTBEAT, Heartbeat()))
+                    self.stats.heartbeats_sent += 1
+                    last_hb = time.monotonic()
+                await writer.drain()
+                next_t += self.config.interval_s
+                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+        finally:
+            acks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await acks
+
+    async def _read_acks(self, term: _Terminal, reader: asyncio.StreamReader,
+                         splitter: FrameSplitter) -> None:
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                return
+            for f in splitter.feed(data):
+                msg = decode_frame(f)
+                body = msg.body
+                if isinstance(body, PlatformGeneralResponse):
+                    sent = term.pending.pop(body.reply_serial, None)
+                    if sent == MsgId.T_LOCATION:
+                        if body.result == 0:
+                            self.stats.reports_acked += 1
+                        else:
+                            self.stats.reports_nacked += 1
+
+    def _report(self, v: Vehicle) -> LocationReport:
+        assert self.world is not None
+        t = self.sim_time()
+        fix = self.world.fix(v, t)
+        self._record_truth(v, self.world.drop_past(v, t))
+        noise = self.config.noise_m
+        rng = self.world.rng
+        lat = fix.lat + rng.gauss(0, noise) / 110_574
+        lon = fix.lon + rng.gauss(0, noise) / (111_320 * math.cos(math.radians(fix.lat)))
+        now = self._epoch + timedelta(seconds=t)
+        status = 0x3  # ACC on, positioned; north latitude, east longitude
+        return LocationReport(
+            alarm=0, status=status, lat_e6=round(abs(lat) * 1e6), lon_e6=round(abs(lon) * 1e6),
+            altitude_m=30, speed_0_1kmh=round(fix.speed_kmh * 10),
+            direction_deg=round(fix.heading_deg) % 360, time_bcd=datetime_to_bcd_time(now))
+
+    def _record_truth(self, v: Vehicle, legs: Sequence[Leg]) -> None:
+        if self._truth is None or not legs:
+            return
+        for leg in legs:
+            self._truth.write(orjson.dumps({
+                "vehicle_id": v.vehicle_id, "vehicle_class": v.vehicle_class,
+                "segment_id": leg.segment.segment_id,
+                "enter": self._epoch + timedelta(seconds=leg.enter_s),
+                "exit": self._epoch + timedelta(seconds=leg.exit_s),
+                "speed_kmh": round(leg.speed_kmh, 3),
+            }, option=orjson.OPT_UTC_Z) + b"\n")
+        self._truth.flush()
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
+async def _post_incident(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    spec = body.get("spec")
+    if spec is None:
+        try:
+            seg = body.get("segment_id") or sim.demo_incident_segment
+            start = float(body.get("start_s", sim.sim_time()))
+            duration = float(body["duration_s"])
+            speed = float(body["speed_kmh"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRequest("give either spec (SEGMENT_ID@START+DURATION:SPEED_KMH) or "
+                             "segment_id, duration_s, speed_kmh [, start_s]") from exc
+        spec = f"{seg}@{start}+{duration}:{speed}"
+    if not isinstance(spec, str):
+        raise BadRequest("spec must be a string")
+    inc = sim.add_incident(spec)
+    return web.json_response({"segment_id": inc.segment_id, "start_s": inc.start_s,
+                              "duration_s": inc.duration_s, "speed_kmh": inc.speed_kmh,
+                              "sim_time_s": round(sim.sim_time(), 1)}, status=201)
+
+
+async def _get_sim(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    s = sim.stats
+    return web.json_response({
+        "vehicles": len(sim.fleet), "sim_time_s": round(sim.sim_time(), 1),
+        "connected": s.connected, "authenticated": s.authenticated,
+        "reports_sent": s.reports_sent, "reports_acked": s.reports_acked,
+        "reports_nacked": s.reports_nacked, "heartbeats_sent": s.heartbeats_sent,
+        "demo_incident_segment": sim.demo_incident_segment,
+        "incidents": [{"segment_id": i.segment_id, "start_s": i.start_s,
+                       "duration_s": i.duration_s, "speed_kmh": i.speed_kmh}
+                      for i in (sim.world.incidents if sim.world else [])]})
+
+
+def add_incident_routes(app: web.Application, sim: Simulator) -> None:
+    """Embedded run only: ``POST /api/v1/sim/incidents`` and ``GET /api/v1/sim``."""
+    app[SIMULATOR] = sim
+    app.router.add_post("/api/v1/sim/incidents", _post_incident)
+    app.router.add_get("/api/v1/sim", _get_sim)

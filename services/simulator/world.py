@@ -1,0 +1,282 @@
+"""Virtual vehicles driving on the road graph with class-dependent speeds and incidents.
+
+Movement is a pure function of time: each vehicle holds a plan (a list of segments with the
+times it enters and leaves each), so a position at any instant is an interpolation, and the
+ground truth — every segment traversal with its true speed — falls out of the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from shared.errors import BadRequest
+from shared.geo import bearing_deg
+from shared.roadnet import RoadNetwork, RoadSegment
+
+# Speed caps by vehicle class (km/h): Chinese rules for coaches and dangerous goods vehicles.
+CLASS_CAP_KMH = {"coach": 100.0, "tourist_bus": 100.0, "dangerous_goods": 80.0, "bus": 60.0,
+                 "taxi": 120.0, "other": 120.0}
+CLASS_MIX = (("taxi", 0.45), ("bus", 0.25), ("coach", 0.1), ("tourist_bus", 0.05),
+             ("dangerous_goods", 0.15))
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A slowdown: vehicles on ``segment_id`` drive at ``speed_kmh`` during [start, end)."""
+
+    segment_id: str
+    start_s: float
+    duration_s: float
+    speed_kmh: float
+
+    @property
+    def end_s(self) -> float:
+        """End time (seconds since the simulation epoch)."""
+        return self.start_s + self.duration_s
+
+    def active(self, t: float) -> bool:
+        """Whether the slowdown is on at simulation time ``t``."""
+        return self.start_s <= t < self.end_s
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
+
+
+def _seconds(raw: str, what: str) -> float:
+    m = _DURATION.match(raw.strip())
+    if not m:
+        raise BadRequest(f"incident {what} must look like 30, 90s, 5m or 1h: {raw!r}")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def parse_incident(spec: str, network: RoadNetwork, *, default_segment: str | None = None
+                   ) -> Incident:
+    """``SEGMENT_ID@START+DURATION:SPEED_KMH`` (times in s, or with s/m/h) or ``demo``.
+
+    ``demo`` means: on the region's demo incident segment, from 20 s, for 10 min, at 5 km/h;
+    ``demo`` also stands for that segment in the long form (``demo@1m+5m:8``).
+    """
+    spec = spec.strip()
+    if spec == "demo":
+        if default_segment is None:
+            raise BadRequest("no demo incident segment for this network")
+        return Incident(default_segment, 20.0, 600.0, 5.0)
+    m = re.match(r"^(?P<seg>[^@]+)@(?P<start>[^+]+)\+(?P<dur>[^:]+):(?P<speed>.+)$", spec)
+    if not m:
+        raise BadRequest(f"incident must be SEGMENT_ID@START+DURATION:SPEED_KMH: {spec!r}")
+    seg = m.group("seg").strip()
+    if seg == "demo":
+        if default_segment is None:
+            raise BadRequest("no demo incident segment for this network")
+        seg = default_segment
+    if network.find_segment(seg) is None:
+        raise BadRequest(f"incident segment {seg!r} is not in the road network")
+    try:
+        speed = float(m.group("speed"))
+    except ValueError as exc:
+        raise BadRequest(f"incident speed must be a number: {m.group('speed')!r}") from exc
+    if not 0 < speed <= 200:
+        raise BadRequest("incident speed must be in (0, 200] km/h")
+    duration = _seconds(m.group("dur"), "duration")
+    if duration <= 0:
+        raise BadRequest("incident duration must be positive")
+    return Incident(seg, _seconds(m.group("start"), "start"), duration, speed)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One planned segment traversal."""
+
+    segment: RoadSegment
+    enter_s: float
+    exit_s: float
+
+    @property
+    def speed_kmh(self) -> float:
+        """True speed on this leg."""
+        return self.segment.length_m / max(1e-6, self.exit_s - self.enter_s) * 3.6
+
+
+@dataclass(slots=True)
+class Vehicle:
+    """One virtual vehicle: identity and its current plan."""
+
+    phone: str
+    plate: str
+    vehicle_class: str
+    route_segments: tuple[str, ...] = ()
+    route_id: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    route_pos: int = 0
+
+    @property
+    def vehicle_id(self) -> str:
+        """The id the collector gives it: phone number without leading zeros."""
+        return self.phone.lstrip("0") or "0"
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """A true position of a vehicle at an instant."""
+
+    lon: float
+    lat: float
+    speed_kmh: float
+    heading_deg: float
+    segment_id: str
+
+
+class World:
+    """The road network, the fleet and the incidents, advancing in simulation seconds."""
+
+    def __init__(self, network: RoadNetwork, *, seed: int = 1,
+                 bus_routes: Sequence[tuple[str, Sequence[str]]] = (),
+                 hot_segment: str | None = None, hot_share: float = 0.2) -> None:
+        self.network = network
+        self.rng = random.Random(seed)
+        self.incidents: list[Incident] = []
+        self.bus_routes = [(rid, tuple(segs)) for rid, segs in bus_routes if segs]
+        self.hot_segment = hot_segment
+        self.hot_share = hot_share
+        self._nodes = list(network.graph.nodes)
+        # Trips prefer main roads: weight = travel time at free flow.
+        self._weight = {sid: s.length_m / (s.free_flow_kmh / 3.6)
+                        for sid, s in network.segments.items()}
+
+    # ---- fleet ---------------------------------------------------------------------------
+    def make_fleet(self, n: int, *, phone_base: int = 13_800_000_000) -> list[Vehicle]:
+        """``n`` vehicles in the class mix; buses are spread over the bus routes."""
+        fleet = []
+        for i in range(n):
+            r = self.rng.random()
+            acc = 0.0
+            cls = "taxi"
+            for name, share in CLASS_MIX:
+                acc += share
+                if r < acc:
+                    cls = name
+                    break
+            if cls == "bus" and not self.bus_routes:
+                cls = "taxi"
+            v = Vehicle(phone=f"{phone_base + i:012d}", plate=f"鄂A{i:05d}", vehicle_class=cls)
+            if cls == "bus":
+                v.route_id, v.route_segments = self.bus_routes[i % len(self.bus_routes)]
+                v.route_pos = self.rng.randrange(len(v.route_segments))
+            fleet.append(v)
+        return fleet
+
+    # ---- speeds --------------------------------------------------------------------------
+    def speed_on(self, vehicle: Vehicle, seg: RoadSegment, t: float) -> float:
+        """Speed a vehicle drives on a segment entered at time ``t`` (km/h)."""
+        for inc in self.incidents:
+            if inc.segment_id == seg.segment_id and inc.active(t):
+                return max(1.0, inc.speed_kmh * self.rng.uniform(0.8, 1.2))
+        base = seg.free_flow_kmh * self.rng.uniform(0.65, 0.95)
+        return max(5.0, min(base, CLASS_CAP_KMH.get(vehicle.vehicle_class, 120.0)))
+
+    # ---- planning ------------------------------------------------------------------------
+    def _path_segments(self, from_node: int, to_node: int) -> list[str]:
+        try:
+            nodes = nx.shortest_path(self.network.graph, from_node, to_node,
+                                     weight=lambda u, v, d: min(
+                                         self._weight[k] for k in d))  # MultiDiGraph edges
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            return []
+        out = []
+        for u, v in zip(nodes, nodes[1:], strict=False):
+            keys = self.network.graph[u][v]
+            out.append(min(keys, key=self._weight.__getitem__))
+        return out
+
+    def _next_segments(self, vehicle: Vehicle, at_node: int | None) -> list[str]:
+        if vehicle.route_segments:
+            # Buses run their route in a loop; the demo routes are closed or out-and-back.
+            segs = list(vehicle.route_segments[vehicle.route_pos:]) + list(
+                vehicle.route_segments[:vehicle.route_pos])
+            vehicle.route_pos = 0
+            if at_node is not None and segs:
+                first = self.network.get_segment(segs[0])
+                if first.from_node != at_node:
+                    segs = self._path_segments(at_node, first.from_node) + segs
+            return segs
+        start = at_node if at_node is not None else self.rng.choice(self._nodes)
+        if self.hot_segment and self.rng.random() < self.hot_share:
+            hot = self.network.get_segment(self.hot_segment)
+            dest = self.rng.choice(self._nodes)
+            path = (self._path_segments(start, hot.from_node) + [hot.segment_id]
+                    + self._path_segments(hot.to_node, dest))
+        else:
+            path = []
+            for _ in range(5):
+                path = self._path_segments(start, self.rng.choice(self._nodes))
+                if path:
+                    break
+        if not path:  # stranded on a dead end: take any outgoing segment, or jump
+            out = [k for _, _, k in self.network.graph.out_edges(start, keys=True)]
+            if out:
+                return [self.rng.choice(out)]
+            return self._next_segments(vehicle, None)
+        return path
+
+    def extend_plan(self, vehicle: Vehicle, until_s: float) -> None:
+        """Plan legs up to ``until_s``, one segment at a time.
+
+        Speeds are drawn when a vehicle is about to enter a segment, so an incident added while
+        it is on its way still slows it down.
+        """
+        t = vehicle.legs[-1].exit_s if vehicle.legs else until_s - 1.0
+        node = vehicle.legs[-1].segment.to_node if vehicle.legs else None
+        guard = 0
+        while t < until_s and guard < 1000:
+            guard += 1
+            if not vehicle.pending:
+                vehicle.pending = self._next_segments(vehicle, node)
+                if not vehicle.pending:
+                    break
+            seg = self.network.get_segment(vehicle.pending.pop(0))
+            speed = self.speed_on(vehicle, seg, t)
+            dur = max(0.1, seg.length_m / (speed / 3.6))
+            vehicle.legs.append(Leg(seg, t, t + dur))
+            t += dur
+            node = seg.to_node
+
+    def drop_past(self, vehicle: Vehicle, before_s: float) -> list[Leg]:
+        """Remove and return legs finished before ``before_s`` (they become ground truth)."""
+        done = []
+        while vehicle.legs and vehicle.legs[0].exit_s <= before_s:
+            done.append(vehicle.legs.pop(0))
+        return done
+
+    def fix(self, vehicle: Vehicle, t: float) -> Fix:
+        """Where the vehicle is at time ``t``."""
+        self.extend_plan(vehicle, t + 1.0)
+        for leg in vehicle.legs:
+            if leg.enter_s <= t < leg.exit_s:
+                return self._interpolate(leg, (t - leg.enter_s) / (leg.exit_s - leg.enter_s))
+        leg = vehicle.legs[-1]
+        return self._interpolate(leg, 1.0)
+
+    @staticmethod
+    def _interpolate(leg: Leg, frac: float) -> Fix:
+        coords = leg.segment.coords
+        target = leg.segment.length_m * frac
+        # Walk the polyline; segment lengths are small so a local flat-earth step is exact enough.
+        acc = 0.0
+        for (x1, y1), (x2, y2) in zip(coords, coords[1:], strict=False):
+            dx = (x2 - x1) * 111_320 * math.cos(math.radians((y1 + y2) / 2))
+            dy = (y2 - y1) * 110_574
+            d = math.hypot(dx, dy)
+            if acc + d >= target or (x2, y2) == coords[-1]:
+                f = 0.0 if d == 0 else min(1.0, (target - acc) / d)
+                return Fix(x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, leg.speed_kmh,
+                           bearing_deg(x1, y1, x2, y2), leg.segment.segment_id)
+            acc += d
+        x, y = coords[-1]
+        return Fix(x, y, leg.speed_kmh, 0.0, leg.segment.segment_id)

@@ -1,0 +1,181 @@
+"""The foundation's acceptance scenario: ``tti run`` end to end, as a user starts it.
+
+One real process (the console script), real TCP terminals from the built-in simulator, the real
+HTTP API. Short speed windows keep it quick; nothing here mocks a service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import urllib.request
+from urllib.error import HTTPError
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def _wait(what: str, fn: object, timeout: float, proc: subprocess.Popen[bytes]) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"tti run exited with {proc.returncode} while waiting for {what}")
+        try:
+            last = fn()  # type: ignore[operator]
+        except OSError:
+            last = None
+        if last:
+            return last
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Embedded:
+    """A running ``tti run`` and its addresses."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], http: int, jt808: int, log: Path) -> None:
+        self.proc = proc
+        self.base = f"http://127.0.0.1:{http}"
+        self.jt808 = jt808
+        self.log = log
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    work = tmp_path_factory.mktemp("embedded")
+    http, jt808 = _free_port(), _free_port()
+    tti = Path(sys.executable).with_name("tti")
+    env = {**os.environ, "TTI_LOG_FORMAT": "text"}
+    log = work / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(tti), "run", "--http-port", str(http), "--jt808-port", str(jt808),
+             "--var-dir", str(work / "var"), "--speed-window-s", "5", "--sim-interval-s", "1",
+             "--vehicles", "80", "--incident", "demo@4+300:4"],
+            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+    inst = Embedded(proc, http, jt808, log)
+    try:
+        yield inst
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_ready_within_60_seconds(embedded: Embedded) -> None:
+    _wait("/readyz 200", lambda: _get(embedded.base + "/readyz")[0] == 200, 60, embedded.proc)
+    status, body = _get(embedded.base + "/healthz")
+    assert status == 200
+
+
+def test_roads_carry_probe_speeds_from_simulated_terminals(embedded: Embedded) -> None:
+    def probe_roads() -> list[dict[str, object]]:
+        status, body = _get(embedded.base + "/api/v1/roads")
+        assert status == 200
+        return [f["properties"] for f in body["features"]  # type: ignore[index]
+                if f["properties"]["source"] == "probe"]
+
+    live = _wait("segments with probe speeds", probe_roads, 60, embedded.proc)
+    for p in live:  # type: ignore[attr-defined]
+        assert p["sample_count"] >= 1 and p["observed_at"] and p["speed_kmh"] is not None
+        assert 1 <= p["level"] <= 5
+    _, body = _get(embedded.base + "/api/v1/roads")
+    silent = [f for f in body["features"] if f["properties"]["source"] == "none"]  # type: ignore
+    assert all(f["properties"]["speed_kmh"] is None and f["properties"]["sample_count"] == 0
+               for f in silent), "a segment without data must not pretend free flow"
+
+
+def test_injected_incident_becomes_severe_level_and_warning(embedded: Embedded) -> None:
+    _, sim = _get(embedded.base + "/api/v1/sim")
+    segment = sim["demo_incident_segment"]  # type: ignore[index]
+
+    def warned() -> object:
+        _, body = _get(embedded.base + "/api/v1/warnings")
+        return [w for w in body["warnings"] if w["segment_id"] == segment]  # type: ignore
+
+    warnings = _wait("a warning on the incident segment", warned, 150, embedded.proc)
+    assert warnings[0]["kind"] == "congestion" and warnings[0]["status"] == "active"  # type: ignore
+    status, road = _get(f"{embedded.base}/api/v1/roads/{segment}")
+    assert status == 200
+    assert road["properties"]["level"] >= 4  # type: ignore[index]
+
+
+def test_incident_can_be_posted_while_running(embedded: Embedded) -> None:
+    req = urllib.request.Request(
+        embedded.base + "/api/v1/sim/incidents", method="POST",
+        data=orjson.dumps({"segment_id": "no-such-segment", "duration_s": 60, "speed_kmh": 5}),
+        headers={"Content-Type": "application/json"})
+    with pytest.raises(HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400
+    assert orjson.loads(err.value.read())["error"]["code"] == "bad_request"
+    _, sim = _get(embedded.base + "/api/v1/sim")
+    req = urllib.request.Request(
+        embedded.base + "/api/v1/sim/incidents", method="POST",
+        data=orjson.dumps({"segment_id": sim["demo_incident_segment"],  # type: ignore[index]
+                           "duration_s": 30, "speed_kmh": 5}),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201
+
+
+def test_garbage_on_jt808_port_closes_only_that_connection(embedded: Embedded) -> None:
+    _, before = _get(embedded.base + "/api/v1/sim")
+    with socket.create_connection(("127.0.0.1", embedded.jt808), timeout=5) as s:
+        s.sendall(os.urandom(4096) + b"\x7e" + os.urandom(3000) + b"\x7e")
+        s.settimeout(10)
+        while s.recv(4096):  # the gateway closes it: recv returns b""
+            pass
+    time.sleep(3)
+    _, after = _get(embedded.base + "/api/v1/sim")
+    assert after["reports_acked"] > before["reports_acked"]  # type: ignore[index]
+    assert after["connected"] == before["connected"]  # type: ignore[index]
+    assert _get(embedded.base + "/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("query", ["bbox=1,2,3", "bbox=a,b,c,d", "bbox=10,10,0,0",
+                                   "bbox=0,0,1,nan", "min_level=9"])
+def test_bad_query_gets_400_json(embedded: Embedded, query: str) -> None:
+    status, body = _get(f"{embedded.base}/api/v1/roads?{query}")
+    assert status == 400
+    assert body["error"]["code"] == "bad_request"  # type: ignore[index]
+
+
+def test_openapi_and_web_page_are_served(embedded: Embedded) -> None:
+    status, spec = _get(embedded.base + "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")  # type: ignore[index]
+    with urllib.request.urlopen(embedded.base + "/", timeout=10) as resp:
+        html = resp.read().decode()
+    assert "<canvas" in html
+
+
+def test_sigterm_drains_and_exits_cleanly(embedded: Embedded) -> None:
+    embedded.proc.send_signal(signal.SIGTERM)
+    assert embedded.proc.wait(30) == 0, embedded.log.read_text()[-3000:]
