@@ -200,9 +200,13 @@ async def import_osm(config: Config, path: str) -> None:
     from shared.roadnet import RoadNetwork
 
     file = Path(path)
-    if not file.is_file():
-        raise TtiError(f"no such file: {path}", code="bad_input")
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+
+    def digest_of() -> str:
+        if not file.is_file():
+            raise TtiError(f"no such file: {path}", code="bad_input")
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+
+    digest = await asyncio.to_thread(digest_of)
     network = await asyncio.to_thread(RoadNetwork.from_osm, file)
     store = store_from_url(config.db_url)
     await store.open()

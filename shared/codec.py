@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 
@@ -93,7 +93,7 @@ def payload_from_dict(cls: type[T], data: object) -> T:
     if not isinstance(data, dict):
         raise DecodeError(f"{cls.__name__} payload must be an object", code="bad_payload")
     kwargs: dict[str, object] = {}
-    for name, required, is_dt, is_tuple in _fields(cls):
+    for name, required, is_dt, is_tuple in _fields(cast(type, cls)):
         if name not in data:
             if required:
                 raise DecodeError(f"{cls.__name__}: missing field {name!r}", code="missing_field")

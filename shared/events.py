@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -121,16 +121,60 @@ class Warning:
     details: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectorReading:
+    """Aggregated traffic measured by a roadside detector or camera over one interval.
+
+    ``lane`` None means all lanes together. Counts are vehicles per interval, occupancy in
+    percent of the interval, queue length in metres.
+    """
+
+    detector_id: str
+    observed_at: datetime
+    interval_s: float
+    lane: int | None = None
+    vehicle_count: int | None = None
+    mean_speed_kmh: float | None = None
+    occupancy_pct: float | None = None
+    queue_length_m: float | None = None
+    source: str = "http"
+
+
+DETECTED_EVENT_KINDS = ("stopped_vehicle", "accident", "wrong_way", "congestion", "fog", "ice",
+                        "water", "fire", "pedestrian", "debris", "other")
+"""Kinds of events a camera or sensor reports (after GB/T 29100 event classes)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectedEvent:
+    """An event a camera or sensor detected (stopped vehicle, accident, fog, ice …)."""
+
+    detector_id: str
+    event_id: str
+    kind: str
+    observed_at: datetime
+    status: str = "active"
+    confidence: float | None = None
+    lane: int | None = None
+    description: str = ""
+    source: str = "http"
+    details: dict[str, object] = field(default_factory=dict)
+
+
 VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
 TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
 ROAD_STATUS: Subject[RoadStatus] = Subject("tti.road.status", RoadStatus)
 WARNING: Subject[Warning] = Subject("tti.warning", Warning)
+DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
+DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
 
-ALL_SUBJECTS: tuple[Subject[object], ...] = (
-    VEHICLE_POSITION,  # type: ignore[assignment]
-    TERMINAL_ALARM,  # type: ignore[assignment]
-    SEGMENT_SPEED,  # type: ignore[assignment]
-    ROAD_STATUS,  # type: ignore[assignment]
-    WARNING,  # type: ignore[assignment]
+ALL_SUBJECTS: tuple[Subject[Any], ...] = (
+    VEHICLE_POSITION,
+    TERMINAL_ALARM,
+    SEGMENT_SPEED,
+    ROAD_STATUS,
+    WARNING,
+    DETECTOR_READING,
+    DETECTED_EVENT,
 )

@@ -12,13 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.error import HTTPError
 
 import orjson
 import pytest
-import urllib.request
-from urllib.error import HTTPError
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
 
 def test_ready_within_60_seconds(embedded: Embedded) -> None:
     _wait("/readyz 200", lambda: _get(embedded.base + "/readyz")[0] == 200, 60, embedded.proc)
-    status, body = _get(embedded.base + "/healthz")
+    status, _ = _get(embedded.base + "/healthz")
     assert status == 200
 
 

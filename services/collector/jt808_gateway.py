@@ -287,7 +287,7 @@ class Jt808Gateway:
             req = asm.resend_request(key)
             if req is not None:
                 self._send(session, self._platform_frame(session, MsgId.P_RESEND_REQUEST, req))
-        for key in asm.expire(now):
+        for _key in asm.expire(now):
             ERRORS.labels("subpacket_timeout").inc()
 
     def _platform_frame(self, session: Session, msg_id: int, body: ResendRequest) -> bytes:

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from shared.errors import ConfigError, TransientError
 
@@ -122,13 +123,13 @@ class PostgresTerminalStore(TerminalStore):
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._pool: object | None = None
+        self._pool: Any = None
 
     async def open(self) -> None:
         import asyncpg
 
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
-        await self._pool.execute(  # type: ignore[attr-defined]
+        await self._pool.execute(
             "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT PRIMARY KEY, "
             "auth_code TEXT NOT NULL, plate TEXT NOT NULL, terminal_id TEXT NOT NULL, "
             "registered_at TIMESTAMPTZ NOT NULL)")
@@ -136,10 +137,10 @@ class PostgresTerminalStore(TerminalStore):
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()  # type: ignore[attr-defined]
+            await pool.close()
 
     @property
-    def pool(self) -> object:
+    def pool(self) -> Any:
         """The connection pool (open() first)."""
         if self._pool is None:
             raise TransientError("terminal store is not open")
@@ -148,20 +149,20 @@ class PostgresTerminalStore(TerminalStore):
     async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
         rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
                              datetime.now(UTC))
-        await self.pool.execute(  # type: ignore[attr-defined]
+        await self.pool.execute(
             "INSERT INTO jt808_terminals VALUES ($1,$2,$3,$4,$5) ON CONFLICT (terminal_phone) "
             "DO UPDATE SET auth_code=$2, plate=$3, terminal_id=$4, registered_at=$5",
             rec.terminal_phone, rec.auth_code, rec.plate, rec.terminal_id, rec.registered_at)
         return rec
 
     async def find(self, terminal_phone: str) -> TerminalRecord | None:
-        row = await self.pool.fetchrow(  # type: ignore[attr-defined]
+        row = await self.pool.fetchrow(
             "SELECT terminal_phone, auth_code, plate, terminal_id, registered_at "
             "FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
         return None if row is None else TerminalRecord(*row)
 
     async def delete(self, terminal_phone: str) -> None:
-        await self.pool.execute(  # type: ignore[attr-defined]
+        await self.pool.execute(
             "DELETE FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
 
 

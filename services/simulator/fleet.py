@@ -110,6 +110,11 @@ class _Terminal:
         return s
 
 
+def _open_append(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
 def _terminal_id(v: Vehicle) -> str:
     return f"T{v.phone[-6:]}"
 
@@ -190,9 +195,7 @@ class Simulator:
         await asyncio.to_thread(self.prepare)
         self._t0 = time.monotonic()
         self._epoch = datetime.now(UTC)
-        truth = Path(self.config.truth_path)
-        truth.parent.mkdir(parents=True, exist_ok=True)
-        self._truth = truth.open("ab")
+        self._truth = await asyncio.to_thread(_open_append, Path(self.config.truth_path))
         self._running = True
         rng = random.Random(self.config.seed)
         for v in self.fleet:

@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import networkx as nx
 
@@ -190,7 +191,7 @@ class World:
         except (nx.NetworkXNoPath, nx.NodeNotFound):
             return []
         out = []
-        for u, v in zip(nodes, nodes[1:], strict=False):
+        for u, v in pairwise(nodes):
             keys = self.network.graph[u][v]
             out.append(min(keys, key=self._weight.__getitem__))
         return out
@@ -210,8 +211,8 @@ class World:
         if self.hot_segment and self.rng.random() < self.hot_share:
             hot = self.network.get_segment(self.hot_segment)
             dest = self.rng.choice(self._nodes)
-            path = (self._path_segments(start, hot.from_node) + [hot.segment_id]
-                    + self._path_segments(hot.to_node, dest))
+            path = [*self._path_segments(start, hot.from_node), hot.segment_id,
+                    *self._path_segments(hot.to_node, dest)]
         else:
             path = []
             for _ in range(5):
@@ -269,7 +270,7 @@ class World:
         target = leg.segment.length_m * frac
         # Walk the polyline; segment lengths are small so a local flat-earth step is exact enough.
         acc = 0.0
-        for (x1, y1), (x2, y2) in zip(coords, coords[1:], strict=False):
+        for (x1, y1), (x2, y2) in pairwise(coords):
             dx = (x2 - x1) * 111_320 * math.cos(math.radians((y1 + y2) / 2))
             dy = (y2 - y1) * 110_574
             d = math.hypot(dx, dy)

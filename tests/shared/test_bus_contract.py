@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -56,10 +57,8 @@ async def _delete_stream(url: str, stream: str) -> None:
     import nats
 
     nc = await nats.connect(url)
-    try:
+    with contextlib.suppress(Exception):  # cleanup only
         await nc.jetstream().delete_stream(stream)
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
     await nc.close()
 
 
@@ -73,8 +72,8 @@ def _pos(vid: str, i: int) -> VehiclePosition:
     )
 
 
-async def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -52,7 +52,7 @@ _SEGMENT_COLS = ("segment_id, way_id, from_node, to_node, road_class, name, name
                  "speed_limit_kmh, oneway, bridge, tunnel, length_m, free_flow_kmh, coords")
 
 
-def _row_to_segment(row: sqlite3.Row | tuple[object, ...]) -> RoadSegment:
+def _row_to_segment(row: Any) -> RoadSegment:
     (sid, way, a, b, cls, name, name_en, ref, lanes, limit, oneway, bridge, tunnel, length,
      ff, coords) = row
     return RoadSegment(

@@ -1,0 +1,81 @@
+"""Envelope codec: round trips for every event type, unknown fields ignored, bad input rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from shared.codec import Envelope, decode_envelope, encode_envelope
+from shared.errors import DecodeError
+from shared.events import (
+    ALL_SUBJECTS,
+    ROAD_STATUS,
+    VEHICLE_POSITION,
+    RoadStatus,
+    VehiclePosition,
+)
+
+T = datetime(2026, 11, 28, 8, 30, 15, 250000, tzinfo=UTC)
+
+SAMPLES: dict[str, object] = {
+    "tti.position": VehiclePosition(vehicle_id="13800000001", lon=114.3, lat=30.55,
+                                    observed_at=T, speed_kmh=42.0, heading_deg=90.0,
+                                    vehicle_class="coach", received_at=T),
+    "tti.alarm": ALL_SUBJECTS[1].payload_type(
+        vehicle_id="1", lon=114.0, lat=30.0, observed_at=T, alarms=("emergency", "overspeed"),
+        alarm_bits=3),
+    "tti.segment.speed": ALL_SUBJECTS[2].payload_type(
+        segment_id="1:2:3", window_start=T, observed_at=T, speed_kmh=None, sample_count=0),
+    "tti.road.status": RoadStatus(segment_id="1:2:3", level=5, level_name="严重拥堵",
+                                  speed_kmh=4.5, free_flow_kmh=60.0, observed_at=T,
+                                  sample_count=3, source="probe", tpi=9.4),
+    "tti.warning": ALL_SUBJECTS[4].payload_type(
+        warning_id="w1", kind="congestion", severity="severe", status="active",
+        segment_id="1:2:3", started_at=T, updated_at=T, headline="解放大道 严重拥堵",
+        details={"sample_count": 3}),
+    "tti.detector.reading": ALL_SUBJECTS[5].payload_type(
+        detector_id="cam-7", observed_at=T, interval_s=60, lane=2, vehicle_count=31,
+        mean_speed_kmh=37.5, occupancy_pct=12.5, queue_length_m=0.0, source="mqtt"),
+    "tti.detector.event": ALL_SUBJECTS[6].payload_type(
+        detector_id="cam-7", event_id="e1", kind="fog", observed_at=T, confidence=0.9,
+        details={"visibility_m": 80}),
+}
+
+
+@pytest.mark.parametrize("subject", ALL_SUBJECTS, ids=lambda s: s.name)
+def test_every_event_type_round_trips(subject: object) -> None:
+    payload = SAMPLES[subject.name]  # type: ignore[attr-defined]
+    env = Envelope.new(subject, payload, correlation_id="c-1")  # type: ignore[arg-type]
+    back = decode_envelope(subject, encode_envelope(env))  # type: ignore[arg-type]
+    assert back == env
+
+
+def test_times_are_utc_with_z() -> None:
+    raw = encode_envelope(Envelope.new(ROAD_STATUS, SAMPLES["tti.road.status"]))
+    assert b'"observed_at":"2026-11-28T08:30:15.250000Z"' in raw
+
+
+def test_unknown_fields_are_ignored_missing_required_rejected() -> None:
+    env = Envelope.new(VEHICLE_POSITION, SAMPLES["tti.position"])  # type: ignore[arg-type]
+    data = orjson.loads(encode_envelope(env))
+    data["payload"]["from_the_future"] = 1
+    assert decode_envelope(VEHICLE_POSITION, orjson.dumps(data)).payload == env.payload
+    del data["payload"]["lat"]
+    with pytest.raises(DecodeError, match="lat"):
+        decode_envelope(VEHICLE_POSITION, orjson.dumps(data))
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"id": 1}',
+                                 b'{"id":"x","time":"yesterday","payload":{}}',
+                                 b'{"id":"x","time":"2026-01-01T00:00:00Z","payload":[]}'])
+def test_malformed_envelopes_raise_decode_error(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_envelope(VEHICLE_POSITION, raw)
+
+
+def test_payloads_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SAMPLES["tti.position"].lat = 0.0  # type: ignore[attr-defined]
