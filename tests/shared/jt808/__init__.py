@@ -1,0 +1,79 @@
+"""Tests of shared.jt808; helpers that read the reference vectors in place (never copied).
+
+The vectors live in ``../shared/data/jt808/vectors.json`` beside the repository, or under
+``$TTI_SHARED_DIR``. When they are missing a test skips locally and fails in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+Vector = dict[str, Any]
+
+
+def vectors_file() -> Path:
+    """Where vectors.json should be."""
+    base = Path(os.environ.get("TTI_SHARED_DIR") or REPO.parent / "shared")
+    return base / "data" / "jt808" / "vectors.json"
+
+
+@functools.cache
+def _load() -> tuple[Vector, ...] | None:
+    path = vectors_file()
+    if not path.is_file():
+        return None
+    return tuple(json.loads(path.read_text(encoding="utf-8")))
+
+
+def missing_vectors() -> None:
+    """Fail in CI, skip elsewhere: the reference data folder is absent."""
+    msg = f"JT/T 808 vectors not found at {vectors_file()} (set TTI_SHARED_DIR)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def all_vectors() -> tuple[Vector, ...]:
+    """Every vector; skips or fails the calling test when the file is missing."""
+    vectors = _load()
+    if vectors is None:
+        missing_vectors()
+        raise AssertionError("unreachable")
+    return vectors
+
+
+def get_vector(vector_id: str) -> Vector:
+    """One vector by id (skip/fail when the file is missing)."""
+    for vector in all_vectors():
+        if vector["id"] == vector_id:
+            return vector
+    raise KeyError(vector_id)
+
+
+def vector_params(keep: Callable[[Vector], bool]) -> list[Any]:
+    """``pytest.param`` per matching vector (id = vector id).
+
+    Without the file, a single ``None`` parameter whose test must call :func:`require`.
+    """
+    vectors = _load()
+    if vectors is None:
+        return [pytest.param(None, id="vectors-missing")]
+    return [pytest.param(v, id=v["id"]) for v in vectors if keep(v)]
+
+
+def require(vector: Vector | None) -> Vector:
+    """The parameter itself, or skip/fail when it stands for the missing file."""
+    if vector is None:
+        missing_vectors()
+        raise AssertionError("unreachable")
+    return vector
