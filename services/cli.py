@@ -136,17 +136,33 @@ def build_embedded(config: Config, bus: EventBus) -> tuple[web.Application, Any]
 async def run_embedded(config: Config) -> None:
     """``tti run``: everything in one process until SIGINT/SIGTERM."""
     from services.simulator.fleet import Simulator, add_incident_routes, sim_config_from
+    from services.simulator.gtfs_rt_feed import (
+        FEED_PATH,
+        SimGtfsRtFeed,
+        add_gtfs_rt_feed_route,
+        load_timetable,
+    )
 
     config, demo = ensure_demo(config)
     sim = Simulator(sim_config_from(config, demo=demo))
     await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
     config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
                             vehicle_registry=config.vehicle_registry
-                            or sim.config.registry_path)
+                            or sim.config.registry_path,
+                            # The collector polls the simulator's GTFS-rt feed unless told others,
+                            # as often as buses report: sparser fixes of the same buses would
+                            # blur the probe speeds the JT/T 808 reports give.
+                            gtfs_rt_urls=config.gtfs_rt_urls
+                            or (f"sim=http://127.0.0.1:{config.http_port}{FEED_PATH}",),
+                            gtfs_rt_poll_s=config.gtfs_rt_poll_s if config.gtfs_rt_urls
+                            else min(config.gtfs_rt_poll_s, config.sim_interval_s))
     bus = make_bus(config)
     await bus.start()
     root, _ = build_embedded(config, bus)
     add_incident_routes(root, sim)
+    timetable = await asyncio.to_thread(load_timetable, config.gtfs) if demo is not None else None
+    add_gtfs_rt_feed_route(root, SimGtfsRtFeed(sim.bus_fixes, timetable=timetable,
+                                               refresh_s=config.sim_interval_s))
     runner = web.AppRunner(root, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.http_host, config.http_port)
@@ -193,30 +209,48 @@ async def serve_one(service: str, config: Config) -> None:
 
 
 async def import_osm(config: Config, path: str) -> None:
-    """``tti import-osm FILE``: parse, then replace the stored network in one transaction."""
-    import hashlib
+    """``tti import-osm FILE``: roads and features of one OSM file, in one transaction.
 
+    Progress goes to stderr, the summary to stdout. A missing, unreadable or road-less file is
+    rejected (TtiError → exit code 2) before anything is written; the same file again is a no-op.
+    """
+    from services.bigdata.osm_features import import_osm_file, stderr_progress
     from services.bigdata.store import store_from_url
-    from shared.roadnet import RoadNetwork
 
-    file = Path(path)
-
-    def digest_of() -> str:
-        if not file.is_file():
-            raise TtiError(f"no such file: {path}", code="bad_input")
-        return hashlib.sha256(file.read_bytes()).hexdigest()
-
-    digest = await asyncio.to_thread(digest_of)
-    network = await asyncio.to_thread(RoadNetwork.from_osm, file)
     store = store_from_url(config.db_url)
     await store.open()
     try:
-        changed = await store.import_segments(str(file), digest, file.stem,
-                                              network.segments.values())
+        summary = await import_osm_file(store, path, progress=stderr_progress())
     finally:
         await store.close()
-    print(f"{len(network.segments)} road segments from {file}: "
-          f"{'imported' if changed else 'already imported (unchanged)'}")
+    print(summary.describe())
+
+
+async def import_gtfs(config: Config, path: str, feed_id: str | None) -> None:
+    """``tti import-gtfs FILE``: validate a GTFS static feed and store it (idempotent).
+
+    A feed with errors is rejected with every reason on stderr (exit code 2), nothing written;
+    warnings are printed and the feed imported.
+    """
+    from services.bigdata.gtfs_import import GtfsFeedError, import_gtfs_file
+    from services.bigdata.osm_features import stderr_progress
+    from services.bigdata.store import store_from_url
+
+    store = store_from_url(config.db_url)
+    await store.open()
+    try:
+        summary = await import_gtfs_file(store, path, feed_id=feed_id,
+                                         progress=stderr_progress())
+    except GtfsFeedError as exc:
+        details = exc.details if isinstance(exc.details, dict) else {}
+        for reason in details.get("errors", []):
+            print(f"  error: {reason}", file=sys.stderr)
+        raise
+    finally:
+        await store.close()
+    for warning in summary.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
+    print(summary.describe())
 
 
 async def simulate(config: Config) -> None:
@@ -264,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_imp = sub.add_parser("import-osm", help="import an OpenStreetMap .osm/.osm.pbf file")
     p_imp.add_argument("file")
     _add_config_flags(p_imp, only=["db_url", "log_level", "log_format"])
+    p_gtfs = sub.add_parser("import-gtfs", help="import a GTFS static feed (.zip)")
+    p_gtfs.add_argument("file")
+    p_gtfs.add_argument("--feed-id", dest="feed_id", default=None,
+                        help="feed id (default: the file name without extension)")
+    _add_config_flags(p_gtfs, only=["db_url", "log_level", "log_format"])
     args = parser.parse_args(argv)
 
     try:
@@ -281,8 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(simulate(config))
         elif args.command == "import-osm":
             asyncio.run(import_osm(config, args.file))
+        elif args.command == "import-gtfs":
+            asyncio.run(import_gtfs(config, args.file, args.feed_id))
     except TtiError as exc:
         print(f"tti: error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a port in use, a folder we may not write: say so, no traceback
+        print(f"tti: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -46,6 +46,9 @@ class Config:
     jt808_idle_factor: float = 3.0
     jt808_max_connections: int = 20_000
     jt808_open_registration: bool = True
+    jt808_max_frames_per_s: float = 100.0  # per connection; reading pauses beyond (burst 2 s)
+    jt808_max_write_buffer: int = 65_536  # bytes of unsent replies before reading pauses
+    jt808_resend_after_s: float = 10.0  # a split message stalled this long gets 0x8003
     sim_vehicles: int = 120
     sim_interval_s: float = 5.0
     sim_seed: int = 1
@@ -57,6 +60,18 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     department_tokens: tuple[str, ...] = field(default_factory=tuple)
+    # Bus feeds and roadside detectors (services/collector/gtfs_rt.py, detectors.py).
+    gtfs_rt_urls: tuple[str, ...] = ()  # "name=url" entries (a bare url is named after its host)
+    gtfs_rt_poll_s: float = 15.0
+    gtfs_rt_stale_s: float = 120.0  # no new data for this long = stale (also the startup grace)
+    gtfs_rt_timeout_s: float = 10.0
+    gtfs_rt_max_bytes: int = 10_000_000
+    detector_max_body: int = 1_048_576  # bytes of one HTTP body or MQTT message
+    detector_max_items: int = 500  # records in one body or message
+    mqtt_url: str = ""  # mqtt://[user:pass@]host[:port] or mqtts://…; empty = MQTT input off
+    mqtt_topic_prefix: str = "tti/detectors"
+    mqtt_share_group: str = "tti-collector"  # $share group so replicas split messages; "" = off
+    mqtt_client_id: str = ""  # set (per replica) for a persistent session; empty = clean session
 
     @property
     def var_path(self) -> Path:

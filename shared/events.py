@@ -161,6 +161,65 @@ class DetectedEvent:
     details: dict[str, object] = field(default_factory=dict)
 
 
+BUS_STOP_EVENT_KINDS = ("arrival", "departure")
+"""Kinds of :class:`BusArrival`: the bus reached the stop, or left it."""
+
+PREDICTION_SOURCES = ("live", "schedule")
+"""Where an arrival time comes from: a tracked vehicle, or the timetable alone."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusArrival:
+    """A bus arrived at or departed from a stop of its trip, detected from its positions.
+
+    ``observed_at`` is the estimated instant (UTC) of the arrival or departure, interpolated
+    between the two positions bracketing it; ``uncertainty_s`` is the time between them. A bus
+    that passed a stop between two positions yields an arrival and a departure at about the same
+    time (``dwell_s`` 0). ``start_date`` (``YYYYMMDD``, the GTFS service day) and, for
+    frequency-based trips, ``start_time`` identify the trip instance as in GTFS-realtime.
+    """
+
+    vehicle_id: str
+    kind: str
+    trip_id: str
+    route_id: str
+    stop_id: str
+    stop_sequence: int
+    observed_at: datetime
+    start_date: str | None = None
+    start_time: str | None = None
+    direction_id: int | None = None
+    scheduled_at: datetime | None = None
+    delay_s: float | None = None
+    dwell_s: float | None = None
+    uncertainty_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrivalPrediction:
+    """When a bus is expected at a downstream stop of its trip (UTC), and when that was said.
+
+    Published for tracked vehicles (``source`` ``live``) when the time moved by more than a few
+    seconds, and refreshed about once a minute otherwise; a prediction not refreshed for a few
+    minutes is stale. The newest prediction for a (trip instance, stop) replaces older ones.
+    ``predicted_arrival`` is what riders should be told: the expected arrival shaded a little
+    early (30-90 s, more the further ahead), since a bus earlier than announced is missed.
+    """
+
+    trip_id: str
+    route_id: str
+    stop_id: str
+    stop_sequence: int
+    vehicle_id: str | None
+    predicted_arrival: datetime
+    made_at: datetime
+    source: str = "live"
+    start_date: str | None = None
+    start_time: str | None = None
+    direction_id: int | None = None
+    scheduled_arrival: datetime | None = None
+
+
 VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
 TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
@@ -168,6 +227,11 @@ ROAD_STATUS: Subject[RoadStatus] = Subject("tti.road.status", RoadStatus)
 WARNING: Subject[Warning] = Subject("tti.warning", Warning)
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
+# Per-vehicle like positions: partitioned by vehicle id, so each replica publishes what its own
+# share of vehicles did, in order, and consumers can scale out the same way.
+BUS_ARRIVAL: Subject[BusArrival] = Subject("tti.bus.arrival", BusArrival, True)
+ARRIVAL_PREDICTION: Subject[ArrivalPrediction] = Subject("tti.bus.prediction", ArrivalPrediction,
+                                                         True)
 
 ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     VEHICLE_POSITION,
@@ -177,4 +241,6 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     WARNING,
     DETECTOR_READING,
     DETECTED_EVENT,
+    BUS_ARRIVAL,
+    ARRIVAL_PREDICTION,
 )

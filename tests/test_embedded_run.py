@@ -179,3 +179,37 @@ def test_openapi_and_web_page_are_served(embedded: Embedded) -> None:
 def test_sigterm_drains_and_exits_cleanly(embedded: Embedded) -> None:
     embedded.proc.send_signal(signal.SIGTERM)
     assert embedded.proc.wait(30) == 0, embedded.log.read_text()[-3000:]
+
+
+def test_run_on_real_osm_file(tmp_path: Path) -> None:
+    """``tti run --osm`` on the real Wuhan extract: ready, and roads get probe speeds."""
+    from tests.conftest import shared_dir
+
+    osm = shared_dir() / "data" / "osm" / "wuhan_optics_valley.osm"
+    http, jt808 = _free_port(), _free_port()
+    tti = Path(sys.executable).with_name("tti")
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(tti), "run", "--osm", str(osm), "--http-port", str(http),
+             "--jt808-port", str(jt808), "--var-dir", str(tmp_path / "var"),
+             "--speed-window-s", "3", "--sim-interval-s", "1", "--vehicles", "40"],
+            cwd=tmp_path, env={**os.environ, "TTI_LOG_FORMAT": "text"}, stdout=out,
+            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        _wait("/readyz 200", lambda: _get(base + "/readyz")[0] == 200, 60, proc)
+        _, region = _get(base + "/api/v1/region")
+        assert region["segment_count"] > 400  # type: ignore[index]
+
+        def probe() -> object:
+            _, body = _get(base + "/api/v1/roads")
+            return [f for f in body["features"]  # type: ignore[index]
+                    if f["properties"]["source"] == "probe"]
+
+        live = _wait("probe speeds on the Wuhan network", probe, 60, proc)
+        names = {f["properties"]["name"] for f in live}  # type: ignore[attr-defined]
+        assert names - {None}, "real roads carry their OSM names"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]

@@ -1,43 +1,114 @@
-"""Online hidden-Markov-model map matching, one small state per vehicle.
+"""Online hidden-Markov-model map matching with a bounded lag, one small state per vehicle.
 
-Emission: Gaussian in the distance from the fix to the candidate segment (σ ≈ GPS noise), plus a
-penalty when a moving vehicle's heading disagrees with the segment's direction. Transition:
-exponential in |route distance − great-circle distance| (Newson & Krumm 2009). The matcher is
-online with lag 0: each fix is decided when it arrives, and the route between the previous and the
-new decision gives the distance the vehicle drove on each segment.
+Model (Newson & Krumm 2009, with the usual additions for probe vehicles that report speed and
+heading, as JT/T 808 terminals do):
+
+- **States** are candidate positions: the projections of a fix onto the directed segments within
+  ``search_radius_m`` (each direction of a two-way road is its own candidate).
+- **Emission**: Gaussian in the distance from the fix to the candidate (σ ≈ GPS error); a
+  penalty when a moving vehicle's heading disagrees with the segment's direction, which is what
+  tells the two directions of a road and the two carriageways of a dual carriageway apart; and a
+  penalty for a reported speed far above the segment's free-flow speed (a car at 70 km/h is on
+  the trunk road, not on the 40 km/h service road 15 m beside it).
+- **Transition**: exponential in |route distance − great-circle distance| between consecutive
+  fixes, and Gaussian (capped, so stop-and-go traffic cannot veto a route) in |route distance −
+  distance expected from the reported speeds|. Routes are costed with a penalty per ramp
+  (``*_link``) segment, so a vehicle is not sent off a road and back onto it through two ramps
+  on the strength of a few metres of GPS noise. Routes not drivable within a speed-derived
+  bound have probability 0.
+- **Decoding**: Viterbi over a sliding window. A fix is decided once ``lag`` newer fixes have
+  arrived (lag 0 decides it at once), from the best path through the window, and the decision
+  is then fixed: later paths must pass through it, so consecutive decisions are always joined by
+  a drivable route.
+- **Refinement along the road**: GPS noise along the road is as large as across it. When
+  speeds are reported, a decided fix's position along its segment is re-estimated as the
+  inverse-variance mean of its own projection, the previous decided position plus the distance
+  the speeds say was driven, and the projections of the (lag) newer fixes minus theirs. This
+  cuts the median position error by a third (6.6 → 4.3 m at σ = 10 m), which is what the
+  driven distances, and so the speeds, are computed from. The segment stays the one the
+  lattice chose: that choice already weighs the same evidence, and moving a fix across a
+  junction on this estimate alone was measured to be a coin flip.
+
+Routing uses `MatchGraph`, a compact copy of the network's topology shared by all vehicles, with
+resumable, target-bounded Dijkstra searches cached per source node (an on-demand version of
+FMM's upper-bounded origin-destination table): a vehicle moving along a street keeps asking from
+the same few nodes.
+
+Results: `OnlineMatcher.update` returns the fixes decided by that call (zero, one or, when a
+chain ends, several), oldest first, each a `MatchResult` with the fix's time and reported
+position, its matched position (a `Candidate`; None when it matched nothing) and the pieces
+driven since the previously decided fix: distance per segment and the time it took, split
+between segments by the reported speeds. `flush` decides what is still pending (vehicle idle or
+gone). Per-vehicle memory is bounded: at most ``lag + 1`` fixes of at most ``max_candidates``
+candidates each.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import pairwise
 
-from shared.geo import haversine_m
 from shared.roadnet import Candidate, RoadNetwork
+
+__all__ = [
+    "MatchGraph",
+    "MatchParams",
+    "MatchResult",
+    "OnlineMatcher",
+    "Piece",
+]
+
+_NEG_INF = -math.inf
+_INF = math.inf
+_M_PER_DEG = 6_371_008.8 * math.pi / 180.0
+
+
+def _planar_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """Equirectangular distance: within 0.1 % of haversine over the few km between fixes."""
+    kx = _M_PER_DEG * math.cos(math.radians(0.5 * (lat1 + lat2)))
+    return math.hypot((lon2 - lon1) * kx, (lat2 - lat1) * _M_PER_DEG)
 
 
 @dataclass(frozen=True, slots=True)
 class MatchParams:
-    """Tuning of the matcher (metres, seconds, km/h)."""
+    """Tuning of the matcher (metres, seconds, km/h). Defaults suit 5-30 s fixes, σ ≈ 10 m."""
 
     search_radius_m: float = 50.0
     max_candidates: int = 8
     sigma_m: float = 10.0
     beta_m: float = 30.0
-    heading_weight: float = 2.0
+    # Heading: penalty weight * (difference / 45°)², capped so that a terminal reporting a
+    # broken heading degrades matching instead of forcing the wrong direction everywhere.
+    heading_weight: float = 10.0
+    heading_cap: float = 20.0
     min_heading_speed_kmh: float = 5.0
+    # Reported speed above free flow + margin costs ((excess) / scale)².
+    speed_margin_kmh: float = 10.0
+    speed_scale_kmh: float = 10.0
+    # Expected driven distance from reported speeds: σ = hypot(abs, rel * distance), capped.
+    distance_sigma_m: float = 10.0
+    distance_sigma_rel: float = 0.1
+    distance_cap: float = 4.0
+    # Candidates this much less likely (log) than the best one are not kept as states.
+    prune_log: float = 12.0
+    # Reported speeds below this mean "not moving": no heading, no driven distance.
+    stationary_kmh: float = 2.0
+    # GPS jitter moves a standing or crawling vehicle backwards along its segment: up to this
+    # far it is read as standing still instead of as a drive round the block.
+    backward_tolerance_m: float = 45.0
+    # Refinement along the road (False turns it off): relative and absolute (km/h) error of
+    # the distance predicted from the reported speeds.
+    refine: bool = True
+    refine_rel: float = 0.08
+    refine_speed_kmh: float = 2.0
+    lag: int = 1
     max_gap_s: float = 120.0
-    max_speed_kmh: float = 200.0
-
-
-@dataclass(slots=True)
-class _State:
-    t: float
-    lon: float
-    lat: float
-    candidates: list[Candidate]
-    scores: list[float]
-    best: int
+    max_speed_kmh: float = 160.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,105 +122,509 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class MatchResult:
-    """The segment a fix was matched to and the driven pieces since the previous fix."""
+    """A decided fix: its time (s) and reported position, where it matched, the pieces driven.
 
+    ``candidate`` is the matched position (segment, offset, point, distance from the fix), None
+    when the fix matched no road. ``pieces`` cover the time from the previously decided fix of
+    the same chain to this one; they are empty for the first fix of a chain (after a start, a
+    long gap, an off-road stretch or an impossible jump).
+    """
+
+    t: float
+    lon: float
+    lat: float
     candidate: Candidate | None
     pieces: tuple[Piece, ...] = ()
 
 
+class _Search:
+    """Resumable single-source Dijkstra: settles nodes lazily, up to any distance."""
+
+    __slots__ = ("dist", "heap", "pred", "settled")
+
+    def __init__(self, source: int) -> None:
+        self.dist: dict[int, float] = {source: 0.0}
+        self.pred: dict[int, int] = {}
+        self.heap: list[tuple[float, int]] = [(0.0, source)]
+        self.settled: set[int] = set()
+
+
+class MatchGraph:
+    """The network's topology as flat lists, plus cached routing searches; one per network.
+
+    Build it once per `RoadNetwork` (about 0.1 s per 30,000 segments) and give it to every
+    vehicle's `OnlineMatcher`. Routes are costed as length plus ``link_penalty_m`` per ramp
+    segment. The search cache holds at most ``cache_sources`` source nodes and is guarded by a
+    lock, so matchers in several threads may share one graph.
+    """
+
+    def __init__(self, network: RoadNetwork, *, link_penalty_m: float = 40.0,
+                 cache_sources: int = 8192) -> None:
+        self.network = network
+        segments = list(network)
+        self.seg_ids: list[str] = [s.segment_id for s in segments]
+        self.seg_index: dict[str, int] = {sid: i for i, sid in enumerate(self.seg_ids)}
+        self.seg_len: list[float] = [s.length_m for s in segments]
+        self.seg_free_flow_kmh: list[float] = [s.free_flow_kmh for s in segments]
+        self._coords = [s.coords for s in segments]
+        # Cumulative sub-edge lengths, filled on first use (only for segments matched to).
+        self._cum: dict[int, list[float]] = {}
+        nodes: dict[int, int] = {}
+        self.seg_from: list[int] = [nodes.setdefault(s.from_node, len(nodes)) for s in segments]
+        self.seg_to: list[int] = [nodes.setdefault(s.to_node, len(nodes)) for s in segments]
+        self.seg_cost: list[float] = [
+            s.length_m + (link_penalty_m if s.road_class.endswith("_link") else 0.0)
+            for s in segments]
+        out: list[list[tuple[int, int, float]]] = [[] for _ in nodes]
+        for i, (a, b) in enumerate(zip(self.seg_from, self.seg_to, strict=True)):
+            out[a].append((i, b, self.seg_cost[i]))
+        self._out = out
+        self._cache_sources = cache_sources
+        self._searches: OrderedDict[int, _Search] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def costs(self, source: int, targets: list[int], bound: float) -> list[float]:
+        """Route cost from node ``source`` to each target node; inf beyond ``bound``."""
+        with self._lock:
+            search = self._searches.get(source)
+            if search is None:
+                search = _Search(source)
+                self._searches[source] = search
+                if len(self._searches) > self._cache_sources:
+                    self._searches.popitem(last=False)
+            else:
+                self._searches.move_to_end(source)
+            settled = search.settled
+            missing = {t for t in targets if t not in settled}
+            if missing:
+                self._advance(search, missing, bound)
+            dist = search.dist
+            return [dist[t] if t in settled and dist[t] <= bound else _INF for t in targets]
+
+    def _advance(self, search: _Search, targets: set[int], bound: float) -> None:
+        heap, dist, pred, settled = search.heap, search.dist, search.pred, search.settled
+        out = self._out
+        pop, push = heapq.heappop, heapq.heappush
+        while heap and heap[0][0] <= bound:
+            d, node = pop(heap)
+            if node in settled:
+                continue
+            settled.add(node)
+            for seg, nxt, cost in out[node]:
+                nd = d + cost
+                if nd < dist.get(nxt, _INF):
+                    dist[nxt] = nd
+                    pred[nxt] = seg
+                    push(heap, (nd, nxt))
+            if node in targets:
+                targets.discard(node)
+                if not targets:
+                    return
+
+    def path(self, source: int, target: int, bound: float = _INF) -> list[int] | None:
+        """Segments of the cheapest route from node source to node target (None if none)."""
+        if source == target:
+            return []
+        with self._lock:
+            search = self._searches.get(source)
+            if search is None or target not in search.settled:
+                search = search or _Search(source)
+                self._advance(search, {target}, bound)
+                if target not in search.settled:
+                    return None
+            segs: list[int] = []
+            node = target
+            seg_from = self.seg_from
+            pred = search.pred
+            while node != source:
+                seg = pred[node]
+                segs.append(seg)
+                node = seg_from[seg]
+            segs.reverse()
+            return segs
+
+    def cached_sources(self) -> int:
+        """Number of source nodes with a cached search (at most ``cache_sources``)."""
+        return len(self._searches)
+
+    def point_at(self, seg: int, offset_m: float) -> tuple[float, float, float]:
+        """(lon, lat, bearing°) at ``offset_m`` along segment index ``seg``."""
+        cum = self._cum.get(seg)
+        coords = self._coords[seg]
+        if cum is None:
+            cum = [0.0]
+            for (x1, y1), (x2, y2) in pairwise(coords):
+                cum.append(cum[-1] + _planar_m(x1, y1, x2, y2))
+            self._cum[seg] = cum
+        k = min(max(bisect_right(cum, offset_m) - 1, 0), len(coords) - 2)
+        (x1, y1), (x2, y2) = coords[k], coords[k + 1]
+        d = cum[k + 1] - cum[k]
+        f = 0.0 if d <= 0.0 else min(1.0, max(0.0, (offset_m - cum[k]) / d))
+        kx = math.cos(math.radians(y1))
+        bearing = math.degrees(math.atan2((x2 - x1) * kx, y2 - y1)) % 360.0
+        return x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, bearing
+
+
+@dataclass(slots=True)
+class _Step:
+    """One fix in the Viterbi window and its candidate states."""
+
+    t: float
+    lon: float
+    lat: float
+    speed_kmh: float | None
+    cands: list[Candidate]
+    segs: list[int]
+    emissions: list[float]
+    scores: list[float]
+    back: list[int]
+    # trans[j][i]: log transition from the previous step's candidate i to candidate j, and the
+    # route cost behind it, negative for jitter backwards on one segment (None for the first
+    # step of a chain).
+    trans: list[list[float]] | None = None
+    route_m: list[list[float]] | None = None
+    # Once decided: the chosen candidate, and the refined position as (segment index, offset,
+    # variance of the position along the route, in m²).
+    decided: int = -1
+    pos_seg: int = -1
+    pos_off: float = 0.0
+    pos_delta: float = 0.0
+    pos_var: float = 0.0
+
+
 @dataclass(slots=True)
 class OnlineMatcher:
-    """Map-matches a stream of fixes of one vehicle."""
+    """Map-matches a stream of fixes of one vehicle, deciding each after ``params.lag`` more.
 
-    network: RoadNetwork
+    ``network`` should be the `MatchGraph` shared by all vehicles; a `RoadNetwork` also works
+    (a private graph is built: fine for one vehicle, wasteful for many).
+    """
+
+    network: RoadNetwork | MatchGraph
     params: MatchParams = field(default_factory=MatchParams)
-    state: _State | None = None
+    graph: MatchGraph = field(init=False)
+    road: RoadNetwork = field(init=False)
+    _steps: list[_Step] = field(init=False, default_factory=list)
 
-    def _emission(self, c: Candidate, heading: float | None, speed_kmh: float | None) -> float:
-        p = self.params
-        score = -0.5 * (c.distance_m / p.sigma_m) ** 2
-        if heading is not None and speed_kmh is not None and speed_kmh >= p.min_heading_speed_kmh:
-            diff = abs((heading - c.bearing_deg + 180.0) % 360.0 - 180.0)
-            score -= p.heading_weight * (diff / 45.0) ** 2
-        return score
+    def __post_init__(self) -> None:
+        if isinstance(self.network, MatchGraph):
+            self.graph = self.network
+        else:
+            self.graph = MatchGraph(self.network, cache_sources=256)
+        self.road = self.graph.network
 
-    def _route(self, a: Candidate, b: Candidate, limit_m: float) -> tuple[list[str], float] | None:
-        """Segments driven from candidate a to b (inclusive) and the route distance."""
-        if a.segment_id == b.segment_id and b.offset_m >= a.offset_m - 3.0:
-            return [a.segment_id], max(0.0, b.offset_m - a.offset_m)
-        seg_a = self.network.get_segment(a.segment_id)
-        rest = seg_a.length_m - a.offset_m
-        if rest > limit_m:
-            return None
-        found = self.network.shortest_path(a.segment_id, b.segment_id,
-                                           max_length_m=limit_m - rest)
-        if found is None:
-            return None
-        path, between = found
-        route = path if path and path[0] == a.segment_id else [a.segment_id, *path]
-        if route[-1] != b.segment_id:
-            route.append(b.segment_id)
-        return route, rest + between + b.offset_m
+    # --- public API ---
+
+    @property
+    def pending(self) -> int:
+        """Fixes received but not decided yet (at most ``lag``)."""
+        return sum(1 for s in self._steps if s.decided < 0)
+
+    def state_size(self) -> int:
+        """Candidates held in the window: this vehicle's memory, in units (bounded)."""
+        return sum(len(s.cands) for s in self._steps)
 
     def update(self, t: float, lon: float, lat: float, *, heading: float | None = None,
-               speed_kmh: float | None = None) -> MatchResult:
-        """Match one fix at time ``t`` (seconds); returns its segment and driven pieces."""
-        p = self.params
-        cands = self.network.nearest(lon, lat, radius_m=p.search_radius_m, k=p.max_candidates)
-        if not cands:
-            # Off the network (parking lot, GPS jump): forget the chain rather than guess.
-            self.state = None
-            return MatchResult(None)
-        emissions = [self._emission(c, heading, speed_kmh) for c in cands]
-        prev = self.state
-        dt = 0.0 if prev is None else t - prev.t
-        if prev is None or dt <= 0 or dt > p.max_gap_s:
-            best = max(range(len(cands)), key=emissions.__getitem__)
-            self.state = _State(t, lon, lat, cands, emissions, best)
-            return MatchResult(cands[best])
-        gc = haversine_m(prev.lon, prev.lat, lon, lat)
-        limit = max(gc * 2.0 + 100.0, p.max_speed_kmh / 3.6 * dt * 0.5)
-        limit = min(limit, p.max_speed_kmh / 3.6 * dt + 100.0)
-        scores: list[float] = []
-        routes: list[tuple[int, list[str], float] | None] = []
-        for c, em in zip(cands, emissions, strict=True):
-            best_score = -math.inf
-            best_route: tuple[int, list[str], float] | None = None
-            for i, (pc, ps) in enumerate(zip(prev.candidates, prev.scores, strict=True)):
-                if ps == -math.inf:
-                    continue
-                r = self._route(pc, c, limit)
-                if r is None:
-                    continue
-                score = ps - abs(r[1] - gc) / p.beta_m
-                if score > best_score:
-                    best_score, best_route = score, (i, r[0], r[1])
-            scores.append(best_score + em)
-            routes.append(best_route)
-        best = max(range(len(cands)), key=scores.__getitem__)
-        if scores[best] == -math.inf:
-            # No candidate is reachable from the last ones: the chain broke (tunnel, long jump).
-            best = max(range(len(cands)), key=emissions.__getitem__)
-            self.state = _State(t, lon, lat, cands, emissions, best)
-            return MatchResult(cands[best])
-        # Normalise so scores do not drift towards -inf over a long trip.
-        top = scores[best]
-        self.state = _State(t, lon, lat, cands, [s - top for s in scores], best)
-        chosen = routes[best]
-        assert chosen is not None
-        i, route, dist = chosen
-        return MatchResult(cands[best], self._pieces(prev.candidates[i], cands[best], route,
-                                                      dist, dt))
+               speed_kmh: float | None = None) -> list[MatchResult]:
+        """Add the fix at time ``t`` (s); return the fixes this decides, oldest first.
 
-    def _pieces(self, a: Candidate, b: Candidate, route: list[str], dist: float,
-                dt: float) -> tuple[Piece, ...]:
-        if dist / dt * 3.6 > self.params.max_speed_kmh:
+        A fix not newer than the previous one is ignored (duplicates, late retransmissions).
+        """
+        p = self.params
+        last = self._steps[-1] if self._steps else None
+        if last is not None and t <= last.t:
+            return []
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            return [*self.flush(), MatchResult(t, lon, lat, None)]
+        if speed_kmh is not None and not math.isfinite(speed_kmh):
+            speed_kmh = None
+        out: list[MatchResult] = []
+        cands = self.road.nearest(lon, lat, radius_m=p.search_radius_m, k=p.max_candidates)
+        if not cands:
+            # Off the network (parking lot, GPS jump): end the chain rather than guess through.
+            out.extend(self.flush())
+            out.append(MatchResult(t, lon, lat, None))
+            return out
+        step = self._make_step(t, lon, lat, heading, speed_kmh, cands)
+        if last is not None and t - last.t <= p.max_gap_s and self._link(last, step):
+            self._steps.append(step)
+        else:
+            # First fix, a long gap or no drivable route from the last fixes: a new chain.
+            out.extend(self.flush())
+            self._steps = [step]
+        while self.pending > p.lag:
+            out.append(self._decide_oldest())
+        return out
+
+    def flush(self) -> list[MatchResult]:
+        """Decide every pending fix now (best path through the window) and end the chain."""
+        out = []
+        while self.pending:
+            out.append(self._decide_oldest())
+        self._steps.clear()
+        return out
+
+    # --- model ---
+
+    def _make_step(self, t: float, lon: float, lat: float, heading: float | None,
+                   speed_kmh: float | None, cands: list[Candidate]) -> _Step:
+        p = self.params
+        g = self.graph
+        index = g.seg_index
+        free_flow = g.seg_free_flow_kmh
+        inv_sigma = 1.0 / p.sigma_m
+        use_heading = (heading is not None and math.isfinite(heading) and speed_kmh is not None
+                       and speed_kmh >= p.min_heading_speed_kmh)
+        segs = [index[c.segment_id] for c in cands]
+        emissions = []
+        for c, seg in zip(cands, segs, strict=True):
+            z = c.distance_m * inv_sigma
+            score = -0.5 * z * z
+            if use_heading:
+                assert heading is not None
+                diff = abs((heading - c.bearing_deg + 180.0) % 360.0 - 180.0) / 45.0
+                score -= min(p.heading_cap, p.heading_weight * diff * diff)
+            if speed_kmh is not None:
+                over = (speed_kmh - free_flow[seg] - p.speed_margin_kmh) / p.speed_scale_kmh
+                if over > 0.0:
+                    score -= over * over
+            emissions.append(score)
+        keep = max(emissions) - p.prune_log
+        kept = [n for n, e in enumerate(emissions) if e >= keep]
+        if len(kept) < len(cands):
+            cands = [cands[n] for n in kept]
+            segs = [segs[n] for n in kept]
+            emissions = [emissions[n] for n in kept]
+        return _Step(t, lon, lat, speed_kmh, cands, segs, emissions, list(emissions),
+                     [-1] * len(cands))
+
+    def _link(self, prev: _Step, step: _Step) -> bool:
+        """Fill the transitions from prev to step and step's Viterbi scores; False if none."""
+        p = self.params
+        g = self.graph
+        dt = step.t - prev.t
+        gc = _planar_m(prev.lon, prev.lat, step.lon, step.lat)
+        vmax = p.max_speed_kmh / 3.6
+        # A route much longer than the straight line is improbable anyway (the transition
+        # decays by e every beta_m); the bound keeps each routing search small.
+        limit = min(max(2.0 * gc + 4.0 * p.sigma_m + 100.0, 0.5 * vmax * dt), vmax * dt + 100.0)
+        inv_beta = 1.0 / p.beta_m
+        expected = -1.0
+        inv_dsig = 0.0
+        if prev.speed_kmh is not None and step.speed_kmh is not None:
+            expected = 0.5 * (prev.speed_kmh + step.speed_kmh) / 3.6 * dt
+            # The speed changed from one reported value to the other at an unknown moment
+            # (at a junction, say): uniform over dt, that adds (Δv·dt)²/12 to the variance.
+            dv = (step.speed_kmh - prev.speed_kmh) / 3.6 * dt
+            rel = p.distance_sigma_rel * expected
+            inv_dsig = 1.0 / math.sqrt(p.distance_sigma_m ** 2 + rel * rel + dv * dv / 12.0)
+        cap = p.distance_cap
+        tol = p.backward_tolerance_m
+        seg_len, seg_cost, seg_to, seg_from = g.seg_len, g.seg_cost, g.seg_to, g.seg_from
+        n_prev, n_cur = len(prev.cands), len(step.cands)
+        trans = [[_NEG_INF] * n_prev for _ in range(n_cur)]
+        route_m = [[_INF] * n_prev for _ in range(n_cur)]
+        targets = [seg_from[s] for s in step.segs]
+        scores = [_NEG_INF] * n_cur
+        back = [-1] * n_cur
+        for i, (pc, ps, pseg) in enumerate(zip(prev.cands, prev.scores, prev.segs, strict=True)):
+            if ps == _NEG_INF:
+                continue
+            rest = seg_len[pseg] - pc.offset_m
+            # Cost of finishing this segment, in route-cost units (ramps carry their penalty).
+            rest_cost = rest + (seg_cost[pseg] - seg_len[pseg]) * rest / max(seg_len[pseg], 1e-9)
+            node_cost: list[float] | None = None
+            for j, (c, cseg) in enumerate(zip(step.cands, step.segs, strict=True)):
+                if cseg == pseg and c.offset_m >= pc.offset_m - tol:
+                    # Signed: a little backwards is jitter, kept for refining positions.
+                    along = c.offset_m - pc.offset_m
+                    r = max(0.0, along)
+                else:
+                    if rest > limit:
+                        continue
+                    if node_cost is None:
+                        node_cost = g.costs(seg_to[pseg], targets, limit - rest_cost)
+                    d = node_cost[j]
+                    if d == _INF:
+                        continue
+                    r = along = rest_cost + d + c.offset_m
+                    if r > limit:
+                        continue
+                tr = -abs(r - gc) * inv_beta
+                if expected >= 0.0:
+                    z = (r - expected) * inv_dsig
+                    tr -= min(cap, 0.5 * z * z)
+                trans[j][i] = tr
+                route_m[j][i] = along
+                s = ps + tr
+                if s > scores[j]:
+                    scores[j] = s
+                    back[j] = i
+        top = max(scores)
+        if top == _NEG_INF:
+            return False
+        # Normalise so scores do not drift towards -inf over a long trip.
+        step.scores = [s - top + e if s != _NEG_INF else _NEG_INF
+                       for s, e in zip(scores, step.emissions, strict=True)]
+        step.back = back
+        step.trans = trans
+        step.route_m = route_m
+        return True
+
+    # --- decoding ---
+
+    def _decide_oldest(self) -> MatchResult:
+        """Decide the oldest pending fix from the best path through the window, then fix it."""
+        steps = self._steps
+        k = 0 if steps[0].decided < 0 else 1
+        last = steps[-1]
+        j = max(range(len(last.scores)), key=last.scores.__getitem__)
+        path = [j]
+        for n in range(len(steps) - 1, k, -1):
+            j = steps[n].back[j]
+            path.append(j)
+        path.reverse()  # best candidate of steps[k], steps[k + 1], ...
+        step = steps[k]
+        step.decided = j
+        anchor = steps[0] if k == 1 else None
+        self._refine(anchor, step, steps[k + 1:], path)
+        pieces: tuple[Piece, ...] = ()
+        if anchor is not None:
+            pieces = self._pieces(anchor, step)
+            del steps[0]
+        # Later paths must pass through the decision: recompute their scores from it alone.
+        step.scores = [0.0 if i == j else _NEG_INF for i in range(len(step.cands))]
+        prev = step
+        for nxt in steps[1:]:
+            assert nxt.trans is not None
+            scores, back = [], []
+            for row, em in zip(nxt.trans, nxt.emissions, strict=True):
+                best, arg = _NEG_INF, -1
+                for i, (ps, tr) in enumerate(zip(prev.scores, row, strict=True)):
+                    s = ps + tr
+                    if s > best:
+                        best, arg = s, i
+                scores.append(best + em if arg >= 0 else _NEG_INF)
+                back.append(arg)
+            top = max(scores)
+            nxt.scores = [s - top if s != _NEG_INF else s for s in scores]
+            nxt.back = back
+            prev = nxt
+        return MatchResult(step.t, step.lon, step.lat, self._candidate(step), pieces)
+
+    def _candidate(self, step: _Step) -> Candidate:
+        """The matched position of a decided step as a Candidate."""
+        c = step.cands[step.decided]
+        seg, off = step.pos_seg, step.pos_off
+        if seg == step.segs[step.decided] and abs(off - c.offset_m) < 0.5:
+            return c
+        lon, lat, bearing = self.graph.point_at(seg, off)
+        return Candidate(self.graph.seg_ids[seg], _planar_m(step.lon, step.lat, lon, lat),
+                         off, lon, lat, bearing)
+
+    def _refine(self, anchor: _Step | None, step: _Step, ahead: list[_Step],
+                path: list[int]) -> None:
+        """Set step's position along its route from itself, the anchor and the fixes ahead.
+
+        Coordinates are metres along the route relative to step's chosen projection. Each
+        neighbour gives an estimate (its position ∓ the distance the reported speeds say was
+        driven) with a variance; the inverse-variance mean is the refined position, clamped
+        between the anchor's position and the next fix's projection.
+        """
+        p = self.params
+        j = step.decided
+        c = step.cands[j]
+        seg = step.segs[j]
+        step.pos_seg, step.pos_off, step.pos_var = seg, c.offset_m, p.sigma_m ** 2
+        v = step.speed_kmh
+        if not p.refine or v is None:
+            return
+        var0 = p.sigma_m ** 2
+        num, den = 0.0, 1.0 / var0
+        lo = -_INF
+        r_prev = 0.0
+        if anchor is not None and anchor.speed_kmh is not None:
+            assert step.route_m is not None
+            r_prev = step.route_m[j][anchor.decided]
+            # The anchor's refined position relative to this step's projection.
+            base = anchor.pos_delta - r_prev
+            d, var_d = self._driven(anchor.speed_kmh, v, step.t - anchor.t)
+            var = anchor.pos_var + var_d
+            num += (base + d) / var
+            den += 1.0 / var
+            lo = base
+        hi = _INF
+        ahead_r = 0.0
+        ahead_d, ahead_var = 0.0, 0.0
+        prev_step, prev_j, prev_v = step, j, v
+        for n, (nxt, nj) in enumerate(zip(ahead, path[1:], strict=False)):
+            if nxt.speed_kmh is None or prev_v is None:
+                break
+            assert nxt.route_m is not None
+            ahead_r += nxt.route_m[nj][prev_j]
+            d, var_d = self._driven(prev_v, nxt.speed_kmh, nxt.t - prev_step.t)
+            ahead_d += d
+            ahead_var += var_d
+            if n == 0:
+                hi = ahead_r
+            var = var0 + ahead_var
+            num += (ahead_r - ahead_d) / var
+            den += 1.0 / var
+            prev_step, prev_j, prev_v = nxt, nj, nxt.speed_kmh
+        delta = num / den
+        delta = max(lo, min(hi, delta)) if lo <= hi else delta
+        # Stay on the segment the lattice chose: the lattice already weighs the same evidence
+        # for that choice, and moving across a junction on this estimate alone is a coin flip.
+        delta = max(-c.offset_m, min(self.graph.seg_len[seg] - c.offset_m, delta))
+        step.pos_var = 1.0 / den
+        step.pos_delta = delta
+        step.pos_off = c.offset_m + delta
+
+    def _driven(self, v0: float, v1: float, dt: float) -> tuple[float, float]:
+        """Distance (m) the reported speeds say was driven in dt, and its variance (m²)."""
+        p = self.params
+        d = 0.5 * (v0 + v1) / 3.6 * dt
+        sd_speed = p.refine_speed_kmh / 3.6 * dt
+        # The speed changed from v0 to v1 at some moment in between (at a junction, say):
+        # uniformly distributed, that moment adds (Δv·dt)²/12 to the variance of the distance.
+        dv = (v1 - v0) / 3.6 * dt
+        return d, sd_speed * sd_speed + (p.refine_rel * d) ** 2 + dv * dv / 12.0
+
+    def _pieces(self, a: _Step, b: _Step) -> tuple[Piece, ...]:
+        """What the vehicle drove from a's decided position to b's, and how long it took."""
+        g = self.graph
+        p = self.params
+        dt = b.t - a.t
+        sa, oa, sb, ob = a.pos_seg, a.pos_off, b.pos_seg, b.pos_off
+        v0, v1 = a.speed_kmh, b.speed_kmh
+        stationary = p.stationary_kmh
+        if v0 is not None and v1 is not None and v0 < stationary and v1 < stationary:
+            # Standing still: whatever the jitter says, the vehicle drove nothing.
+            return (Piece(g.seg_ids[sb], 0.0, dt),)
+        if sa == sb and ob >= oa - p.backward_tolerance_m:
+            return (Piece(g.seg_ids[sa], max(0.0, ob - oa), dt),)
+        middle = g.path(g.seg_to[sa], g.seg_from[sb], p.max_speed_kmh / 3.6 * dt + 100.0)
+        if middle is None:
             return ()
-        if len(route) == 1:
-            return (Piece(route[0], dist, dt),)
-        lengths = [self.network.get_segment(s).length_m for s in route]
-        parts = [max(0.0, lengths[0] - a.offset_m), *lengths[1:-1], b.offset_m]
-        total = sum(parts)
-        if total <= 0:
-            return tuple(Piece(s, 0.0, dt / len(route)) for s in route)
-        return tuple(Piece(s, d, dt * d / total) for s, d in zip(route, parts, strict=True))
+        route = [sa, *middle, sb]
+        lengths = g.seg_len
+        parts = [max(0.0, lengths[sa] - oa), *(lengths[s] for s in middle), ob]
+        if sum(parts) > p.max_speed_kmh / 3.6 * dt + 100.0:
+            return ()
+        # Split the time by the reported speeds: the first piece at the speed reported on it,
+        # the last at the last fix's, those between at the same share of their free-flow speed
+        # as the two ends (a ramp between two motorway fixes is driven slower than they were).
+        # Vehicles change speed at junctions, so this beats splitting in proportion to distance.
+        if v0 is not None and v1 is not None and v0 >= stationary and v1 >= stationary:
+            ff = g.seg_free_flow_kmh
+            share = 0.5 * (v0 / ff[sa] + v1 / ff[sb])
+            speeds = [v0, *(share * ff[s] for s in middle), v1]
+            times = [d / v for d, v in zip(parts, speeds, strict=True)]
+        else:
+            times = list(parts)
+        total = sum(times)
+        if total <= 0.0:
+            return tuple(Piece(g.seg_ids[s], 0.0, dt / len(route)) for s in route)
+        scale = dt / total
+        return tuple(Piece(g.seg_ids[s], d, tt * scale)
+                     for s, d, tt in zip(route, parts, times, strict=True))

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.collector.detectors import DetectorIntake, MqttDetectorInput, add_detector_routes
+from services.collector.gtfs_rt import GtfsRtPoller
 from services.collector.jt808_gateway import Jt808Gateway
 from services.collector.registry import VehicleRegistry
 from services.collector.terminals import TerminalStore, terminal_store_from_url
@@ -32,7 +34,10 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
         bus=bus, terminals=store, registry=registry or VehicleRegistry(),
         heartbeat_s=config.jt808_heartbeat_s, idle_factor=config.jt808_idle_factor,
         max_connections=config.jt808_max_connections,
-        open_registration=config.jt808_open_registration)
+        open_registration=config.jt808_open_registration,
+        max_frames_per_s=config.jt808_max_frames_per_s,
+        max_write_buffer=config.jt808_max_write_buffer,
+        resend_after_s=config.jt808_resend_after_s)
     app[GATEWAY] = gateway
     started: list[bool] = []
 
@@ -55,4 +60,26 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
                                                else "not started"))
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
+    _add_feeds_and_detectors(app, config, bus)
     return app
+
+
+GTFS_RT = web.AppKey("gtfs_rt_poller", GtfsRtPoller)
+MQTT_DETECTORS = web.AppKey("mqtt_detectors", MqttDetectorInput)
+
+
+def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus) -> None:
+    """GTFS-rt pollers (when feeds are configured), HTTP detector routes, MQTT (when set)."""
+    intake = DetectorIntake(bus, max_body=config.detector_max_body,
+                            max_items=config.detector_max_items)
+    add_detector_routes(app, intake)
+    if config.gtfs_rt_urls:
+        poller = GtfsRtPoller.from_config(config, bus=bus)
+        app[GTFS_RT] = poller
+        app.cleanup_ctx.append(poller.cleanup_ctx)
+        add_readiness_check(app, "gtfs_rt", poller.readiness)
+    if config.mqtt_url:
+        mqtt = MqttDetectorInput.from_config(config, intake=intake)
+        app[MQTT_DETECTORS] = mqtt
+        app.cleanup_ctx.append(mqtt.cleanup_ctx)
+        add_readiness_check(app, "mqtt", mqtt.readiness)

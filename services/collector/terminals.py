@@ -118,21 +118,37 @@ class SqliteTerminalStore(TerminalStore):
         await self._q("DELETE FROM jt808_terminals WHERE terminal_phone=?", (terminal_phone,))
 
 
-class PostgresTerminalStore(TerminalStore):
-    """Terminals in PostgreSQL, shared by every collector replica."""
+_PG_SCHEMA_LOCK = 0x7461_3830_3874  # advisory lock key ("ta808t"): one schema change at a time
 
-    def __init__(self, dsn: str) -> None:
+
+class PostgresTerminalStore(TerminalStore):
+    """Terminals in PostgreSQL, shared by every collector replica.
+
+    Errors reaching the server (connection lost, server restarting) become
+    :class:`~shared.errors.TransientError`, so callers can answer "try again" instead of failing.
+    """
+
+    def __init__(self, dsn: str, *, max_connections: int = 4) -> None:
         self.dsn = dsn
+        self.max_connections = max_connections
         self._pool: Any = None
 
     async def open(self) -> None:
         import asyncpg
 
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
-        await self._pool.execute(
-            "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT PRIMARY KEY, "
-            "auth_code TEXT NOT NULL, plate TEXT NOT NULL, terminal_id TEXT NOT NULL, "
-            "registered_at TIMESTAMPTZ NOT NULL)")
+        try:
+            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.max_connections)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise TransientError(f"terminal store: cannot connect to PostgreSQL: {exc}") from exc
+        async with pool.acquire() as conn, conn.transaction():
+            # Replicas start together: CREATE TABLE IF NOT EXISTS is not safe against a
+            # concurrent twin (unique violation on pg_type), so take turns.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PG_SCHEMA_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT PRIMARY KEY, "
+                "auth_code TEXT NOT NULL, plate TEXT NOT NULL, terminal_id TEXT NOT NULL, "
+                "registered_at TIMESTAMPTZ NOT NULL)")
+        self._pool = pool
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -146,24 +162,35 @@ class PostgresTerminalStore(TerminalStore):
             raise TransientError("terminal store is not open")
         return self._pool
 
+    async def _call(self, method: str, sql: str, *args: object) -> Any:
+        import asyncpg
+
+        try:
+            return await getattr(self.pool, method)(sql, *args)
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError) as exc:
+            raise TransientError(f"terminal store: {exc}") from exc
+
     async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
         rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
                              datetime.now(UTC))
-        await self.pool.execute(
+        await self._call(
+            "execute",
             "INSERT INTO jt808_terminals VALUES ($1,$2,$3,$4,$5) ON CONFLICT (terminal_phone) "
             "DO UPDATE SET auth_code=$2, plate=$3, terminal_id=$4, registered_at=$5",
             rec.terminal_phone, rec.auth_code, rec.plate, rec.terminal_id, rec.registered_at)
         return rec
 
     async def find(self, terminal_phone: str) -> TerminalRecord | None:
-        row = await self.pool.fetchrow(
+        row = await self._call(
+            "fetchrow",
             "SELECT terminal_phone, auth_code, plate, terminal_id, registered_at "
             "FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
         return None if row is None else TerminalRecord(*row)
 
     async def delete(self, terminal_phone: str) -> None:
-        await self.pool.execute(
-            "DELETE FROM jt808_terminals WHERE terminal_phone=$1", terminal_phone)
+        await self._call("execute", "DELETE FROM jt808_terminals WHERE terminal_phone=$1",
+                         terminal_phone)
 
 
 def terminal_store_from_url(url: str) -> TerminalStore:

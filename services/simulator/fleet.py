@@ -110,6 +110,22 @@ class _Terminal:
         return s
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusFix:
+    """Where one bus of the fleet is now (true position), for the simulator's GTFS-rt feed."""
+
+    vehicle_id: str
+    plate: str
+    route_id: str
+    direction_id: int | None
+    lon: float
+    lat: float
+    speed_kmh: float
+    heading_deg: float
+    observed_at: datetime
+    route_progress: float | None  # share of its route pattern driven; None while off the route
+
+
 def _open_append(path: Path) -> IO[bytes]:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("ab")
@@ -130,9 +146,10 @@ class Simulator:
         self.stats = TerminalStats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._truth: IO[bytes] | None = None
-        self._t0 = 0.0
+        self._t0 = time.monotonic()  # reset by start(); set here so bus_fixes() works before
         self._epoch = datetime.now(UTC)
         self._running = False
+        self._route_offsets: dict[str, tuple[dict[str, float], float]] = {}
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -188,6 +205,42 @@ class Simulator:
     def sim_time(self) -> float:
         """Seconds since the simulator started."""
         return time.monotonic() - self._t0
+
+    def bus_fixes(self) -> list[BusFix]:
+        """Current true positions of the buses (vehicles on a route), for the GTFS-rt feed."""
+        if self.world is None or self.network is None:
+            return []
+        t = self.sim_time()
+        now = self._epoch + timedelta(seconds=t)
+        out = []
+        for v in self.fleet:
+            if not v.route_id:
+                continue
+            fix = self.world.fix(v, t)
+            route_id, sep, direction = v.route_id.rpartition(":")  # "<route_id>:<direction_id>"
+            if not sep or not direction.isdigit():
+                route_id, direction = v.route_id, ""
+            offsets, total = self._route_offsets_of(v)
+            done = offsets.get(fix.segment_id)
+            out.append(BusFix(
+                vehicle_id=v.vehicle_id, plate=v.plate, route_id=route_id,
+                direction_id=int(direction) if direction else None, lon=fix.lon, lat=fix.lat,
+                speed_kmh=fix.speed_kmh, heading_deg=fix.heading_deg, observed_at=now,
+                route_progress=None if done is None or total <= 0 else done / total))
+        return out
+
+    def _route_offsets_of(self, v: Vehicle) -> tuple[dict[str, float], float]:
+        """Distance from the route's start to each of its segments, and the route's length."""
+        key = v.route_id or ""
+        if key not in self._route_offsets:
+            assert self.network is not None
+            offsets: dict[str, float] = {}
+            acc = 0.0
+            for sid in v.route_segments:
+                offsets.setdefault(sid, acc)
+                acc += self.network.get_segment(sid).length_m
+            self._route_offsets[key] = (offsets, acc)
+        return self._route_offsets[key]
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:

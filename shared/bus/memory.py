@@ -75,6 +75,8 @@ class _MemorySubscription(Subscription):
         self.consumers = consumers
 
     async def stop(self) -> None:
+        if self in self.bus._subs:
+            self.bus._subs.remove(self)
         for c in self.consumers:
             self.bus._detach(c)
         for c in self.consumers:

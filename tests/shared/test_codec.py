@@ -14,6 +14,8 @@ from shared.events import (
     ALL_SUBJECTS,
     ROAD_STATUS,
     VEHICLE_POSITION,
+    ArrivalPrediction,
+    BusArrival,
     RoadStatus,
     VehiclePosition,
 )
@@ -42,6 +44,14 @@ SAMPLES: dict[str, object] = {
     "tti.detector.event": ALL_SUBJECTS[6].payload_type(
         detector_id="cam-7", event_id="e1", kind="fog", observed_at=T, confidence=0.9,
         details={"visibility_m": 80}),
+    "tti.bus.arrival": BusArrival(
+        vehicle_id="13800000001", kind="departure", trip_id="R1_0_0800", route_id="R1",
+        stop_id="1479", stop_sequence=2, observed_at=T, start_date="20261128", direction_id=0,
+        scheduled_at=T, delay_s=-12.5, dwell_s=31.0, uncertainty_s=10.0),
+    "tti.bus.prediction": ArrivalPrediction(
+        trip_id="R1_0_0800", route_id="R1", stop_id="1485", stop_sequence=8,
+        vehicle_id="13800000001", predicted_arrival=T, made_at=T, source="live",
+        start_date="20261128", start_time=None, direction_id=0, scheduled_arrival=T),
 }
 
 

@@ -1,16 +1,60 @@
-"""The geodatabase interface every backend implements, and the records it speaks."""
+"""The geodatabase interface every backend implements, and the records it speaks.
+
+Two backends implement it with the same behaviour (one contract test suite runs against both):
+:class:`~services.bigdata.store.sqlite.SqliteStore` (embedded, plain sqlite3 + R*Tree, geometry in
+Python with shapely) and :class:`~services.bigdata.store.postgis.PostgisStore` (asyncpg + PostGIS,
+GiST indexes). Coordinates are WGS-84 (lon, lat); distances are metres; times are UTC.
+
+What it holds:
+
+- **road segments** (directed, from OSM) with their speed history;
+- **features** of the kinds in :data:`FEATURE_KINDS` (bridges, tunnels, stations, parking …) with
+  a geometry, names, attrs and a live state;
+- **GTFS static** feeds (agency, routes, stops, trips, stop times, shapes, calendars,
+  frequencies), their stops also as ``bus_stop``/``rail_station`` features;
+- **import bookkeeping**: per import key (``roads``, ``features:<source>``, ``gtfs:<feed_id>``)
+  the source, digest and time of the last import, so re-importing the same file is a no-op.
+
+Schema changes are numbered migrations recorded in ``schema_migrations`` and applied on
+:meth:`GeoStore.open`; both backends are at :data:`SCHEMA_VERSION`.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
+from services.bigdata.store.features import (
+    FEATURE_KINDS,
+    AmbiguousIdError,
+    Feature,
+    NearbyFeature,
+    SearchHit,
+)
+from services.bigdata.store.gtfs import (
+    GtfsData,
+    GtfsFeed,
+    GtfsFrequency,
+    GtfsRoute,
+    GtfsShape,
+    GtfsStop,
+    GtfsStopTime,
+    GtfsTrip,
+)
 from shared.errors import ConfigError
 from shared.roadnet import RoadSegment
 
 BBox = tuple[float, float, float, float]
+"""(min_lon, min_lat, max_lon, max_lat)."""
+
+SCHEMA_VERSION = 3
+"""Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static."""
+
+OSM_FEATURE_SOURCE = "osm"
+"""Import source of the features extracted from the imported OSM file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +79,48 @@ class SpeedRecord:
     confidence: float
 
 
+@dataclass(frozen=True, slots=True)
+class NearbySegment:
+    """A road segment and its distance in metres from the query point."""
+
+    segment: RoadSegment
+    distance_m: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportRecord:
+    """The last successful import under one key (``roads``, ``features:osm``, ``gtfs:<feed>``)."""
+
+    key: str
+    source: str
+    digest: str
+    region_name: str
+    imported_at: datetime
+    item_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class OsmImportOutcome:
+    """What :meth:`GeoStore.import_osm` changed."""
+
+    roads_changed: bool
+    features_changed: bool
+
+    @property
+    def changed(self) -> bool:
+        """True when anything was written."""
+        return self.roads_changed or self.features_changed
+
+
 class GeoStore(abc.ABC):
-    """Road segments with geometry, their speed history, and import bookkeeping."""
+    """Road segments, features and GTFS static with geometry; speed history; import bookkeeping.
+
+    Every import method runs in one transaction and is idempotent per key and digest: the same
+    digest again returns False and writes nothing; any failure (including an exception raised
+    while iterating the input) leaves the database as it was.
+    """
+
+    # --- lifecycle ---
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -51,6 +135,12 @@ class GeoStore(abc.ABC):
         """The highest applied migration."""
 
     @abc.abstractmethod
+    async def find_import(self, key: str) -> ImportRecord | None:
+        """The last import under ``key`` (``roads``, ``features:<source>``, ``gtfs:<feed>``)."""
+
+    # --- road segments ---
+
+    @abc.abstractmethod
     async def import_segments(self, source: str, digest: str, region_name: str,
                               segments: Iterable[RoadSegment]) -> bool:
         """Replace the road segments with ``segments`` in one transaction.
@@ -60,12 +150,30 @@ class GeoStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def import_osm(self, source: str, digest: str, region_name: str,
+                         segments: Iterable[RoadSegment], features: Iterable[Feature], *,
+                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS
+                         ) -> OsmImportOutcome:
+        """Roads and the OSM features of one file, together in one transaction.
+
+        Roads are replaced unless ``digest`` equals the ``roads`` import's; the features of
+        ``feature_kinds`` from source ``osm`` are replaced unless ``features_digest`` equals the
+        ``features:osm`` import's (the extractor's version is part of that digest, so a better
+        extractor re-imports the same file). All or nothing.
+        """
+
+    @abc.abstractmethod
     async def list_segments(self, bbox: BBox | None = None) -> list[RoadSegment]:
-        """Segments whose extent intersects ``bbox`` (all when None)."""
+        """Segments whose extent intersects ``bbox`` (all when None), in import order."""
 
     @abc.abstractmethod
     async def find_segment(self, segment_id: str) -> RoadSegment | None:
         """One segment, or None."""
+
+    @abc.abstractmethod
+    async def nearest_segments(self, lon: float, lat: float, k: int = 1,
+                               max_distance_m: float | None = None) -> list[NearbySegment]:
+        """The ``k`` segments nearest to (lon, lat), nearest first (ties by segment id)."""
 
     @abc.abstractmethod
     async def region(self) -> RegionInfo:
@@ -80,9 +188,136 @@ class GeoStore(abc.ABC):
                             ) -> list[SpeedRecord]:
         """Speed windows of one segment in [since, until), oldest first."""
 
+    # --- features ---
+
+    @abc.abstractmethod
+    async def import_features(self, source: str, digest: str, kinds: Sequence[str],
+                              features: Iterable[Feature]) -> bool:
+        """Make the features of ``kinds`` from ``source`` exactly ``features``, in one transaction.
+
+        ``source`` names where they come from (``osm``, ``gtfs:<feed>``, ``detectors``); features
+        of those kinds previously imported from it and absent now are deleted, the others
+        replaced — keeping their live state. Returns False and writes nothing when ``digest``
+        equals the last import's from ``source``. A feature whose kind is not in ``kinds``, a
+        duplicate (kind, id) or a bad geometry raises :class:`FeatureError`, DB unchanged.
+        """
+
+    @abc.abstractmethod
+    async def features_in_bbox(self, bbox: BBox | None, kinds: Sequence[str] | None = None,
+                               limit: int = 1000) -> list[Feature]:
+        """Features whose geometry intersects ``bbox`` (all when None), by kind then id."""
+
+    @abc.abstractmethod
+    async def nearest_features(self, lon: float, lat: float,
+                               kinds: Sequence[str] | None = None, k: int = 5,
+                               max_distance_m: float | None = None) -> list[NearbyFeature]:
+        """The ``k`` features nearest to (lon, lat) in metres, nearest first."""
+
+    @abc.abstractmethod
+    async def search(self, query: str, kinds: Sequence[str] | None = None,
+                     limit: int = 20) -> list[SearchHit]:
+        """Features and roads whose name, name_en or ref contains ``query`` (case-insensitive).
+
+        Roads come as one hit per name (kind ``road``, with their segment ids). Order: exact
+        match, prefix, substring; then shorter name first. ``kinds`` may include ``road``.
+        """
+
+    @abc.abstractmethod
+    async def get_feature(self, kind: str, feature_id: str) -> Feature:
+        """One feature with its live state; :class:`~shared.errors.NotFound` when missing."""
+
+    @abc.abstractmethod
+    async def update_live(self, kind: str, feature_id: str, live: Mapping[str, Any], *,
+                          observed_at: datetime | None = None) -> Feature:
+        """Merge ``live`` into the feature's live state (None deletes a key); returns it.
+
+        ``live_updated_at`` becomes ``observed_at`` (default now, UTC). Raises NotFound when the
+        feature does not exist and FeatureError for an implausible state (e.g. more free parking
+        spaces than capacity).
+        """
+
+    @abc.abstractmethod
+    async def feature_counts(self) -> dict[str, int]:
+        """Number of features per kind (kinds with none are left out)."""
+
+    # --- GTFS static ---
+
+    @abc.abstractmethod
+    async def import_gtfs(self, data: GtfsData) -> bool:
+        """Replace feed ``data.feed_id`` (its rows and its stop features) in one transaction.
+
+        False and nothing written when the digest equals the feed's last import.
+        """
+
+    @abc.abstractmethod
+    async def list_feeds(self) -> list[GtfsFeed]:
+        """Imported feeds, by feed id."""
+
+    @abc.abstractmethod
+    async def list_routes(self, feed_id: str | None = None) -> list[GtfsRoute]:
+        """Routes (of one feed, or all), by feed, sort order, short name, id."""
+
+    @abc.abstractmethod
+    async def find_trip(self, trip_id: str, feed_id: str | None = None) -> GtfsTrip | None:
+        """One trip, or None. Without ``feed_id`` an id present in two feeds raises
+        :class:`AmbiguousIdError`."""
+
+    @abc.abstractmethod
+    async def trips_for_route(self, route_id: str, feed_id: str | None = None
+                              ) -> list[GtfsTrip]:
+        """Trips of a route, by direction then trip id (empty for an unknown route)."""
+
+    @abc.abstractmethod
+    async def get_trip_stop_times(self, trip_id: str, feed_id: str | None = None
+                                  ) -> list[GtfsStopTime]:
+        """The trip's stop times in stop_sequence order.
+
+        Raises NotFound for an unknown trip, AmbiguousIdError when ``feed_id`` is None and
+        several feeds have the trip id.
+        """
+
+    @abc.abstractmethod
+    async def trip_frequencies(self, trip_id: str, feed_id: str | None = None
+                               ) -> list[GtfsFrequency]:
+        """frequencies.txt rows of a headway-based trip, by start time (empty otherwise)."""
+
+    @abc.abstractmethod
+    async def active_service_ids(self, day: date, feed_id: str) -> set[str]:
+        """Service ids of ``feed_id`` running on ``day`` (the service day, in the feed's
+        ``agency_timezone``): calendar.txt weekday and range, then calendar_dates.txt."""
+
+    @abc.abstractmethod
+    async def stops_in_bbox(self, bbox: BBox, feed_id: str | None = None, limit: int = 1000
+                            ) -> list[GtfsStop]:
+        """Stops with a location inside ``bbox``, by feed and stop id."""
+
+    @abc.abstractmethod
+    async def stop_by_id(self, stop_id: str, feed_id: str | None = None) -> GtfsStop | None:
+        """One stop, or None (AmbiguousIdError as for :meth:`find_trip`)."""
+
+    @abc.abstractmethod
+    async def search_stops(self, query: str, feed_id: str | None = None, limit: int = 20
+                           ) -> list[GtfsStop]:
+        """Stops whose name, English name or code contains ``query``; exact/prefix first."""
+
+    @abc.abstractmethod
+    async def get_shape(self, shape_id: str, feed_id: str | None = None) -> GtfsShape | None:
+        """A trip shape, or None (AmbiguousIdError as for :meth:`find_trip`)."""
+
+
+def unique_in_feeds(rows: Sequence[Any], what: str, ident: str,
+                    feed_of: Any = lambda r: r[0]) -> Any | None:
+    """The one row among rows for the same id in different feeds; None when there is none."""
+    if not rows:
+        return None
+    if len(rows) > 1:
+        feeds = ", ".join(sorted(str(feed_of(r)) for r in rows))
+        raise AmbiguousIdError(f"{what} {ident!r} exists in feeds {feeds}: pass feed_id")
+    return rows[0]
+
 
 def store_from_url(url: str) -> GeoStore:
-    """``sqlite:///path`` → the embedded store (``postgresql://`` comes with PostGIS support)."""
+    """``sqlite:///path`` → the embedded store; ``postgresql://…`` → PostGIS."""
     if url.startswith("sqlite:///"):
         from services.bigdata.store.sqlite import SqliteStore
 
@@ -91,4 +326,9 @@ def store_from_url(url: str) -> GeoStore:
         from services.bigdata.store.sqlite import SqliteStore
 
         return SqliteStore(":memory:")
-    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///path")
+    if url.startswith(("postgresql://", "postgres://")):
+        from services.bigdata.store.postgis import PostgisStore
+
+        return PostgisStore(url)
+    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///path or "
+                      "postgresql://user@host/db")

@@ -1,0 +1,303 @@
+"""Map matching: points/s per core and accuracy, ours against baselines on the same traces.
+
+Network: the demo region at the size giving ~28,000 directed segments
+(``shared.demo.size_for_segments(28000)``). Traces: 40 simulator vehicles (class mix, routes and
+speeds from ``services.simulator.world``) driving for an hour, sampled every 10 s and every 30 s
+(the same drives), with Gaussian position noise σ = 10 m per axis, heading noise 5° and speed
+noise 2 km/h (``services.bigdata.traces``). Accuracy is the share of fixes matched to their true
+*directed* segment (unmatched fixes count as wrong). Speed is fixes per CPU second of this
+process (``time.process_time``), i.e. per core whatever else runs on the machine.
+
+Matchers:
+
+- ``ours``: `services.bigdata.matching.OnlineMatcher` (online, lag 0/1/2 fixes), one shared
+  `MatchGraph` built before timing, its routing cache cold at the start of each run;
+- ``nearest``: the nearest segment to each fix (ties, such as the two directions of a road,
+  broken by the reported heading) — the baseline every ratio refers to;
+- ``fastmm``: FMM (Yang & Gidófalvi 2018) as packaged on PyPI (``fastmm``): offline HMM over
+  the whole trace with a precomputed upper-bounded origin-destination table (UBODT, built
+  before timing and reported separately), on the network in a local metric projection;
+- ``mappymatch``: NREL's LCSS matcher (``mappymatch``) on a networkx map in EPSG:3857, as its
+  docs do; it is slow, so it runs on a subset of the traces (stated in the table).
+
+``fastmm`` and ``mappymatch`` are benchmark-only and are NOT project dependencies; install them
+into the venv to include them (``.venv/bin/pip install fastmm mappymatch``). mappymatch 0.7
+declares ``pandas<3`` while the project uses pandas 3: install it with ``--no-deps`` next to its
+other requirements (osmnx, igraph, geopandas, pyproj) or in a separate venv. A matcher that
+cannot be imported or fails is listed with the reason instead of figures.
+
+Usage: ``.venv/bin/python bench/bench_matching.py [--traces 40] [--duration 3600]
+[--mappymatch-traces 4] [--segments 28000]`` (about 1-3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.bigdata.matching import MatchGraph, MatchParams, OnlineMatcher
+from services.bigdata.traces import NoiseModel, Trace, generate_traces
+from services.simulator.world import World
+from shared.demo import generate_demo_region, size_for_segments
+from shared.geo import LocalProjection
+from shared.roadnet import RoadNetwork
+
+# Per fix: the matched directed segment id, or None.
+Matched = list[str | None]
+MatchFn = Callable[[Trace], Matched]
+
+
+@dataclass
+class Row:
+    """One matcher's figures at one sampling interval (or why there are none)."""
+
+    name: str
+    interval_s: float
+    points: int = 0
+    cpu_s: float = 0.0
+    correct: int = 0
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.points / self.cpu_s if self.cpu_s > 0 else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.points if self.points else math.nan
+
+
+def _run(name: str, interval_s: float, traces: Sequence[Trace], fn: MatchFn,
+         note: str = "") -> Row:
+    row = Row(name, interval_s, note=note)
+    for trace in traces:
+        start = time.process_time()
+        matched = fn(trace)
+        row.cpu_s += time.process_time() - start
+        row.points += len(trace.points)
+        row.correct += sum(m == p.segment_id for m, p in zip(matched, trace.points, strict=True))
+    return row
+
+
+# --- ours and the baseline -------------------------------------------------------------------
+
+
+def ours(graph: MatchGraph, lag: int) -> MatchFn:
+    params = MatchParams(lag=lag)
+
+    def match(trace: Trace) -> Matched:
+        matcher = OnlineMatcher(graph, params)
+        out = []
+        for p in trace.points:
+            out.extend(matcher.update(p.t, p.lon, p.lat, heading=p.heading_deg,
+                                      speed_kmh=p.speed_kmh))
+        out.extend(matcher.flush())
+        return [r.candidate.segment_id if r.candidate else None for r in out]
+
+    return match
+
+
+def nearest(net: RoadNetwork) -> MatchFn:
+    def match(trace: Trace) -> Matched:
+        out: Matched = []
+        for p in trace.points:
+            cands = net.nearest(p.lon, p.lat, radius_m=50.0, k=8)
+            if not cands:
+                out.append(None)
+                continue
+            best = cands[0].distance_m
+            tied = [c for c in cands if c.distance_m <= best + 1.0]
+            out.append(min(tied, key=lambda c: abs((p.heading_deg - c.bearing_deg + 180.0)
+                                                   % 360.0 - 180.0)).segment_id)
+        return out
+
+    return match
+
+
+# --- fastmm ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence a native library's logging to stdout/stderr (fastmm logs every UBODT step)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def fastmm_matcher(net: RoadNetwork, cache_dir: Path, delta_m: float) -> tuple[MatchFn, float]:
+    """An FMM matcher on a metric copy of the network; also the UBODT build time (s)."""
+    import fastmm
+
+    min_lon, min_lat, max_lon, max_lat = net.bbox()
+    proj = LocalProjection((min_lon + max_lon) / 2, (min_lat + max_lat) / 2)
+    network = fastmm.Network()
+    ids = []
+    nodes: dict[int, int] = {}
+    for i, seg in enumerate(net):
+        ids.append(seg.segment_id)
+        network.add_edge(i, source=nodes.setdefault(seg.from_node, len(nodes)),
+                         target=nodes.setdefault(seg.to_node, len(nodes)),
+                         geom=[proj.to_xy(lon, lat) for lon, lat in seg.coords])
+    start = time.perf_counter()
+    with _quiet():
+        network.finalize()
+        fmm = fastmm.FastMapMatch(network, fastmm.TransitionMode.SHORTEST,
+                                  max_distance_between_candidates=delta_m,
+                                  cache_dir=str(cache_dir))
+    build_s = time.perf_counter() - start
+
+    keep_alive = network  # FastMapMatch holds a raw reference to it: it must outlive fmm
+
+    def match(trace: Trace) -> Matched:
+        assert keep_alive is not None
+        pts = [(*proj.to_xy(p.lon, p.lat), p.t) for p in trace.points]
+        result = fmm.match(fastmm.Trajectory.from_xyt_tuples(pts), max_candidates=8,
+                           candidate_search_radius=50.0, gps_error=10.0)
+        out: Matched = [None] * len(pts)
+        for sub in result.subtrajectories:
+            for seg in sub.segments:
+                out[seg.p0.trajectory_index] = ids[seg.edges[0].edge_id]
+                out[seg.p1.trajectory_index] = ids[seg.edges[-1].edge_id]
+        return out
+
+    return match, build_s
+
+
+# --- mappymatch ------------------------------------------------------------------------------
+
+
+def mappymatch_matcher(net: RoadNetwork) -> MatchFn:
+    """NREL mappymatch's LCSS matcher on a networkx map of the network (EPSG:3857)."""
+    import networkx as nx
+    import pandas as pd
+    from mappymatch.constructs.trace import Trace as MmTrace
+    from mappymatch.maps.nx.nx_map import NxMap
+    from mappymatch.matchers.lcss.lcss import LCSSMatcher
+    from mappymatch.utils.crs import XY_CRS
+    from pyproj import Transformer
+    from shapely.geometry import LineString
+
+    to_xy = Transformer.from_crs(4326, 3857, always_xy=True)
+    g = nx.MultiDiGraph()
+    for seg in net:
+        xs, ys = to_xy.transform([c[0] for c in seg.coords], [c[1] for c in seg.coords])
+        g.add_edge(seg.from_node, seg.to_node, key=seg.segment_id,
+                   geometry=LineString(zip(xs, ys, strict=True)),
+                   kilometers=seg.length_m / 1000.0,
+                   minutes=seg.length_m / (seg.free_flow_kmh / 3.6) / 60.0)
+    g.graph["crs"] = XY_CRS
+    matcher = LCSSMatcher(NxMap(g))
+
+    def match(trace: Trace) -> Matched:
+        frame = pd.DataFrame({"latitude": [p.lat for p in trace.points],
+                              "longitude": [p.lon for p in trace.points]})
+        result = matcher.match_trace(MmTrace.from_dataframe(frame))
+        return [m.road.road_id.key if m.road is not None else None for m in result.matches]
+
+    return match
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--segments", type=int, default=28_000)
+    ap.add_argument("--traces", type=int, default=40)
+    ap.add_argument("--duration", type=float, default=3600.0)
+    ap.add_argument("--mappymatch-traces", type=int, default=4)
+    ap.add_argument("--ubodt-delta", type=float, default=1500.0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        size = size_for_segments(args.segments)
+        region = generate_demo_region(Path(tmp) / "demo", size=size)
+        net = RoadNetwork.from_osm(region.osm_path)
+        print(f"network: demo region size {size}, {len(net):,} directed segments")
+        noise = NoiseModel(position_sigma_m=10.0)
+        start = time.perf_counter()
+        # Two Worlds seeded alike drive the same trips: only the sampling differs.
+        traces = {iv: generate_traces(World(net, seed=42), count=args.traces,
+                                      duration_s=args.duration, interval_s=iv, noise=noise,
+                                      seed=42)
+                  for iv in (10.0, 30.0)}
+        print(f"traces: {args.traces} vehicles x {args.duration:.0f} s, "
+              f"{sum(len(t.points) for t in traces[10.0]):,} fixes at 10 s and "
+              f"{sum(len(t.points) for t in traces[30.0]):,} at 30 s "
+              f"(generated in {time.perf_counter() - start:.1f} s)\n")
+
+        rows: list[Row] = []
+        for iv, ts in traces.items():
+            rows.append(_run("nearest segment (baseline)", iv, ts, nearest(net)))
+            for lag in (0, 1, 2):
+                start = time.process_time()
+                graph = MatchGraph(net)
+                build = time.process_time() - start
+                rows.append(_run(f"ours, lag {lag}", iv, ts, ours(graph, lag),
+                                 f"graph built in {build:.2f} s, route cache cold"))
+
+        try:
+            fmm, build_s = fastmm_matcher(net, Path(tmp) / "ubodt", args.ubodt_delta)
+        except Exception as exc:  # ImportError, or the wheel failing on this platform
+            rows += [Row("fastmm", iv, note=f"not run: {type(exc).__name__}: {exc}")
+                     for iv in traces]
+        else:
+            for iv, ts in traces.items():
+                rows.append(_run("fastmm (FMM)", iv, ts, fmm,
+                                 f"UBODT delta {args.ubodt_delta:.0f} m built in "
+                                 f"{build_s:.1f} s, not timed"))
+
+        try:
+            mm = mappymatch_matcher(net)
+        except Exception as exc:
+            rows += [Row("mappymatch", iv, note=f"not run: {type(exc).__name__}: {exc}")
+                     for iv in traces]
+        else:
+            n = args.mappymatch_traces
+            for iv, ts in traces.items():
+                try:
+                    rows.append(_run("mappymatch (LCSS)", iv, ts[:n], mm,
+                                     f"first {n} of the traces"))
+                except Exception as exc:
+                    rows.append(Row("mappymatch (LCSS)", iv,
+                                    note=f"failed: {type(exc).__name__}: {exc}"))
+
+    _table(rows)
+
+
+def _table(rows: list[Row]) -> None:
+    base = {r.interval_s: r.rate for r in rows if r.name.startswith("nearest")}
+    print(f"{'matcher':<28} {'interval':>8} {'fixes':>7} {'fixes/s/core':>13} "
+          f"{'accuracy':>9} {'x baseline':>10}  notes")
+    for r in sorted(rows, key=lambda r: (r.interval_s, rows.index(r))):
+        if not r.points:
+            print(f"{r.name:<28} {r.interval_s:>7.0f}s {'-':>7} {'-':>13} {'-':>9} {'-':>10}"
+                  f"  {r.note}")
+            continue
+        print(f"{r.name:<28} {r.interval_s:>7.0f}s {r.points:>7,} {r.rate:>13,.0f} "
+              f"{r.accuracy:>8.1%} {r.rate / base[r.interval_s]:>9.2f}x  {r.note}")
+    print("\naccuracy = fixes on their true directed segment; target for ours: >= 10,000 "
+          "fixes/s per core at >= 95 % (10 s, 10 m), >= 90 % at 30 s")
+
+
+if __name__ == "__main__":
+    main()

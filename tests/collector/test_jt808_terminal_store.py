@@ -1,0 +1,96 @@
+"""Terminal store contract (registrations and auth codes), run against SQLite here and against
+PostgreSQL in ``tests/integration/test_terminal_store_postgres.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from services.collector.terminals import (
+    PostgresTerminalStore,
+    SqliteTerminalStore,
+    TerminalStore,
+    terminal_store_from_url,
+)
+from shared.errors import ConfigError, TransientError
+
+StoreFactory = Callable[[], TerminalStore]
+
+
+async def contract_register_find_delete(make: StoreFactory) -> None:
+    store = make()
+    await store.open()
+    try:
+        assert await store.find("13912345678") is None
+        rec = await store.register("13912345678", "鄂A12345", "T345678")
+        assert re.fullmatch(r"[0-9A-F]{16}", rec.auth_code)
+        found = await store.find("13912345678")
+        assert found is not None
+        assert (found.auth_code, found.plate, found.terminal_id) == (rec.auth_code, "鄂A12345",
+                                                                     "T345678")
+        assert found.registered_at.utcoffset() is not None
+        again = await store.register("13912345678", "鄂A12345", "T345678")
+        assert again.auth_code != rec.auth_code  # re-registration issues a new code
+        assert (await store.find("13912345678")).auth_code == again.auth_code  # type: ignore[union-attr]
+        await store.delete("13912345678")
+        assert await store.find("13912345678") is None
+        await store.delete("13912345678")  # deleting twice is fine
+    finally:
+        await store.close()
+
+
+async def contract_codes_persist_and_are_shared(make: StoreFactory) -> None:
+    a, b = make(), make()
+    await asyncio.gather(a.open(), b.open())  # two replicas starting together
+    try:
+        recs = await asyncio.gather(*(a.register(f"1380000{i:04d}", f"P{i}", f"T{i}")
+                                      for i in range(20)))
+        for rec in recs:
+            found = await b.find(rec.terminal_phone)
+            assert found is not None and found.auth_code == rec.auth_code
+    finally:
+        await a.close()
+        await b.close()
+    c = make()
+    await c.open()
+    try:
+        assert (await c.find(recs[0].terminal_phone)).auth_code == recs[0].auth_code  # type: ignore[union-attr]
+    finally:
+        await c.close()
+
+
+CONTRACT: list[Callable[[StoreFactory], Awaitable[None]]] = [
+    contract_register_find_delete, contract_codes_persist_and_are_shared]
+
+
+@pytest.fixture
+async def sqlite_factory(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    yield lambda: SqliteTerminalStore(str(tmp_path / "db" / "terminals.db"))
+
+
+@pytest.mark.parametrize("contract", CONTRACT, ids=lambda c: c.__name__)
+async def test_sqlite_store_contract(sqlite_factory: StoreFactory,
+                                     contract: Callable[[StoreFactory], Awaitable[None]]) -> None:
+    await contract(sqlite_factory)
+
+
+async def test_closed_store_is_a_transient_error(tmp_path: Path) -> None:
+    store = SqliteTerminalStore(str(tmp_path / "t.db"))
+    with pytest.raises(TransientError):
+        await store.find("1")
+    pg = PostgresTerminalStore("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(TransientError):
+        await pg.find("1")
+    with pytest.raises(TransientError):
+        await pg.open()  # nothing listens on port 1
+
+
+def test_store_from_url() -> None:
+    assert isinstance(terminal_store_from_url("sqlite:///var/x.db"), SqliteTerminalStore)
+    assert isinstance(terminal_store_from_url("postgresql://u@h/db"), PostgresTerminalStore)
+    with pytest.raises(ConfigError):
+        terminal_store_from_url("mysql://u@h/db")

@@ -1,0 +1,131 @@
+"""``tti serve`` for each service on real NATS JetStream, driven by ``tti simulate``.
+
+The production shape on one machine: four processes, the JetStream bus, one geodatabase file,
+and the simulator as a separate process speaking JT/T 808 to the collector.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+
+import orjson
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[str, object]]:
+    from shared.demo import generate_demo_region
+
+    region = generate_demo_region(tmp_path / "demo")
+    ports = {s: _free_port() for s in ("collector", "bigdata", "warning", "publisher")}
+    jt808 = _free_port()
+    tti = str(Path(sys.executable).with_name("tti"))
+    env = {**os.environ, "TTI_BUS_URL": nats_url, "TTI_BUS_STREAM": unique_name.upper(),
+           "TTI_BUS_PREFIX": unique_name, "TTI_DB_URL": f"sqlite:///{tmp_path}/tti.db",
+           "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": "4",
+           "TTI_JT808_PORT": str(jt808), "TTI_OSM": str(region.osm_path),
+           "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}", "TTI_LOG_FORMAT": "text",
+           "TTI_HTTP_HOST": "127.0.0.1"}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    # bigdata first: it imports the map the others rely on.
+    for name in ("bigdata", "warning", "collector", "publisher"):
+        log = (tmp_path / f"{name}.log").open("wb")
+        logs.append(log)
+        procs.append(subprocess.Popen([tti, "serve", name],
+                                      env={**env, "TTI_HTTP_PORT": str(ports[name])},
+                                      stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 60
+    for name, port in ports.items():
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
+            except (URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, f"{name} not ready: " + (
+                tmp_path / f"{name}.log").read_text()[-2000:]
+            time.sleep(0.5)
+    sim_log = (tmp_path / "sim.log").open("wb")
+    logs.append(sim_log)
+    # Without TTI_OSM the simulator generates the same (deterministic) demo city itself, and
+    # with it the bus routes and the demo incident segment.
+    sim_env = {k: v for k, v in env.items() if k != "TTI_OSM"}
+    procs.append(subprocess.Popen(
+        [tti, "simulate", "--vehicles", "60", "--sim-interval-s", "1",
+         "--incident", "demo@2+300:4"], env=sim_env, stdout=sim_log, stderr=subprocess.STDOUT))
+    try:
+        yield {"ports": ports, "incident": region.incident_segment_id, "procs": procs,
+               "tmp": tmp_path}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+        import asyncio
+
+        import nats
+
+        async def drop() -> None:
+            nc = await nats.connect(nats_url)
+            try:
+                await nc.jetstream().delete_stream(unique_name.upper())
+            finally:
+                await nc.close()
+
+        asyncio.run(drop())
+
+
+def test_four_services_and_simulator_over_jetstream(cluster: dict[str, object]) -> None:
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    base = f"http://127.0.0.1:{ports['publisher']}"
+    deadline = time.monotonic() + 150
+    probe: list[object] = []
+    warned: list[object] = []
+    while time.monotonic() < deadline and not (probe and warned):
+        _, roads = _get(base + "/api/v1/roads")
+        probe = [f for f in roads["features"]  # type: ignore[index]
+                 if f["properties"]["source"] == "probe"]
+        _, body = _get(base + "/api/v1/warnings")
+        warned = [w for w in body["warnings"]  # type: ignore[index]
+                  if w["segment_id"] == cluster["incident"]]
+        time.sleep(2)
+    tmp: Path = cluster["tmp"]  # type: ignore[assignment]
+    assert probe, (tmp / "bigdata.log").read_text()[-2000:]
+    assert warned, (tmp / "warning.log").read_text()[-2000:]
+    # Every process drains and exits cleanly on SIGTERM.
+    for p in cluster["procs"]:  # type: ignore[attr-defined]
+        p.send_signal(signal.SIGTERM)
+    for p in cluster["procs"]:  # type: ignore[attr-defined]
+        assert p.wait(30) == 0
