@@ -3,7 +3,8 @@
 ``tti run`` starts all four services in one process (memory bus, SQLite, generated demo region,
 fleet simulator); ``tti serve <service>`` starts one alone with the bus and database the
 configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
-``tti import-osm FILE`` loads a road network into the geodatabase.
+``tti import-osm FILE`` loads a road network and its features into the geodatabase;
+``tti import-gtfs FILE`` loads a GTFS static feed.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ async def run_embedded(config: Config) -> None:
     )
 
     config, demo = ensure_demo(config)
-    sim = Simulator(sim_config_from(config, demo=demo))
+    # Half the buses report through the simulator's GTFS-rt feed, the rest as JT/T 808 terminals.
+    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=demo), gtfs_rt_share=0.5))
     await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
     config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
                             vehicle_registry=config.vehicle_registry

@@ -410,7 +410,7 @@ class DetectorIntake:
             if isinstance(first, asyncio.CancelledError):
                 raise first
             raise BusError(f"the bus did not take {failed} of {len(records)} records; retry "
-                           "(records already taken are dropped as duplicates)") from first
+                           "(JetStream drops the ones it already has)") from first
 
     async def _publish_one(self, r: DetectorReading | DetectedEvent) -> None:
         if isinstance(r, DetectorReading):

@@ -64,6 +64,9 @@ class SimConfig:
     version: int = 2013
     bus_routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     demo_incident_segment: str | None = None
+    gtfs_rt_share: float = 0.0
+    """Share of the buses that report through the GTFS-rt feed instead of JT/T 808 (each bus
+    uses one channel, so no bus is counted twice downstream)."""
 
 
 def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
@@ -143,6 +146,7 @@ class Simulator:
         self.network = network
         self.world: World | None = None
         self.fleet: list[Vehicle] = []
+        self.feed_buses: set[str] = set()
         self.stats = TerminalStats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._truth: IO[bytes] | None = None
@@ -167,6 +171,12 @@ class Simulator:
         for spec in self.config.incidents:
             self.world.incidents.append(parse_incident(spec, self.network, default_segment=hot))
         self.fleet = self.world.make_fleet(self.config.vehicles)
+        buses = [v for v in self.fleet if v.route_id]
+        n_feed = round(len(buses) * self.config.gtfs_rt_share)
+        # Every other bus, so both channels cover every route.
+        self.feed_buses = {v.vehicle_id for v in buses[1::2][:n_feed]}
+        if len(self.feed_buses) < n_feed:
+            self.feed_buses |= {v.vehicle_id for v in buses[::2][:n_feed - len(self.feed_buses)]}
         self._write_registry()
 
     def _busy_segment(self) -> str:
@@ -214,9 +224,10 @@ class Simulator:
         now = self._epoch + timedelta(seconds=t)
         out = []
         for v in self.fleet:
-            if not v.route_id:
+            if v.vehicle_id not in self.feed_buses:
                 continue
             fix = self.world.fix(v, t)
+            self._record_truth(v, self.world.drop_past(v, t))
             route_id, sep, direction = v.route_id.rpartition(":")  # "<route_id>:<direction_id>"
             if not sep or not direction.isdigit():
                 route_id, direction = v.route_id, ""
@@ -253,6 +264,8 @@ class Simulator:
         rng = random.Random(self.config.seed)
         for v in self.fleet:
             phase = rng.uniform(0, self.config.interval_s)
+            if v.vehicle_id in self.feed_buses:
+                continue  # reports through the GTFS-rt feed only
             t = asyncio.create_task(self._run_terminal(_Terminal(v), phase),
                                     name=f"sim:{v.vehicle_id}")
             self._tasks.add(t)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import zipfile
 from collections.abc import AsyncIterator
@@ -34,7 +35,8 @@ def prepared_simulator(tmp: Path) -> tuple[Simulator, DemoRegion]:
     """A simulator over the demo region with its fleet built (no terminals connected)."""
     region = generate_demo_region(tmp / "demo", size=1)
     config = Config(var_dir=str(tmp / "var"), osm=str(region.osm_path), sim_vehicles=60)
-    sim = Simulator(sim_config_from(config, demo=region))
+    # Every bus reports through the feed here (tti run splits them between the two channels).
+    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=region), gtfs_rt_share=1.0))
     sim.prepare()
     return sim, region
 
@@ -224,3 +226,16 @@ def test_occupancy_follows_load_and_peaks_in_rush_hour() -> None:
     assert mean_at(7.75) > 2 * mean_at(3.0)
     assert mean_at(17.75) > mean_at(13.0)
     assert all(0 <= simulated_load_pct(i, day, tz) <= 110 for i in ids)
+
+
+def test_each_bus_reports_on_one_channel_only(tmp_path: Path) -> None:
+    region = generate_demo_region(tmp_path / "demo", size=1)
+    config = Config(var_dir=str(tmp_path / "var"), osm=str(region.osm_path), sim_vehicles=60)
+    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=region), gtfs_rt_share=0.5))
+    sim.prepare()
+    buses = {v.vehicle_id for v in sim.fleet if v.route_id}
+    on_feed = {f.vehicle_id for f in sim.bus_fixes()}
+    assert on_feed and on_feed < buses
+    assert abs(len(on_feed) - len(buses) / 2) <= 1
+    # The rest are JT/T 808 terminals: never both.
+    assert sim.feed_buses == on_feed
