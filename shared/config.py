@@ -60,6 +60,9 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     department_tokens: tuple[str, ...] = field(default_factory=tuple)
+    sensor_tokens: tuple[str, ...] = ()
+    """Bearer tokens roadside sensors present on the collector's HTTP inputs (empty: open, for
+    the embedded run on one machine; set them in production)."""
     # Bus feeds and roadside detectors (services/collector/gtfs_rt.py, detectors.py).
     gtfs_rt_urls: tuple[str, ...] = ()  # "name=url" entries (a bare url is named after its host)
     gtfs_rt_poll_s: float = 15.0

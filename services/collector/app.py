@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.collector.detectors import DetectorIntake, MqttDetectorInput, add_detector_routes
+from services.collector.detectors import (
+    DetectorIntake,
+    MqttDetectorInput,
+    add_detector_routes,
+    openapi_paths,
+)
 from services.collector.gtfs_rt import GtfsRtPoller
 from services.collector.jt808_gateway import Jt808Gateway
 from services.collector.registry import VehicleRegistry
@@ -68,11 +73,27 @@ GTFS_RT = web.AppKey("gtfs_rt_poller", GtfsRtPoller)
 MQTT_DETECTORS = web.AppKey("mqtt_detectors", MqttDetectorInput)
 
 
+async def _openapi(request: web.Request) -> web.Response:
+    """The collector's HTTP inputs as an OpenAPI 3.1 document."""
+    return web.json_response({
+        "openapi": "3.1.0",
+        "info": {"title": "TTI collector", "version": "1",
+                 "description": "Roadside detector and camera inputs. Times are RFC 3339; "
+                                "stored and echoed in UTC. When sensor tokens are configured, "
+                                "send `Authorization: Bearer <token>`."},
+        "components": {"securitySchemes": {"sensorToken": {"type": "http",
+                                                           "scheme": "bearer"}}},
+        "security": [{"sensorToken": []}],
+        "paths": openapi_paths(),
+    })
+
+
 def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus) -> None:
     """GTFS-rt pollers (when feeds are configured), HTTP detector routes, MQTT (when set)."""
     intake = DetectorIntake(bus, max_body=config.detector_max_body,
-                            max_items=config.detector_max_items)
+                            max_items=config.detector_max_items, tokens=config.sensor_tokens)
     add_detector_routes(app, intake)
+    app.router.add_get("/openapi.json", _openapi)
     if config.gtfs_rt_urls:
         poller = GtfsRtPoller.from_config(config, bus=bus)
         app[GTFS_RT] = poller

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import random
@@ -29,7 +30,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -42,7 +43,7 @@ from prometheus_client import Counter, Gauge
 
 from shared.bus import EventBus
 from shared.config import Config
-from shared.errors import BadRequest, BusError, ConfigError
+from shared.errors import BadRequest, BusError, ConfigError, Unauthorized
 from shared.events import (
     DETECTED_EVENT,
     DETECTED_EVENT_KINDS,
@@ -70,7 +71,7 @@ MAX_DETAILS_BYTES = 4096
 PUBLISH_CHUNK = 256
 _ID_NAMESPACE = uuid.UUID("0b8e3f57-7a3c-4d0e-bb0b-3f6f4d3c9a11")
 
-REASONS = ("missing_field", "unknown_field", "bad_type", "out_of_range", "bad_time",
+REASONS = ("unauthorized", "missing_field", "unknown_field", "bad_type", "out_of_range", "bad_time",
            "future_time", "stale_time", "bad_kind", "bad_status", "bad_event_id",
            "no_measurement", "too_large", "bad_json", "bad_body", "empty", "too_many_items",
            "bad_detector_id", "bad_topic", "retained", "unsupported_media_type")
@@ -345,12 +346,14 @@ class DetectorIntake:
     """Validates detector messages and hands their records to the bus, whatever the transport."""
 
     def __init__(self, bus: EventBus, *, max_body: int = 1_048_576, max_items: int = 500,
+                 tokens: Iterable[str] = (),
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if max_body <= 0 or max_items <= 0:
             raise ConfigError("TTI_DETECTOR_MAX_BODY and TTI_DETECTOR_MAX_ITEMS must be positive")
         self.bus = bus
         self.max_body = max_body
         self.max_items = max_items
+        self.tokens = frozenset(t for t in tokens if t)
         self._wall = wall
 
     def reject(self, transport: str, record: str, code: str, n: int = 1) -> None:
@@ -452,8 +455,27 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+def check_sensor_token(request: web.Request, tokens: frozenset[str]) -> None:
+    """``Authorization: Bearer <token>`` must name a configured sensor token (when any are).
+
+    Compared in constant time so the check does not leak how much of a token was right.
+    """
+    if not tokens:
+        return
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), t)
+                                             for t in tokens):
+        raise Unauthorized("a valid sensor token is required (Authorization: Bearer …)")
+
+
 async def _post(request: web.Request, record: str) -> web.Response:
     intake = request.app[DETECTORS]
+    try:
+        check_sensor_token(request, intake.tokens)
+    except Unauthorized:
+        intake.reject("http", record, "unauthorized")
+        raise
     detector_id = request.match_info["detector_id"]
     ctype = request.headers.get("Content-Type")
     if ctype is not None and not (request.content_type == "application/json"

@@ -382,3 +382,44 @@ def test_rfc3339_accepts_the_forms_devices_send() -> None:
     for raw in ("2024-05-01T00:00:00Z", "2024-05-01t00:00:00z", "2024-05-01 08:00:00+08:00",
                 "2024-04-30T19:00:00-05:00", "2024-05-01T00:00:00.000Z"):
         assert parse_rfc3339(raw, now=now) == expect
+
+
+async def test_sensor_tokens_are_required_when_configured() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.collector.detectors import DetectorIntake, add_detector_routes
+    from shared.bus.memory import MemoryBus
+    from shared.service import create_base_app
+
+    bus = MemoryBus()
+    await bus.start()
+    app = create_base_app("collector", Config())
+    add_detector_routes(app, DetectorIntake(bus, tokens=["s3cret-token"]))
+    reading = {"observed_at": "2026-11-28T08:00:00Z", "interval_s": 60, "vehicle_count": 3}
+    async with TestClient(TestServer(app)) as client:
+        url = "/api/v1/detectors/cam-1/readings"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            resp = await client.post(url, json=reading, headers=headers)
+            assert resp.status == 401
+            assert (await resp.json())["error"]["code"] == "unauthorized"
+        resp = await client.post(url, json=reading,
+                                 headers={"Authorization": "Bearer s3cret-token"})
+        assert resp.status == 202, await resp.text()
+    await bus.close()
+
+
+async def test_collector_serves_its_openapi_document(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from openapi_spec_validator import validate
+
+    from services.collector.app import create_app
+    from shared.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    app = create_app(Config(jt808_port=0, jt808_host="127.0.0.1",
+                            db_url=f"sqlite:///{tmp_path}/t.db"), bus=bus)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/openapi.json")
+        spec = await resp.json()
+    validate(spec)
+    assert "/api/v1/detectors/{detector_id}/readings" in spec["paths"]
