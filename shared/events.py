@@ -17,8 +17,9 @@ T = TypeVar("T")
 VEHICLE_CLASSES = ("coach", "tourist_bus", "dangerous_goods", "bus", "taxi", "other")
 """Vehicle classes of the registry; JT/T 808 registration carries none, so unknown is ``other``."""
 
-SPEED_SOURCES = ("probe", "detector", "profile", "none")
-"""Where a live road value comes from (DESIGN.md road status record)."""
+SPEED_SOURCES = ("probe", "detector", "probe+detector", "profile", "none")
+"""Where a live road value comes from (DESIGN.md road status record); ``probe+detector`` fuses
+probe vehicles with roadside detectors on the same segment and window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,35 @@ BUS_ARRIVAL: Subject[BusArrival] = Subject("tti.bus.arrival", BusArrival, True)
 ARRIVAL_PREDICTION: Subject[ArrivalPrediction] = Subject("tti.bus.prediction", ArrivalPrediction,
                                                          True)
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentSpeedPartial:
+    """One bigdata replica's share of one segment × speed window, for the replica that merges it.
+
+    Vehicles are partitioned across bigdata replicas, so each sees part of every segment's
+    traffic; the replica owning the segment's partition merges every share and publishes the
+    `SegmentSpeed`. ``bucket`` numbers the window (it starts at ``bucket × window_s`` epoch
+    seconds). ``moving``, ``stopped`` and ``parked`` are ``{"mm": int, "ms": int, "vehicles":
+    [int, …]}``: distance driven (millimetres), time (milliseconds) and 64-bit vehicle keys of
+    that motion class, integers so that merging shares is exact; ``excluded_ms`` is dwell at bus
+    stops and ignition-off time, left out of the speed.
+    """
+
+    segment_id: str
+    bucket: int
+    window_s: float
+    moving: dict[str, Any]
+    stopped: dict[str, Any]
+    parked: dict[str, Any]
+    excluded_ms: int = 0
+
+
+# Partitioned by segment id (not vehicle): every share of a segment reaches the one replica that
+# owns the segment's partition, which merges them.
+SEGMENT_SPEED_PARTIAL: Subject[SegmentSpeedPartial] = Subject(
+    "tti.segment.partial", SegmentSpeedPartial, partitioned=True)
+
+
 ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     VEHICLE_POSITION,
     TERMINAL_ALARM,
@@ -243,4 +273,5 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     DETECTED_EVENT,
     BUS_ARRIVAL,
     ARRIVAL_PREDICTION,
+    SEGMENT_SPEED_PARTIAL,
 )

@@ -1,35 +1,71 @@
 """Bigdata service: the traffic geodatabase, map matching and live segment speeds.
 
-Consumes ``tti.position.<p>`` (its share of partitions), matches each vehicle online to the road
-network, aggregates space-mean speeds per segment and window, persists them and publishes
-``tti.segment.speed``. At start it imports the configured OSM file (roads and features) and GTFS
-feed into the geodatabase (each a no-op when unchanged). Serves the internal geodatabase API
-under ``/v1`` (``api.py``).
+Consumes ``tti.position.<p>`` (its share of partitions): matches each vehicle online to the road
+network and aggregates space-mean speeds per segment and window, keeping buses dwelling at stops,
+parked vehicles and ignition-off time out of them (``speeds.py``). Consumes
+``tti.detector.reading``: a reading of a detector in the registry (``detector`` features in the
+geodatabase) is fused with the probe window of the segment it watches (``source``
+``probe+detector``), or published alone (``detector``) when no probe drove the segment. Persists
+each value and publishes ``tti.segment.speed``.
+
+**Several replicas** (``TTI_REPLICA_COUNT`` > 1): vehicles are partitioned, so each replica sees
+part of every segment's traffic. Each publishes its share of a window once the window is over
+(``tti.segment.partial.<p>``, partitioned by segment id); replica i merges the partitions it owns,
+applies the dwell rules to the merged data, fuses its segments' detector readings and publishes
+their speeds: the values one replica fed every vehicle would give. Each replica also follows
+``tti.segment.speed`` so that its API knows every segment's latest value. With one replica (the
+embedded run) windows close locally and no share goes on the bus.
+
+At start it imports the configured OSM file (roads and features) and GTFS feed into the
+geodatabase (each a no-op when unchanged). Serves the internal geodatabase API under ``/v1``
+(``api.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from services.bigdata.api import ApiContext, add_routes
 from services.bigdata.gtfs_import import import_gtfs_file
-from services.bigdata.matching import MatchGraph, MatchResult, OnlineMatcher
+from services.bigdata.matching import MatchGraph, OnlineMatcher
 from services.bigdata.osm_features import import_osm_file
-from services.bigdata.speeds import SpeedWindows, WindowSpeed
+from services.bigdata.speeds import (
+    FusedSpeed,
+    ProbeSample,
+    SpeedPartial,
+    SpeedWindows,
+    StopIndex,
+    VehicleProbe,
+    fuse_speeds,
+)
 from services.bigdata.store import GeoStore, SpeedRecord, store_from_url
 from services.bigdata.transit import setup_transit
 from shared.bus import EventBus
+from shared.bus.base import Subscription
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import TransientError, TtiError
-from shared.events import SEGMENT_SPEED, VEHICLE_POSITION, SegmentSpeed, VehiclePosition
+from shared.errors import DecodeError, TransientError, TtiError
+from shared.events import (
+    DETECTOR_READING,
+    SEGMENT_SPEED,
+    SEGMENT_SPEED_PARTIAL,
+    VEHICLE_POSITION,
+    DetectorReading,
+    SegmentSpeed,
+    SegmentSpeedPartial,
+    VehiclePosition,
+    partition_of,
+)
 from shared.roadnet import RoadNetwork, RoadSegment
 from shared.service import add_readiness_check, create_base_app, spawn
 
@@ -37,28 +73,71 @@ log = logging.getLogger("tti.bigdata")
 
 POSITIONS = Counter("tti_bigdata_positions_total", "Positions processed by match result",
                     ["result"])
-WINDOWS = Counter("tti_bigdata_speed_windows_total", "Segment speed windows published")
+WINDOWS = Counter("tti_bigdata_speed_windows_total", "Segment speed windows published, by source",
+                  ["source"])
 LATE = Counter("tti_bigdata_late_pieces_total", "Matched pieces that arrived after their window")
+READINGS = Counter("tti_bigdata_detector_readings_total",
+                   "Detector readings by outcome (buffered for fusion or why dropped)", ["result"])
+PARTIALS = Counter("tti_bigdata_speed_partials_total",
+                   "Partial windows exchanged between replicas, by outcome", ["result"])
 VEHICLES = Gauge("tti_bigdata_tracked_vehicles", "Vehicles with live matcher state")
 SEGMENTS = Gauge("tti_bigdata_segments", "Road segments in the loaded network")
+DETECTORS = Gauge("tti_bigdata_detectors", "Registered detectors that watch a road segment")
+
+_ReadingKey = tuple[str, int | None, datetime]  # detector, lane, end of interval
 
 
 class Bigdata:
-    """Live state of the service: network, per-vehicle matchers, open speed windows."""
+    """Live state of the service: network, per-vehicle probes, open windows, detector readings.
+
+    ``clock`` (epoch seconds) decides which windows are due and what arrived late; tests drive
+    it. With one replica ``merger`` is ``windows`` itself; with several it merges every
+    replica's shares of the segments this replica owns.
+    """
 
     MAX_VEHICLES = 200_000
     IDLE_S = 600.0
+    MAX_GRACE_S = 45.0
+    MERGE_SLACK_S = 10.0
+    """Shares are published on a replica's flush tick (≤ 5 s apart) and cross the bus: the
+    merger waits this much longer than a replica holds its own windows."""
+    DETECTOR_REFRESH_S = 60.0
+    MAX_DETECTORS = 1_000_000
+    MAX_OUTBOX = 200_000
+    PUBLISH_BATCH = 256
 
-    def __init__(self, config: Config, bus: EventBus, store: GeoStore) -> None:
+    def __init__(self, config: Config, bus: EventBus, store: GeoStore, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.bus = bus
         self.store = store
+        self.clock = clock
         self.network: RoadNetwork | None = None
         self.graph: MatchGraph | None = None
-        self.matchers: OrderedDict[str, tuple[float, OnlineMatcher]] = OrderedDict()
-        self.windows = SpeedWindows(config.speed_window_s)
+        self.matchers: OrderedDict[str, tuple[float, VehicleProbe]] = OrderedDict()
+        self.stops: StopIndex | None = None
+        self.window_s = config.speed_window_s
+        # Fixes are decided `lag` fixes late: grace must cover lag × slowest reporting interval
+        # + transport.
+        self.grace_s = min(self.window_s, self.MAX_GRACE_S)
+        self.windows = SpeedWindows(self.window_s, grace_s=self.grace_s)
+        self.sharded = config.replica_count > 1
+        self.owned = frozenset(config.owned_partitions())
+        self.merger = (SpeedWindows(self.window_s, grace_s=self.grace_s + self.MERGE_SLACK_S)
+                       if self.sharded else self.windows)
+        self.detectors: dict[str, str] = {}  # detector id -> segment id it watches
+        self.detectors_loaded_at = -math.inf
+        # (segment, window) -> readings; keyed per reading so a redelivery replaces, not adds.
+        self.readings: dict[tuple[str, int], dict[_ReadingKey, DetectorReading]] = {}
+        self._outbox: list[tuple[str, SpeedPartial]] = []  # (event id, share) not yet on the bus
+        self._position_sub: Subscription | None = None
+        self._subs: list[Subscription] = []
+        self.partials_published = 0
+        self.partials_merged = 0
         self.latest: dict[str, SegmentSpeed] = {}
         self.gtfs_state = "not configured"
+
+    # --- loading -----------------------------------------------------------------------------
 
     async def load_network(self) -> RoadNetwork:
         """Import the configured OSM file (idempotent) or load the network already stored."""
@@ -79,72 +158,263 @@ class Bigdata:
         return network
 
     async def load_gtfs(self) -> None:
-        """Import the configured GTFS feed (idempotent); a bad feed is logged, not fatal."""
+        """Import the configured GTFS feed (idempotent); a bad feed is logged, not fatal.
+
+        Then index the stored bus stops, whether this import changed them or not (a feed may
+        also have been imported with ``tti import-gtfs``).
+        """
         path = self.config.gtfs
-        if not path:
+        if path:
+            self.gtfs_state = "importing"
+            try:
+                summary = await import_gtfs_file(self.store, path)
+            except TtiError as exc:
+                self.gtfs_state = f"rejected: {exc.message}"
+                log.error("GTFS feed %s not imported: %s", path, exc.message)
+            else:
+                self.gtfs_state = "ready"
+                log.info("GTFS %s", summary.describe())
+        await self.load_stops()
+
+    async def load_stops(self) -> None:
+        """Index the stored bus stops: a bus standing at one is dwelling, not queueing."""
+        if self.network is None:
             return
-        self.gtfs_state = "importing"
+        stops = await self.store.stops_in_bbox(self.network.bbox(), limit=100_000)
+        self.stops = StopIndex((s.lon, s.lat) for s in stops
+                               if s.lon is not None and s.lat is not None)
+
+    async def load_detectors(self) -> None:
+        """(Re)load the detector registry: the segment each roadside detector watches."""
+        features = await self.store.features_in_bbox(None, ["detector"],
+                                                     limit=self.MAX_DETECTORS)
+        mapping: dict[str, str] = {}
+        for f in features:
+            segment_id = f.attrs.get("segment_id")
+            if isinstance(segment_id, str) and segment_id:
+                mapping[f.feature_id] = segment_id
+        if mapping != self.detectors:
+            log.info("detector registry: %d of %d detectors watch a segment", len(mapping),
+                     len(features))
+        self.detectors = mapping
+        self.detectors_loaded_at = self.clock()
+        DETECTORS.set(len(mapping))
+
+    # --- consumers -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe: detector readings, and shares and speeds when sharded; positions last."""
+        cfg = self.config
+        owned = cfg.owned_partitions()
+        if self.sharded:
+            # Each replica reads every reading (its own durable) and keeps those of the
+            # segments it merges: readings are few, and no router is needed.
+            self._subs.append(await self.bus.subscribe(
+                DETECTOR_READING, self.on_detector_reading,
+                durable=f"bigdata-detectors-{cfg.replica_index}"))
+            self._subs.append(await self.bus.subscribe(
+                SEGMENT_SPEED_PARTIAL, self.on_partial, durable="bigdata-merge",
+                partitions=owned))
+            self._subs.append(await self.bus.subscribe(
+                SEGMENT_SPEED, self.on_speed, durable=f"bigdata-live-{cfg.replica_index}"))
+        else:
+            self._subs.append(await self.bus.subscribe(
+                DETECTOR_READING, self.on_detector_reading, durable="bigdata-detectors"))
+        self._position_sub = await self.bus.subscribe(
+            VEHICLE_POSITION, self.on_position, durable="bigdata", partitions=owned)
+
+    async def stop(self) -> None:
+        """Drain: stop taking positions, hand over or close every window, stop the rest."""
         try:
-            summary = await import_gtfs_file(self.store, path)
-        except TtiError as exc:
-            self.gtfs_state = f"rejected: {exc.message}"
-            log.error("GTFS feed %s not imported: %s", path, exc.message)
-            return
-        self.gtfs_state = "ready"
-        log.info("GTFS %s", summary.describe())
+            if self._position_sub is not None:
+                await self._position_sub.stop()
+                self._position_sub = None
+            await self.flush(self.clock(), final=True)
+        finally:
+            subs, self._subs = self._subs, []
+            for sub in subs:
+                await sub.stop()
+        # What is still open is closed now rather than lost with the process (its messages are
+        # acked). Shares of these windows that arrive later go to the restarted replica, which
+        # publishes them as a value of their own; from the next window on all is exact again.
+        await self._close(math.inf)
 
     async def on_position(self, env: Envelope[VehiclePosition]) -> None:
-        """Match one position and add what the vehicle drove to the open windows."""
+        """Match one position and add what the vehicle did to the open windows."""
         if self.graph is None:
             raise TransientError("road network not loaded yet")
         pos = env.payload
         t = pos.observed_at.timestamp()
         entry = self.matchers.get(pos.vehicle_id)
         if entry is None:
-            matcher = OnlineMatcher(self.graph)
+            probe = VehicleProbe(pos.vehicle_id, OnlineMatcher(self.graph),
+                                 vehicle_class=pos.vehicle_class, stops=self.stops)
             if len(self.matchers) >= self.MAX_VEHICLES:
-                _, (_, oldest) = self.matchers.popitem(last=False)
-                self._add_results("evicted", oldest.flush())
+                old_id, (_, oldest) = self.matchers.popitem(last=False)
+                self._add_samples(old_id, oldest.flush())
         else:
-            matcher = entry[1]
+            probe = entry[1]
             self.matchers.move_to_end(pos.vehicle_id)
-        self.matchers[pos.vehicle_id] = (time.time(), matcher)
-        results = matcher.update(t, pos.lon, pos.lat, heading=pos.heading_deg,
-                                 speed_kmh=pos.speed_kmh)
-        self._add_results(pos.vehicle_id, results)
+        self.matchers[pos.vehicle_id] = (self.clock(), probe)
+        # JT/T 808 status bit 0 is ACC (ignition); other sources do not say.
+        acc_on = bool(pos.status & 1) if pos.source == "jt808" else None
+        self._add_samples(pos.vehicle_id, probe.update(
+            t, pos.lon, pos.lat, heading=pos.heading_deg, speed_kmh=pos.speed_kmh,
+            acc_on=acc_on, vehicle_class=pos.vehicle_class))
 
-    def _add_results(self, vehicle_id: str, results: list[MatchResult]) -> None:
-        # The matcher decides fixes a little late (its lag): each result carries its own time.
-        for result in results:
-            POSITIONS.labels("matched" if result.candidate else "unmatched").inc()
-            if result.pieces:
-                before = self.windows.late_pieces
-                self.windows.add(vehicle_id, result.t, result.pieces, now=time.time())
-                if self.windows.late_pieces != before:
-                    LATE.inc()
+    def _add_samples(self, vehicle_id: str, samples: list[ProbeSample]) -> None:
+        # The matcher decides fixes a little late (its lag): each sample carries its own time.
+        now = self.clock()
+        for sample in samples:
+            POSITIONS.labels("matched" if sample.result.candidate else "unmatched").inc()
+            before = self.windows.late_pieces
+            self.windows.add_sample(vehicle_id, sample, now=now)
+            if self.windows.late_pieces != before:
+                LATE.inc(self.windows.late_pieces - before)
+
+    async def on_detector_reading(self, env: Envelope[DetectorReading]) -> None:
+        """Keep a reading of a registered detector until its segment's window closes."""
+        reading = env.payload
+        segment_id = self.detectors.get(reading.detector_id)
+        if segment_id is None:
+            READINGS.labels("unknown_detector").inc()
+            return
+        if self.sharded and partition_of(segment_id, self.config.partitions) not in self.owned:
+            READINGS.labels("other_replica").inc()
+            return
+        # observed_at ends the interval: the window is the one holding the interval's middle,
+        # or a minute's reading ending on the minute would land in the next minute's window.
+        middle = reading.observed_at.timestamp() - max(0.0, reading.interval_s) / 2
+        bucket = math.floor(middle / self.window_s)
+        now = self.clock()
+        if self._merge_due(bucket, now):
+            READINGS.labels("late").inc()
+            return
+        if bucket * self.window_s > now + self.window_s:
+            READINGS.labels("future").inc()
+            return
+        held = self.readings.setdefault((segment_id, bucket), {})
+        held[(reading.detector_id, reading.lane, reading.observed_at)] = reading
+        READINGS.labels("buffered").inc()
+
+    async def on_partial(self, env: Envelope[SegmentSpeedPartial]) -> None:
+        """Merge another replica's (or this one's) share of a segment window."""
+        try:
+            partial = SpeedPartial.from_payload(dataclasses.asdict(env.payload))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed speed partial: {exc!r}", code="bad_partial") from exc
+        if partial.window_s != self.window_s:
+            # A replica configured with another window length: its shares cannot be merged.
+            raise DecodeError(f"partial of a {partial.window_s} s window, this replica uses "
+                              f"{self.window_s} s", code="window_mismatch")
+        if self.merger.add_partial(partial, now=self.clock()):
+            self.partials_merged += 1
+            PARTIALS.labels("merged").inc()
+        else:
+            PARTIALS.labels("late").inc()
+
+    async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
+        """Remember the newest value of every segment, whichever replica merged it."""
+        speed = env.payload
+        known = self.latest.get(speed.segment_id)
+        if known is None or speed.observed_at >= known.observed_at:
+            self.latest[speed.segment_id] = speed
+
+    # --- windows -------------------------------------------------------------------------------
+
+    def _merge_due(self, bucket: int, now: float) -> bool:
+        """Whether the window ``bucket`` is closed (or closing) into SegmentSpeeds here."""
+        return (bucket + 1) * self.window_s + self.merger.grace_s <= now
 
     def _evict_idle(self, now: float) -> None:
         while self.matchers:
-            vid, (seen, matcher) = next(iter(self.matchers.items()))
+            vid, (seen, probe) = next(iter(self.matchers.items()))
             if now - seen < self.IDLE_S:
                 break
             del self.matchers[vid]
-            self._add_results(vid, matcher.flush())
+            self._add_samples(vid, probe.flush())
         VEHICLES.set(len(self.matchers))
 
     async def flush(self, now: float, *, final: bool = False) -> list[SegmentSpeed]:
-        """Close due windows: persist them and publish one SegmentSpeed per segment.
+        """Close due windows: persist them and publish one SegmentSpeed per segment and window.
 
-        ``final`` (shutdown) first decides every vehicle's pending fixes.
+        With several replicas, first publish this replica's shares of the windows that are over.
+        ``final`` (shutdown) first decides every vehicle's pending fixes and hands over the
+        shares of windows still open too.
         """
         if final:
-            for vid, (_, matcher) in list(self.matchers.items()):
-                self._add_results(vid, matcher.flush())
-        closed = self.windows.close_due(now)
+            for vid, (_, probe) in list(self.matchers.items()):
+                self._add_samples(vid, probe.flush())
+        if self.sharded:
+            shares = self.windows.drain_partials(math.inf if final else now, hold_s=self.grace_s)
+            await self._publish_partials(shares, now)
         self._evict_idle(now)
-        if not closed or self.network is None:
+        return await self._close(now)
+
+    async def _publish_partials(self, shares: Sequence[SpeedPartial], now: float) -> None:
+        index = self.config.replica_index
+        for p in shares:
+            # The event id lets JetStream drop a retried publish. A share of a window not over
+            # yet (at shutdown) gets its own id: the restarted replica's share of the same
+            # window must not be taken for a duplicate of it.
+            over = (p.bucket + 1) * self.window_s + self.grace_s <= now
+            self._outbox.append((f"{index}:{p.segment_id}:{p.bucket}{'' if over else ':final'}",
+                                 p))
+        if len(self._outbox) > self.MAX_OUTBOX:
+            dropped = len(self._outbox) - self.MAX_OUTBOX
+            del self._outbox[:dropped]
+            PARTIALS.labels("dropped").inc(dropped)
+        # A share the merger would refuse as late is not worth sending.
+        keep = [(eid, p) for eid, p in self._outbox if not self._merge_due(p.bucket, now)]
+        if len(keep) != len(self._outbox):
+            PARTIALS.labels("expired").inc(len(self._outbox) - len(keep))
+        self._outbox = keep
+        while self._outbox:
+            batch = self._outbox[:self.PUBLISH_BATCH]
+            # Concurrent publishes share round trips; the outbox is only trimmed afterwards,
+            # so a cancelled flush loses nothing (a resend is dropped as a duplicate).
+            results = await asyncio.gather(*(
+                self.bus.publish(SEGMENT_SPEED_PARTIAL, SegmentSpeedPartial(**p.to_payload()),
+                                 key=p.segment_id, event_id=eid)
+                for eid, p in batch), return_exceptions=True)
+            failed = [item for item, r in zip(batch, results, strict=True)
+                      if isinstance(r, BaseException)]
+            sent = len(batch) - len(failed)
+            self.partials_published += sent
+            PARTIALS.labels("published").inc(sent)
+            self._outbox = failed + self._outbox[len(batch):]
+            if failed:
+                error = next(r for r in results if isinstance(r, BaseException))
+                log.warning("%d speed partials not published, retrying on the next flush: %s",
+                            len(self._outbox), error)
+                return
+
+    async def _close(self, now: float) -> list[SegmentSpeed]:
+        """Close due windows and due detector-only readings; persist and publish the values."""
+        if self.network is None:
             return []
-        events = [self._event(w, self.network.get_segment(w.segment_id)) for w in closed]
+        w_s = self.window_s
+        values: list[tuple[str, int, FusedSpeed]] = []
+        for w in self.merger.close_due(now):
+            bucket = round(w.window_start.timestamp() / w_s)
+            held = self.readings.pop((w.segment_id, bucket), None)
+            fused = fuse_speeds(w, list(held.values()) if held else (), window_s=w_s)
+            if fused is not None:
+                values.append((w.segment_id, bucket, fused))
+        # Detectors on segments no probe drove in the window speak for themselves.
+        for key in sorted(k for k in self.readings if self._merge_due(k[1], now)):
+            fused = fuse_speeds(None, list(self.readings.pop(key).values()), window_s=w_s)
+            if fused is not None:
+                values.append((key[0], key[1], fused))
+        events = []
+        for segment_id, bucket, fused in values:
+            seg = self.network.segments.get(segment_id)
+            if seg is None:  # a registry naming a segment the loaded network lacks
+                READINGS.labels("unknown_segment").inc()
+                continue
+            events.append(self._event(seg, bucket, fused))
+        if not events:
+            return []
         await self.store.insert_speeds([
             SpeedRecord(segment_id=e.segment_id, window_start=e.window_start,
                         observed_at=e.observed_at, speed_kmh=e.speed_kmh,
@@ -153,27 +423,34 @@ class Bigdata:
         for e in events:
             self.latest[e.segment_id] = e
             await self.bus.publish(SEGMENT_SPEED, e)
-        WINDOWS.inc(len(events))
+            WINDOWS.labels(e.source).inc()
         return events
 
-    @staticmethod
-    def _event(w: WindowSpeed, seg: RoadSegment) -> SegmentSpeed:
+    def _event(self, seg: RoadSegment, bucket: int, fused: FusedSpeed) -> SegmentSpeed:
         mid = seg.coords[len(seg.coords) // 2]
-        # Confidence grows with independent vehicles and time observed; 5 vehicles → 1.
-        confidence = round(min(1.0, w.sample_count / 5) * min(1.0, w.duration_s / 30), 3)
         return SegmentSpeed(
-            segment_id=w.segment_id, window_start=w.window_start, observed_at=w.window_end,
-            speed_kmh=round(w.speed_kmh, 2), sample_count=w.sample_count, source="probe",
-            confidence=confidence, free_flow_kmh=seg.free_flow_kmh, road_class=seg.road_class,
-            road_name=seg.name, lon=mid[0], lat=mid[1])
+            segment_id=seg.segment_id,
+            window_start=datetime.fromtimestamp(bucket * self.window_s, UTC),
+            observed_at=datetime.fromtimestamp((bucket + 1) * self.window_s, UTC),
+            speed_kmh=round(fused.speed_kmh, 2), sample_count=fused.sample_count,
+            source=fused.source, confidence=fused.confidence, free_flow_kmh=seg.free_flow_kmh,
+            road_class=seg.road_class, road_name=seg.name, lon=mid[0], lat=mid[1])
 
     async def flush_loop(self) -> None:
-        """Close windows a few times per window length, forever."""
-        interval = max(0.2, min(5.0, self.config.speed_window_s / 4))
+        """Close windows a few times per window length, refresh the detector registry, forever."""
+        interval = max(0.2, min(5.0, self.window_s / 4))
         while True:
             await asyncio.sleep(interval)
+            now = self.clock()
+            if now - self.detectors_loaded_at >= self.DETECTOR_REFRESH_S:
+                try:
+                    await self.load_detectors()
+                except Exception:
+                    # Keep the registry we have; try again next time round.
+                    self.detectors_loaded_at = now
+                    log.exception("reloading the detector registry failed")
             try:
-                await self.flush(time.time())
+                await self.flush(now)
             except Exception:
                 log.exception("flushing speed windows failed")
 
@@ -193,12 +470,11 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) 
         try:
             await bd.load_network()
             await bd.load_gtfs()
-            sub = await bus.subscribe(VEHICLE_POSITION, bd.on_position, durable="bigdata",
-                                      partitions=config.owned_partitions())
+            await bd.load_detectors()
+            await bd.start()
             spawn(app, bd.flush_loop(), name="bigdata-flush")
             yield
-            await sub.stop()
-            await bd.flush(time.time() + config.speed_window_s * 2, final=True)
+            await bd.stop()
         finally:
             await store.close()
 

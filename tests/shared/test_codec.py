@@ -17,6 +17,7 @@ from shared.events import (
     ArrivalPrediction,
     BusArrival,
     RoadStatus,
+    SegmentSpeedPartial,
     VehiclePosition,
 )
 
@@ -52,6 +53,12 @@ SAMPLES: dict[str, object] = {
         trip_id="R1_0_0800", route_id="R1", stop_id="1485", stop_sequence=8,
         vehicle_id="13800000001", predicted_arrival=T, made_at=T, source="live",
         start_date="20261128", start_time=None, direction_id=0, scheduled_arrival=T),
+    # Vehicle keys are 64-bit unsigned: the largest must survive JSON.
+    "tti.segment.partial": SegmentSpeedPartial(
+        segment_id="1:2:3", bucket=29_487_030, window_s=60.0,
+        moving={"mm": 412_500, "ms": 41_250, "vehicles": [7, 2**64 - 1]},
+        stopped={"mm": 0, "ms": 20_000, "vehicles": [7]},
+        parked={"mm": 0, "ms": 0, "vehicles": []}, excluded_ms=15_000),
 }
 
 

@@ -10,6 +10,7 @@
     "moderate congestion", "severe congestion"];
   const SOURCE_NAMES = {
     probe: "浮动车 probe vehicles", detector: "检测器 road detectors",
+    "probe+detector": "浮动车+检测器 probe vehicles and detectors",
     profile: "历史规律 historical profile", none: "无数据 no data",
   };
   // Wider lines for bigger roads, in CSS pixels at the default zoom.
