@@ -224,7 +224,7 @@ class Simulator:
         now = self._epoch + timedelta(seconds=t)
         out = []
         for v in self.fleet:
-            if v.vehicle_id not in self.feed_buses:
+            if v.vehicle_id not in self.feed_buses or not v.route_id:
                 continue
             fix = self.world.fix(v, t)
             self._record_truth(v, self.world.drop_past(v, t))

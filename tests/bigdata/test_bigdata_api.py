@@ -196,7 +196,7 @@ async def test_gtfs_endpoints(client: TestClient[Any, Any], demo: DemoRegion) ->
 async def test_readiness_reports_network_and_gtfs(client: TestClient[Any, Any]) -> None:
     # The transit timetable loads in the background: ready once it has.
     async with asyncio.timeout(30):
-        while (resp := await client.get("/readyz")).status != 200:
+        while (resp := await client.get("/readyz")).status != 200:  # noqa: ASYNC110 - polling HTTP
             await asyncio.sleep(0.1)
     body = await resp.json()
     assert body["checks"]["road_network"]["ready"] is True
