@@ -2,7 +2,8 @@
 
 Everything answers JSON; bad parameters are 400 and missing objects 404, both with the
 ``{"error": {"code", "message"}}`` body of the service base. Coordinates are WGS-84 (lon, lat),
-distances metres, times ISO 8601 in UTC. GTFS times of day are the feed's ``HH:MM:SS`` in its
+distances metres, times ISO 8601 in UTC (time-of-week profile buckets are counted in local time,
+Asia/Shanghai, and say so). GTFS times of day are the feed's ``HH:MM:SS`` in its
 ``agency_timezone`` (hours may exceed 23), with seconds of the service day beside them.
 """
 
@@ -16,6 +17,14 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from shapely.geometry import mapping
 
+from services.bigdata.profiles import (
+    BUCKET_S,
+    BUCKETS_PER_WEEK,
+    TIME_ZONE,
+    bucket_end,
+    bucket_label,
+    bucket_of,
+)
 from services.bigdata.store import (
     FEATURE_KINDS,
     Feature,
@@ -253,6 +262,42 @@ async def _speeds(request: web.Request) -> web.Response:
          "confidence": r.confidence} for r in rows]})
 
 
+async def _segment_profile(request: web.Request) -> web.Response:
+    store = _store(request)
+    sid = request.match_info["segment_id"]
+    if await store.find_segment(sid) is None:
+        raise NotFound(f"no segment {sid!r}")
+    buckets = await store.segment_profile(sid)
+    free = (await store.learned_free_flow([sid])).get(sid)
+    updated_at = max((p.updated_at for p in buckets), default=None)
+    return web.json_response({
+        "segment_id": sid, "time_zone": TIME_ZONE, "bucket_minutes": BUCKET_S // 60,
+        "bucket_count": BUCKETS_PER_WEEK,
+        "updated_at": None if updated_at is None else updated_at.isoformat(),
+        "buckets": [{"bucket": p.bucket, "label": bucket_label(p.bucket),
+                     "speed_kmh": round(p.speed_kmh, 2), "sample_windows": p.sample_windows}
+                    for p in buckets],
+        "free_flow": None if free is None else {
+            "speed_kmh": round(free.speed_kmh, 2), "source": free.source,
+            "sample_windows": free.sample_windows, "default_kmh": free.default_kmh,
+            "updated_at": None if free.updated_at is None else free.updated_at.isoformat()},
+    })
+
+
+async def _profiles(request: web.Request) -> web.Response:
+    at = _parse_time(request.query.get("at"), datetime.now(UTC), "at")
+    profiles = await _store(request).profiles_at(at)
+    bucket = bucket_of(at)
+    return web.json_response({
+        "at": at.astimezone(UTC).isoformat(), "bucket": bucket, "label": bucket_label(bucket),
+        "time_zone": TIME_ZONE, "valid_until": bucket_end(at).isoformat(),
+        "count": len(profiles),
+        "profiles": [{"segment_id": p.segment_id, "speed_kmh": round(p.speed_kmh, 2),
+                      "sample_windows": p.sample_windows, "updated_at": p.updated_at.isoformat()}
+                     for p in profiles.values()],
+    })
+
+
 def _want_geometry(query: Mapping[str, str]) -> bool:
     return query.get("geometry", "true").lower() not in ("0", "false", "no")
 
@@ -375,6 +420,8 @@ def add_routes(app: web.Application, context: ApiContext) -> None:
     r.add_get("/v1/segments", _segments)
     r.add_get("/v1/segments/{segment_id}", _segment)
     r.add_get("/v1/segments/{segment_id}/speeds", _speeds)
+    r.add_get("/v1/segments/{segment_id}/profile", _segment_profile)
+    r.add_get("/v1/profiles", _profiles)
     r.add_get("/v1/features", _features)
     r.add_get("/v1/features/nearest", _nearest)
     # Feature ids may contain ':' (GTFS stops are "<feed>:<stop_id>"), never '/'.

@@ -17,8 +17,9 @@ their speeds: the values one replica fed every vehicle would give. Each replica 
 embedded run) windows close locally and no share goes on the bus.
 
 At start it imports the configured OSM file (roads and features) and GTFS feed into the
-geodatabase (each a no-op when unchanged). Serves the internal geodatabase API under ``/v1``
-(``api.py``).
+geodatabase (each a no-op when unchanged). Recomputes time-of-week speed profiles and learned
+free-flow speeds from the speed history at start and hourly (``profiles.py``). Serves the
+internal geodatabase API under ``/v1`` (``api.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from services.bigdata.api import ApiContext, add_routes
 from services.bigdata.gtfs_import import import_gtfs_file
 from services.bigdata.matching import MatchGraph, OnlineMatcher
 from services.bigdata.osm_features import import_osm_file
+from services.bigdata.profiles import keep_profiles
 from services.bigdata.speeds import (
     FusedSpeed,
     ProbeSample,
@@ -473,6 +475,8 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) 
             await bd.load_detectors()
             await bd.start()
             spawn(app, bd.flush_loop(), name="bigdata-flush")
+            # Time-of-week profiles and learned free flow: at start, then hourly (profiles.py).
+            spawn(app, keep_profiles(store), name="bigdata-profiles")
             yield
             await bd.stop()
         finally:

@@ -84,7 +84,9 @@ class MatchParams:
     beta_m: float = 30.0
     # Heading: penalty weight * (difference / 45°)², capped so that a terminal reporting a
     # broken heading degrades matching instead of forcing the wrong direction everywhere.
-    heading_weight: float = 10.0
+    # 20 rather than 10: on real OSM, side roads 12-15 m beside main roads and crossing streets
+    # at junctions are told apart by heading as much as by distance (Wuhan, 10 s: +0.3 pt).
+    heading_weight: float = 20.0
     heading_cap: float = 20.0
     min_heading_speed_kmh: float = 5.0
     # Reported speed above free flow + margin costs ((excess) / scale)².
@@ -106,7 +108,10 @@ class MatchParams:
     refine: bool = True
     refine_rel: float = 0.08
     refine_speed_kmh: float = 2.0
-    lag: int = 1
+    # Fixes decided after 2 newer ones: the route to the second one settles which segment a fix
+    # near a junction is on (Wuhan OSM, 10 s sampling: 92.3 → 93.2 % of fixes on the right
+    # directed segment; lag 1 answers one fix sooner, for a little less).
+    lag: int = 2
     max_gap_s: float = 120.0
     max_speed_kmh: float = 160.0
 
@@ -573,10 +578,10 @@ class OnlineMatcher:
             prev_step, prev_j, prev_v = nxt, nj, nxt.speed_kmh
         delta = num / den
         delta = max(lo, min(hi, delta)) if lo <= hi else delta
+        step.pos_var = 1.0 / den
         # Stay on the segment the lattice chose: the lattice already weighs the same evidence
         # for that choice, and moving across a junction on this estimate alone is a coin flip.
         delta = max(-c.offset_m, min(self.graph.seg_len[seg] - c.offset_m, delta))
-        step.pos_var = 1.0 / den
         step.pos_delta = delta
         step.pos_off = c.offset_m + delta
 

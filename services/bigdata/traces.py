@@ -11,7 +11,10 @@ Buses can dwell at stops: the plan is then stretched in time (the bus stands sti
 for ``dwell_s`` and continues where it stopped), which is what makes stops look like congestion
 to a naive speed estimate.
 
-`match_trace` runs a trace through an `OnlineMatcher`; `segment_accuracy` scores the results.
+`match_trace` runs a trace through an `OnlineMatcher`; `segment_accuracy` scores the results by
+correct directed segment, `road_accuracy` by correct road (same OSM way, same direction), the
+measure usually published for map matchers (FMM's figures, for one): a fix matched to the next
+or previous segment of the same street at a junction counts right there.
 
 Services never import each other, so this module takes the World from the caller (tests and
 benchmarks build ``World(network, seed=...)``) and only relies on the small structural interface
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from services.bigdata.matching import MatchResult, OnlineMatcher
+from shared.roadnet import RoadNetwork
 
 __all__ = [
     "NoiseModel",
@@ -40,6 +44,8 @@ __all__ = [
     "TruthLeg",
     "generate_traces",
     "match_trace",
+    "road_accuracy",
+    "road_keys",
     "segment_accuracy",
     "trace_vehicle",
 ]
@@ -299,12 +305,57 @@ def match_trace(matcher: OnlineMatcher, trace: Trace) -> list[MatchResult]:
 def segment_accuracy(traces: Sequence[Trace],
                      results: Sequence[Sequence[MatchResult]]) -> float:
     """Share of fixes matched to their true directed segment (unmatched fixes count wrong)."""
+    return _accuracy(traces, results, None)
+
+
+def road_keys(network: RoadNetwork) -> dict[str, int]:
+    """Directed road of each segment: equal for segments of one OSM way driven one way.
+
+    Segments of a way that follow each other (one ends where the next starts, not its U-turn)
+    are joined; the two directions of a two-way way stay apart. Keys are small integers.
+    """
+    parent: dict[str, str] = {s.segment_id: s.segment_id for s in network}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for seg in network:
+        back = network.find_reverse(seg.segment_id)
+        for nxt in network.successors(seg.segment_id):
+            if nxt != back and network.get_segment(nxt).way_id == seg.way_id:
+                a, b = find(seg.segment_id), find(nxt)
+                if a != b:
+                    parent[a] = b
+    roots: dict[str, int] = {}
+    return {sid: roots.setdefault(find(sid), len(roots)) for sid in parent}
+
+
+def _accuracy(traces: Sequence[Trace], results: Sequence[Sequence[MatchResult]],
+              key: Mapping[str, int] | None) -> float:
     total = correct = 0
     for trace, res in zip(traces, results, strict=True):
         by_t = {r.t: r for r in res}
         for p in trace.points:
             total += 1
             r = by_t.get(p.t)
-            if r is not None and r.candidate is not None and r.candidate.segment_id == p.segment_id:
+            if r is None or r.candidate is None:
+                continue
+            got = r.candidate.segment_id
+            if got == p.segment_id or (key is not None and key.get(got, -1) == key.get(
+                    p.segment_id, -2)):
                 correct += 1
     return correct / total if total else 0.0
+
+
+def road_accuracy(traces: Sequence[Trace], results: Sequence[Sequence[MatchResult]],
+                  network: RoadNetwork | Mapping[str, int]) -> float:
+    """Share of fixes matched to a segment of their true road (same OSM way, same direction).
+
+    ``network`` is the network the traces were driven on, or its `road_keys` (compute them once
+    when scoring many runs). Unmatched fixes count wrong.
+    """
+    key = road_keys(network) if isinstance(network, RoadNetwork) else network
+    return _accuracy(traces, results, key)

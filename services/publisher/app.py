@@ -91,6 +91,7 @@ async def _feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     # very server, which starts listening only after startup has finished.
     spawn(app, publisher.keep_catalogue(), name="publisher-catalogue")
     spawn(app, publisher.housekeeping(), name="publisher-housekeeping")
+    spawn(app, publisher.keep_profiles(), name="publisher-profiles")
     yield
     await publisher.unsubscribe()
 
@@ -161,7 +162,7 @@ async def _list_roads(request: web.Request) -> web.Response:
     now = utc_now()
     features = []
     for segment in segments:
-        status = publisher.roads.find(segment.segment_id, now)
+        status = publisher.road_status(segment, now)
         if min_level is not None and (status is None or status.source == "none"
                                       or status.level is None or status.level < min_level):
             continue
@@ -182,7 +183,7 @@ async def _get_road(request: web.Request) -> web.Response:
         segment = await publisher.bigdata.find_segment(segment_id)
         if segment is None:
             raise NotFound(f"unknown road segment {segment_id!r}")
-    status = publisher.roads.find(segment_id, utc_now())
+    status = publisher.road_status(segment, utc_now())
     return _json(road_feature(segment, status, detail=True), content_type="application/geo+json")
 
 

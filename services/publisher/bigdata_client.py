@@ -1,7 +1,8 @@
 """A small client of bigdata's internal HTTP API: the segment catalogue and the region.
 
-Contract (bigdata implements it): ``GET /v1/segments[?bbox=…]``, ``GET /v1/segments/{id}`` and
-``GET /v1/region``. Records that break the contract are skipped and counted by kind instead of
+Contract (bigdata implements it): ``GET /v1/segments[?bbox=…]``, ``GET /v1/segments/{id}``,
+``GET /v1/region`` and ``GET /v1/profiles?at=…`` (time-of-week profile speeds of the bucket
+containing ``at``). Records that break the contract are skipped and counted by kind instead of
 failing the whole catalogue, so one bad row never blanks the map.
 """
 
@@ -11,6 +12,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +48,25 @@ class Region:
     name: str
     bbox: tuple[float, float, float, float]
     segment_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSpeed:
+    """A segment's usual speed in the current time-of-week bucket (not a live value)."""
+
+    segment_id: str
+    speed_kmh: float
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSnapshot:
+    """The profile speeds of one time-of-week bucket, valid until ``valid_until`` (UTC)."""
+
+    bucket: int
+    valid_until: datetime
+    speeds: dict[str, ProfileSpeed]
+    rejected: int = 0
 
 
 @dataclass(slots=True)
@@ -143,6 +164,46 @@ def parse_region(data: object) -> Region:
                              code="bigdata_bad_answer") from exc
 
 
+def _utc(value: object, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be an ISO 8601 time")
+    dt = datetime.fromisoformat(value)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def parse_profiles(data: object) -> ProfileSnapshot:
+    """bigdata's ``/v1/profiles`` answer → :class:`ProfileSnapshot`; malformed rows skipped.
+
+    :class:`TransientError` when the answer as a whole is malformed.
+    """
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("profiles"), list):
+            raise TypeError("profiles answer must be an object with a 'profiles' list")
+        bucket = data["bucket"]
+        if isinstance(bucket, bool) or not isinstance(bucket, int):
+            raise TypeError("bucket must be an integer")
+        valid_until = _utc(data["valid_until"], "valid_until")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TransientError(f"bigdata profiles answer is malformed: {exc}",
+                             code="bigdata_bad_answer") from exc
+    speeds: dict[str, ProfileSpeed] = {}
+    rejected = 0
+    for row in data["profiles"]:
+        try:
+            if not isinstance(row, dict):
+                raise TypeError("profile must be an object")
+            sid = row["segment_id"]
+            speed = _number(row["speed_kmh"], "speed_kmh")
+            if not isinstance(sid, str) or not sid or speed is None or speed < 0:
+                raise ValueError("bad segment_id or speed_kmh")
+            speeds[sid] = ProfileSpeed(segment_id=sid, speed_kmh=speed,
+                                       updated_at=_utc(row["updated_at"], "updated_at"))
+        except (KeyError, TypeError, ValueError):
+            rejected += 1
+    return ProfileSnapshot(bucket=bucket, valid_until=valid_until, speeds=speeds,
+                           rejected=rejected)
+
+
 class BigdataClient:
     """Reads segments and the region from bigdata; ``start``/``close`` own the HTTP session."""
 
@@ -213,3 +274,8 @@ class BigdataClient:
     async def get_region(self) -> Region:
         """The region's name, bbox and segment count."""
         return parse_region(await self._get("/v1/region"))
+
+    async def get_profiles(self, at: datetime) -> ProfileSnapshot:
+        """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
+        return parse_profiles(await self._get("/v1/profiles",
+                                              {"at": at.astimezone(UTC).isoformat()}))

@@ -2,8 +2,9 @@
 
 The catalogue is an immutable snapshot (segments plus a shapely STRtree) swapped whole on each
 reload, so readers never see a half-built index. Live values are the latest
-:class:`~shared.events.RoadStatus` per segment; a segment without one says ``source: "none"``
-with nulls rather than pretending to flow freely.
+:class:`~shared.events.RoadStatus` per segment; a segment without one shows its time-of-week
+profile (``source: "profile"``, ``sample_count`` 0) when bigdata has one, and otherwise says
+``source: "none"`` with nulls rather than pretending to flow freely.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from shapely.geometry import LineString
 from services.publisher.bigdata_client import Region, Segment
 from shared.errors import BadRequest, DecodeError
 from shared.events import SPEED_SOURCES, RoadStatus
+from shared.levels import LEVEL_NAMES
 
 BBox = tuple[float, float, float, float]
 
-LEVEL_NAMES = {1: "畅通", 2: "基本畅通", 3: "轻度拥堵", 4: "中度拥堵", 5: "严重拥堵"}
-"""GB/T 33171 congestion level names, level 1 (free) to 5 (severe)."""
 
 LEVEL_NAMES_EN = {1: "smooth", 2: "basically smooth", 3: "light congestion",
                   4: "moderate congestion", 5: "severe congestion"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
-from services.publisher.bigdata_client import BigdataClient, Region
+from services.publisher.bigdata_client import BigdataClient, ProfileSnapshot, Region, Segment
 from services.publisher.roads import Catalogue, RoadStatusBoard
 from services.publisher.warning_board import WarningBoard
 from shared.bus.base import EventBus, Subscription
@@ -21,6 +21,7 @@ from shared.codec import Envelope
 from shared.config import Config
 from shared.errors import TtiError
 from shared.events import ROAD_STATUS, WARNING, RoadStatus, Warning
+from shared.levels import LEVEL_NAMES, level_for_speed, tpi_for_speed
 
 log = logging.getLogger("tti.publisher")
 
@@ -32,6 +33,9 @@ EVENTS = Counter("tti_publisher_events_total", "Bus events the publisher consume
 CATALOGUE_LOADS = Counter("tti_publisher_catalogue_loads_total",
                           "Attempts to load the segment catalogue from bigdata, by result",
                           ["result"])
+PROFILE_LOADS = Counter("tti_publisher_profile_loads_total",
+                        "Attempts to load time-of-week profile speeds from bigdata, by result",
+                        ["result"])
 SEGMENTS_REJECTED = Counter("tti_publisher_segments_rejected_total",
                             "Segment records from bigdata skipped as malformed, by kind", ["kind"])
 
@@ -60,6 +64,8 @@ class Publisher:
         self.refresh_s = 600.0
         self.housekeeping_s = 60.0
         self.warn_after_s = 10.0
+        self.profile_refresh_s = 300.0
+        self.profiles: ProfileSnapshot | None = None
         self.last_load_error: str | None = None
         self._subscriptions: list[Subscription] = []
 
@@ -183,6 +189,65 @@ class Publisher:
     def bus_readiness(self) -> tuple[bool, str]:
         """Readiness: the bus is connected."""
         return (True, "connected") if self.bus.connected else (False, "bus disconnected")
+
+    # -- road status with profile fallback ---------------------------------------------------
+
+    def road_status(self, segment: Segment, now: datetime) -> RoadStatus | None:
+        """The segment's live status; without one, its time-of-week profile (``source: profile``).
+
+        A profile value is graded like a live one (GB/T 33171, :mod:`shared.levels`), carries
+        the time it was computed as ``observed_at`` and ``sample_count`` 0: it is the usual
+        speed at this time of the week, not an observation. Neither gives None.
+        """
+        status = self.roads.find(segment.segment_id, now)
+        if status is not None and status.source != "none":
+            return status
+        snapshot = self.profiles
+        # A snapshot is kept a little past its bucket while the next one is being fetched.
+        if snapshot is None or now >= snapshot.valid_until + timedelta(
+                seconds=self.profile_refresh_s):
+            return status
+        profile = snapshot.speeds.get(segment.segment_id)
+        if profile is None:
+            return status
+        level = level_for_speed(profile.speed_kmh, segment.road_class)
+        return RoadStatus(segment_id=segment.segment_id, level=level,
+                          level_name=LEVEL_NAMES[level], speed_kmh=profile.speed_kmh,
+                          free_flow_kmh=segment.free_flow_kmh, observed_at=profile.updated_at,
+                          sample_count=0, source="profile",
+                          tpi=tpi_for_speed(profile.speed_kmh, segment.road_class))
+
+    async def load_profiles(self, now: datetime | None = None) -> ProfileSnapshot:
+        """Fetch the profile speeds of the current time-of-week bucket from bigdata."""
+        snapshot = await self.bigdata.get_profiles(now or utc_now())
+        self.profiles = snapshot
+        return snapshot
+
+    async def keep_profiles(self) -> None:
+        """Refresh the profile speeds every ``profile_refresh_s`` and when the bucket turns.
+
+        Profiles are a fallback: failures are logged once per outage and the last snapshot
+        is used until it expires.
+        """
+        failing = False
+        while True:
+            delay = self.profile_refresh_s
+            try:
+                snapshot = await self.load_profiles()
+            except Exception as exc:
+                PROFILE_LOADS.labels("failed").inc()
+                if not failing:
+                    failing = True
+                    log.info("profile speeds not loaded from %s: %s; retrying",
+                             self.bigdata.base_url, exc or type(exc).__name__,
+                             exc_info=not isinstance(exc, TtiError))
+                delay = min(delay, 60.0)
+            else:
+                PROFILE_LOADS.labels("ok").inc()
+                failing = False
+                until_next = (snapshot.valid_until - utc_now()).total_seconds() + 1.0
+                delay = min(delay, max(1.0, until_next))
+            await asyncio.sleep(delay)
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ GiST indexes). Coordinates are WGS-84 (lon, lat); distances are metres; times ar
 
 What it holds:
 
-- **road segments** (directed, from OSM) with their speed history;
+- **road segments** (directed, from OSM) with their speed history, and what is learned from it:
+  time-of-week speed profiles and free-flow speed (:mod:`services.bigdata.profiles`);
 - **features** of the kinds in :data:`FEATURE_KINDS` (bridges, tunnels, stations, parking …) with
   a geometry, names, attrs and a live state;
 - **GTFS static** feeds (agency, routes, stops, trips, stop times, shapes, calendars,
@@ -50,8 +51,9 @@ from shared.roadnet import RoadSegment
 BBox = tuple[float, float, float, float]
 """(min_lon, min_lat, max_lon, max_lat)."""
 
-SCHEMA_VERSION = 3
-"""Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static."""
+SCHEMA_VERSION = 4
+"""Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static;
+4 time-of-week profiles and learned free flow."""
 
 OSM_FEATURE_SOURCE = "osm"
 """Import source of the features extracted from the imported OSM file."""
@@ -77,6 +79,38 @@ class SpeedRecord:
     sample_count: int
     source: str
     confidence: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentProfile:
+    """The usual speed of a segment in one time-of-week bucket, learned from its history.
+
+    ``bucket`` counts 15-minute slots of the week in local time (0 = Monday 00:00-00:15, see
+    :mod:`services.bigdata.profiles`); ``speed_kmh`` is the median of ``sample_windows`` speed
+    windows; ``updated_at`` is when it was computed.
+    """
+
+    segment_id: str
+    bucket: int
+    speed_kmh: float
+    sample_windows: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreeFlow:
+    """A segment's free-flow speed: ``learned`` from night-time probes, or the OSM ``default``.
+
+    ``sample_windows`` and ``updated_at`` describe the learned value (0 and None for a default);
+    ``default_kmh`` is the OSM-derived value either way.
+    """
+
+    segment_id: str
+    speed_kmh: float
+    source: str
+    sample_windows: int
+    updated_at: datetime | None
+    default_kmh: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +221,37 @@ class GeoStore(abc.ABC):
     async def speed_history(self, segment_id: str, since: datetime, until: datetime
                             ) -> list[SpeedRecord]:
         """Speed windows of one segment in [since, until), oldest first."""
+
+    # --- profiles (services.bigdata.profiles) ---
+
+    @abc.abstractmethod
+    async def recompute_profiles(self, since: datetime, until: datetime) -> int:
+        """Rebuild the time-of-week profiles and learned free flows from windows in [since, until).
+
+        Replaces both tables in one transaction (a bucket or segment without enough windows
+        any more loses its value); returns the number of (segment, bucket) profiles written.
+        """
+
+    @abc.abstractmethod
+    async def profiles_at(self, when: datetime, segment_ids: Sequence[str] | None = None
+                          ) -> dict[str, SegmentProfile]:
+        """Profiles of the bucket containing ``when``, by segment id (those that have one)."""
+
+    async def profile_at(self, segment_id: str, when: datetime) -> SegmentProfile | None:
+        """One segment's profile for the bucket containing ``when``, or None."""
+        return (await self.profiles_at(when, [segment_id])).get(segment_id)
+
+    @abc.abstractmethod
+    async def segment_profile(self, segment_id: str) -> list[SegmentProfile]:
+        """Every bucket's profile of one segment, by bucket (empty without history)."""
+
+    @abc.abstractmethod
+    async def learned_free_flow(self, segment_ids: Sequence[str] | None = None
+                                ) -> dict[str, FreeFlow]:
+        """Free-flow speed of road segments (all when None): learned, else the OSM default.
+
+        Unknown segment ids are left out.
+        """
 
     # --- features ---
 
@@ -314,6 +379,17 @@ def unique_in_feeds(rows: Sequence[Any], what: str, ident: str,
         feeds = ", ".join(sorted(str(feed_of(r)) for r in rows))
         raise AmbiguousIdError(f"{what} {ident!r} exists in feeds {feeds}: pass feed_id")
     return rows[0]
+
+
+def free_flow_of(segment_id: str, default_kmh: float, learned_kmh: float | None,
+                 sample_windows: int | None, updated_at: datetime | None) -> FreeFlow:
+    """A :class:`FreeFlow` from a road row joined with its learned value (None when not learned)."""
+    if learned_kmh is None:
+        return FreeFlow(segment_id=segment_id, speed_kmh=default_kmh, source="default",
+                        sample_windows=0, updated_at=None, default_kmh=default_kmh)
+    return FreeFlow(segment_id=segment_id, speed_kmh=learned_kmh, source="learned",
+                    sample_windows=sample_windows or 0, updated_at=updated_at,
+                    default_kmh=default_kmh)
 
 
 def store_from_url(url: str) -> GeoStore:

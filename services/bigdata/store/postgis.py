@@ -21,17 +21,31 @@ import asyncpg
 import orjson
 import shapely
 
+from services.bigdata.profiles import (
+    FREE_FLOW_HOURS,
+    FREE_FLOW_PERCENTILE,
+    FREE_FLOW_SOURCES,
+    MIN_FREE_FLOW_WINDOWS,
+    MIN_PROFILE_WINDOWS,
+    PROFILE_SOURCES,
+    bucket_of,
+    bucket_sql,
+    local_hour_sql,
+)
 from services.bigdata.store._geo import coords_of_wkb, ewkb, ewkb_linestring
 from services.bigdata.store._roads import ROAD_NAME_COLUMNS, RoadNameIndex
 from services.bigdata.store.base import (
     OSM_FEATURE_SOURCE,
     BBox,
+    FreeFlow,
     GeoStore,
     ImportRecord,
     NearbySegment,
     OsmImportOutcome,
     RegionInfo,
+    SegmentProfile,
     SpeedRecord,
+    free_flow_of,
     unique_in_feeds,
 )
 from services.bigdata.store.features import (
@@ -195,11 +209,32 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (feed_id, trip_id, start_s)
     );
     """,
+    # 4: time-of-week profiles and learned free flow (services.bigdata.profiles)
+    """
+    CREATE TABLE IF NOT EXISTS segment_profiles (
+        segment_id text NOT NULL,
+        bucket smallint NOT NULL CHECK (bucket BETWEEN 0 AND 671),
+        speed_kmh double precision NOT NULL, sample_windows integer NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (segment_id, bucket)
+    );
+    CREATE INDEX IF NOT EXISTS segment_profiles_bucket ON segment_profiles (bucket);
+    CREATE TABLE IF NOT EXISTS segment_free_flow (
+        segment_id text PRIMARY KEY, speed_kmh double precision NOT NULL,
+        sample_windows integer NOT NULL, updated_at timestamptz NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS segment_speeds_window ON segment_speeds (window_start);
+    """,
 ]
 
 # Advisory lock keys (arbitrary constants): schema changes, and imports.
 _MIGRATION_LOCK = 0x7171_0001
 _IMPORT_LOCK = 0x7171_0002
+_PROFILE_LOCK = 0x7171_0003
+
+_EPOCH = "floor(extract(epoch FROM window_start))::bigint"
+_WINDOWS = ("FROM segment_speeds WHERE window_start >= $1 AND window_start < $2 "
+            "AND speed_kmh IS NOT NULL AND sample_count > 0 AND source = ANY($3::text[])")
 
 _SEGMENT_COLS = ("segment_id", "way_id", "from_node", "to_node", "road_class", "name",
                  "name_en", "ref", "lanes", "speed_limit_kmh", "oneway", "bridge", "tunnel",
@@ -226,6 +261,11 @@ def _segments_from_rows(rows: Sequence[Any]) -> list[RoadSegment]:
                         speed_limit_kmh=r[9], oneway=r[10], bridge=r[11], tunnel=r[12],
                         length_m=r[13], free_flow_kmh=r[14], coords=c)
             for r, c in zip(rows, coords, strict=True)]
+
+
+def _row_to_profile(r: Any) -> SegmentProfile:
+    return SegmentProfile(segment_id=r[0], bucket=r[1], speed_kmh=r[2], sample_windows=r[3],
+                          updated_at=r[4].astimezone(UTC))
 
 
 def _features_from_rows(rows: Sequence[Any]) -> list[Feature]:
@@ -490,6 +530,67 @@ class PostgisStore(GeoStore):
         return [SpeedRecord(segment_id=r[0], window_start=r[1].astimezone(UTC),
                             observed_at=r[2].astimezone(UTC), speed_kmh=r[3],
                             sample_count=r[4], source=r[5], confidence=r[6]) for r in rows]
+
+    # --- profiles ---
+
+    async def recompute_profiles(self, since: datetime, until: datetime) -> int:
+        updated_at = datetime.now(UTC)
+        async with self._conn() as conn, conn.transaction():
+            # Replicas recompute on the same schedule: the first does it, the others wait for
+            # it rather than aggregate the same history again in parallel.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PROFILE_LOCK)
+            await conn.execute("DELETE FROM segment_profiles")
+            await conn.execute("DELETE FROM segment_free_flow")
+            status = await conn.execute(
+                "INSERT INTO segment_profiles (segment_id, bucket, speed_kmh, sample_windows, "
+                f"updated_at) SELECT segment_id, {bucket_sql(_EPOCH)} AS b, "
+                "percentile_cont(0.5) WITHIN GROUP (ORDER BY speed_kmh), count(*), $4 "
+                f"{_WINDOWS} GROUP BY segment_id, b HAVING count(*) >= $5",
+                since, until, list(PROFILE_SOURCES), updated_at, MIN_PROFILE_WINDOWS)
+            start, end = FREE_FLOW_HOURS
+            await conn.execute(
+                "INSERT INTO segment_free_flow (segment_id, speed_kmh, sample_windows, "
+                "updated_at) SELECT segment_id, percentile_cont($6::float8) WITHIN GROUP "
+                f"(ORDER BY speed_kmh), count(*), $4 {_WINDOWS} "
+                f"AND ({local_hour_sql(_EPOCH)} >= {start} OR {local_hour_sql(_EPOCH)} < {end}) "
+                "GROUP BY segment_id HAVING count(*) >= $5",
+                since, until, list(FREE_FLOW_SOURCES), updated_at, MIN_FREE_FLOW_WINDOWS,
+                FREE_FLOW_PERCENTILE)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def profiles_at(self, when: datetime, segment_ids: Sequence[str] | None = None
+                          ) -> dict[str, SegmentProfile]:
+        sql = ("SELECT segment_id, bucket, speed_kmh, sample_windows, updated_at "
+               "FROM segment_profiles WHERE bucket = $1")
+        async with self._conn() as conn:
+            if segment_ids is None:
+                rows = await conn.fetch(sql, bucket_of(when))
+            else:
+                rows = await conn.fetch(sql + " AND segment_id = ANY($2::text[])",
+                                        bucket_of(when), list(segment_ids))
+        return {r[0]: _row_to_profile(r) for r in rows}
+
+    async def segment_profile(self, segment_id: str) -> list[SegmentProfile]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT segment_id, bucket, speed_kmh, sample_windows, updated_at "
+                "FROM segment_profiles WHERE segment_id = $1 ORDER BY bucket", segment_id)
+        return [_row_to_profile(r) for r in rows]
+
+    async def learned_free_flow(self, segment_ids: Sequence[str] | None = None
+                                ) -> dict[str, FreeFlow]:
+        sql = ("SELECT r.segment_id, r.free_flow_kmh, f.speed_kmh, f.sample_windows, "
+               "f.updated_at FROM road_segments r "
+               "LEFT JOIN segment_free_flow f ON f.segment_id = r.segment_id")
+        async with self._conn() as conn:
+            if segment_ids is None:
+                rows = await conn.fetch(sql + " ORDER BY r.seq")
+            else:
+                rows = await conn.fetch(sql + " WHERE r.segment_id = ANY($1::text[])",
+                                        list(segment_ids))
+        return {r[0]: free_flow_of(r[0], r[1], r[2], r[3],
+                                   None if r[4] is None else r[4].astimezone(UTC))
+                for r in rows}
 
     # --- features ---
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,17 +24,32 @@ import numpy as np
 import orjson
 import shapely
 
+from services.bigdata.profiles import (
+    FREE_FLOW_PERCENTILE,
+    FREE_FLOW_SOURCES,
+    MIN_FREE_FLOW_WINDOWS,
+    MIN_PROFILE_WINDOWS,
+    PROFILE_SOURCES,
+    bucket_of,
+    bucket_of_epoch,
+    is_free_flow_hour,
+    local_hour_of_epoch,
+    percentile_cont,
+)
 from services.bigdata.store._geo import box_intersects, distances_m, radius_box, wkb
 from services.bigdata.store._roads import ROAD_NAME_COLUMNS, RoadNameIndex
 from services.bigdata.store.base import (
     OSM_FEATURE_SOURCE,
     BBox,
+    FreeFlow,
     GeoStore,
     ImportRecord,
     NearbySegment,
     OsmImportOutcome,
     RegionInfo,
+    SegmentProfile,
     SpeedRecord,
+    free_flow_of,
     unique_in_feeds,
 )
 from services.bigdata.store.features import (
@@ -204,10 +221,25 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     _insert_road_names(conn, names)
 
 
+_V4 = """
+    CREATE TABLE IF NOT EXISTS segment_profiles (
+        segment_id TEXT NOT NULL, bucket INTEGER NOT NULL CHECK (bucket BETWEEN 0 AND 671),
+        speed_kmh REAL NOT NULL, sample_windows INTEGER NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (segment_id, bucket)
+    );
+    CREATE INDEX IF NOT EXISTS segment_profiles_bucket ON segment_profiles(bucket);
+    CREATE TABLE IF NOT EXISTS segment_free_flow (
+        segment_id TEXT PRIMARY KEY, speed_kmh REAL NOT NULL, sample_windows INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS segment_speeds_window ON segment_speeds(window_start);
+"""
+
 MIGRATIONS: list[Migration] = [
     _V1,  # 1: road segments with an R*Tree on their extent, speed history, import bookkeeping
     _migration_2,  # 2: features (+ R*Tree) and the road names search looks at
     _V3,  # 3: GTFS static
+    _V4,  # 4: time-of-week profiles and learned free flow (IF NOT EXISTS: re-runnable)
 ]
 
 _SEGMENT_COLS = ("segment_id, way_id, from_node, to_node, road_class, name, name_en, ref, lanes, "
@@ -228,6 +260,11 @@ def _row_to_segment(row: Any) -> RoadSegment:
         bridge=bool(bridge), tunnel=bool(tunnel), length_m=length, free_flow_kmh=ff,
         coords=tuple((float(x), float(y)) for x, y in orjson.loads(coords)),
     )
+
+
+def _row_to_profile(r: Any) -> SegmentProfile:
+    return SegmentProfile(segment_id=r[0], bucket=r[1], speed_kmh=r[2], sample_windows=r[3],
+                          updated_at=_parse_ts(r[4]))
 
 
 def _rows_to_features(rows: Sequence[Any]) -> list[Feature]:
@@ -540,6 +577,99 @@ class SqliteStore(GeoStore):
             return [SpeedRecord(segment_id=r[0], window_start=_parse_ts(r[1]),
                                 observed_at=_parse_ts(r[2]), speed_kmh=r[3], sample_count=r[4],
                                 source=r[5], confidence=r[6]) for r in rows]
+        return await self._run(q)
+
+    # --- profiles ---
+
+    async def recompute_profiles(self, since: datetime, until: datetime) -> int:
+        updated_at = _ts(datetime.now(UTC))
+        sources = PROFILE_SOURCES
+
+        def write(conn: sqlite3.Connection) -> int:
+            # SQLite has no percentile aggregate: stream the windows one segment at a time
+            # (primary-key order) and take medians/percentiles in Python; memory stays bounded
+            # by one segment's history. substr() drops the fraction so seconds truncate.
+            written = 0
+            with _transaction(conn):
+                conn.execute("DELETE FROM segment_profiles")
+                conn.execute("DELETE FROM segment_free_flow")
+                rows = conn.execute(
+                    "SELECT segment_id, "
+                    "CAST(strftime('%s', substr(window_start, 1, 19)) AS INTEGER), speed_kmh, "
+                    "source FROM segment_speeds WHERE window_start >= ? AND window_start < ? "
+                    "AND speed_kmh IS NOT NULL AND sample_count > 0 "
+                    f"AND source IN ({','.join('?' * len(sources))}) ORDER BY segment_id",
+                    (_ts(since), _ts(until), *sources))
+                for segment_id, group in groupby(rows, key=itemgetter(0)):
+                    buckets: dict[int, list[float]] = defaultdict(list)
+                    night: list[float] = []
+                    for _, epoch, speed, source in group:
+                        buckets[bucket_of_epoch(epoch)].append(speed)
+                        if (source in FREE_FLOW_SOURCES
+                                and is_free_flow_hour(local_hour_of_epoch(epoch))):
+                            night.append(speed)
+                    profiles = [(segment_id, b, percentile_cont(sorted(v), 0.5), len(v),
+                                 updated_at)
+                                for b, v in sorted(buckets.items())
+                                if len(v) >= MIN_PROFILE_WINDOWS]
+                    conn.executemany("INSERT INTO segment_profiles VALUES (?,?,?,?,?)",
+                                     profiles)
+                    written += len(profiles)
+                    if len(night) >= MIN_FREE_FLOW_WINDOWS:
+                        conn.execute("INSERT INTO segment_free_flow VALUES (?,?,?,?)",
+                                     (segment_id,
+                                      percentile_cont(sorted(night), FREE_FLOW_PERCENTILE),
+                                      len(night), updated_at))
+            return written
+        return await self._run(write)
+
+    async def profiles_at(self, when: datetime, segment_ids: Sequence[str] | None = None
+                          ) -> dict[str, SegmentProfile]:
+        bucket = bucket_of(when)
+
+        def q(conn: sqlite3.Connection) -> dict[str, SegmentProfile]:
+            sql = ("SELECT segment_id, bucket, speed_kmh, sample_windows, updated_at "
+                   "FROM segment_profiles WHERE bucket = ?")
+            if segment_ids is None:
+                rows = conn.execute(sql, (bucket,)).fetchall()
+            else:
+                rows = []
+                ids = list(dict.fromkeys(segment_ids))
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    rows += conn.execute(
+                        sql + f" AND segment_id IN ({','.join('?' * len(chunk))})",
+                        (bucket, *chunk)).fetchall()
+            return {r[0]: _row_to_profile(r) for r in rows}
+        return await self._run(q)
+
+    async def segment_profile(self, segment_id: str) -> list[SegmentProfile]:
+        def q(conn: sqlite3.Connection) -> list[SegmentProfile]:
+            rows = conn.execute(
+                "SELECT segment_id, bucket, speed_kmh, sample_windows, updated_at "
+                "FROM segment_profiles WHERE segment_id = ? ORDER BY bucket",
+                (segment_id,)).fetchall()
+            return [_row_to_profile(r) for r in rows]
+        return await self._run(q)
+
+    async def learned_free_flow(self, segment_ids: Sequence[str] | None = None
+                                ) -> dict[str, FreeFlow]:
+        def q(conn: sqlite3.Connection) -> dict[str, FreeFlow]:
+            sql = ("SELECT r.segment_id, r.free_flow_kmh, f.speed_kmh, f.sample_windows, "
+                   "f.updated_at FROM road_segments r "
+                   "LEFT JOIN segment_free_flow f ON f.segment_id = r.segment_id")
+            if segment_ids is None:
+                rows = conn.execute(sql + " ORDER BY r.rid").fetchall()
+            else:
+                rows = []
+                ids = list(dict.fromkeys(segment_ids))
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    rows += conn.execute(
+                        sql + f" WHERE r.segment_id IN ({','.join('?' * len(chunk))})",
+                        chunk).fetchall()
+            return {r[0]: free_flow_of(r[0], r[1], r[2], r[3],
+                                     None if r[4] is None else _parse_ts(r[4])) for r in rows}
         return await self._run(q)
 
     # --- features ---
