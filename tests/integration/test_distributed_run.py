@@ -122,8 +122,13 @@ def test_four_services_and_simulator_over_jetstream(cluster: dict[str, object]) 
                   if w["segment_id"] == cluster["incident"]]
         time.sleep(2)
     tmp: Path = cluster["tmp"]  # type: ignore[assignment]
-    assert probe, (tmp / "bigdata.log").read_text()[-2000:]
-    assert warned, (tmp / "warning.log").read_text()[-2000:]
+
+    def logs() -> str:
+        return "\n".join(f"--- {name}.log\n" + (tmp / f"{name}.log").read_text()[-1500:]
+                         for name in ("sim", "collector", "bigdata", "warning"))
+
+    assert probe, logs()
+    assert warned, logs()
     # Every process drains and exits cleanly on SIGTERM.
     for p in cluster["procs"]:  # type: ignore[attr-defined]
         p.send_signal(signal.SIGTERM)
