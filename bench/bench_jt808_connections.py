@@ -85,8 +85,6 @@ async def _gateway_main(conn: Connection, impl: str, db: str, n: int) -> None:
         gw = Jt808Gateway(bus=bus, terminals=store, registry=VehicleRegistry())
     await gw.start("127.0.0.1", 0)
     loop = asyncio.get_running_loop()
-    requests: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: requests.put_nowait(conn.recv()))
     # Let the store's thread pool and the loop settle before the baseline.
     for _ in range(3):
         await store.find(str(PHONE_BASE))
@@ -94,14 +92,15 @@ async def _gateway_main(conn: Connection, impl: str, db: str, n: int) -> None:
     gc.collect()
     conn.send(("ready", gw.port, codes, _rss_bytes()))
     while True:
-        req = await requests.get()
+        # A thread waits on the pipe: the loop's add_reader would make it non-blocking, and
+        # then a large send() fails with EAGAIN.
+        req: tuple[Any, ...] = await loop.run_in_executor(None, conn.recv)
         if req[0] == "rss":
             gc.collect()
             sessions = len(gw.sessions) if isinstance(gw, Jt808Gateway) else -1
             conn.send(("rss", _rss_bytes(), sessions))
         elif req[0] == "stop":
             break
-    loop.remove_reader(conn.fileno())
     await gw.stop()
     await bus.close()
     await store.close()
@@ -225,17 +224,17 @@ def run_config(loop_kind: str, impl: str, args: argparse.Namespace) -> dict[str,
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="tti-bench-") as tmp:
         gw_conn, gw_child = ctx.Pipe()
-        gw = ctx.Process(target=gateway_process, args=(
+        gw = ctx.Process(name="gateway", target=gateway_process, args=(
             gw_child, loop_kind, impl, str(Path(tmp) / "terminals.db"), args.terminals))
         gw.start()
-        _, port, codes, rss0 = _expect(gw_conn, "ready", 300)
+        _, port, codes, rss0 = _expect(gw_conn, "ready", 300, (gw,))
         gen_conn, gen_child = ctx.Pipe()
-        gen = ctx.Process(target=generator_process,
+        gen = ctx.Process(name="load generator", target=generator_process,
                           args=(gen_child, port, codes, args.heartbeat_s, args.rounds))
         gen.start()
         try:
             (_, conns, authed, failures, connect_s, sent, answered,
-             lost) = _expect(gen_conn, "loaded", 600)
+             lost) = _expect(gen_conn, "loaded", 600, (gw, gen))
             gw_conn.send(("rss",))
             _, rss1, sessions = _expect(gw_conn, "rss")
             gen_conn.send(("close",))

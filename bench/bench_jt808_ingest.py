@@ -120,6 +120,8 @@ class NaiveGateway:
         self.bus, self.terminals, self.registry = bus, terminals, registry
         self.idle_timeout_s = heartbeat_s * 3
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -132,8 +134,19 @@ class NaiveGateway:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        # Close the sockets rather than cancel the handlers: a cancelled handler task makes
+        # asyncio's stream callback log a CancelledError traceback.
+        for w in self._writers:
+            w.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._writers.add(writer)
         splitter = FrameSplitter()
         authenticated = False
         serial = 0
@@ -177,6 +190,7 @@ class NaiveGateway:
         except (ConnectionError, TimeoutError, Jt808Error):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
 
@@ -210,12 +224,12 @@ async def _gateway_main(conn: Connection, loop_kind: str, impl: str, db: str,
         gw = Jt808Gateway(bus=bus, terminals=store, registry=VehicleRegistry())
     await gw.start("127.0.0.1", 0)
     loop = asyncio.get_running_loop()
-    requests: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: requests.put_nowait(conn.recv()))
     conn.send(("port", gw.port))
     profiler = cProfile.Profile() if profile else None
     while True:
-        req = await requests.get()
+        # A thread waits on the pipe: the loop's add_reader would make it non-blocking, and
+        # then a large send() fails with EAGAIN.
+        req: tuple[Any, ...] = await loop.run_in_executor(None, conn.recv)
         if req[0] == "mark":
             if profiler is not None:
                 profiler.enable()
@@ -233,7 +247,6 @@ async def _gateway_main(conn: Connection, loop_kind: str, impl: str, db: str,
             conn.send(("bus_alone", await _bus_alone(bus, lambda: counted, req[1])))
         elif req[0] == "stop":
             break
-    loop.remove_reader(conn.fileno())
     await gw.stop()
     await bus.close()
     await store.close()
@@ -401,9 +414,16 @@ async def _generator_main(conn: Connection, port: int, terminals: int, reports: 
 # ---- orchestration -----------------------------------------------------------------------------
 
 
-def _expect(conn: Connection, tag: str, timeout: float = 300.0) -> tuple[Any, ...]:
-    if not conn.poll(timeout):
-        raise SystemExit(f"timed out waiting for {tag!r}")
+def _expect(conn: Connection, tag: str, timeout: float = 300.0,
+            procs: tuple[mp.process.BaseProcess, ...] = ()) -> tuple[Any, ...]:
+    """The next control message, which must be ``tag``; fails fast if a process died."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(1.0):
+        dead = [p.name for p in procs if not p.is_alive()]
+        if dead:
+            raise SystemExit(f"{', '.join(dead)} died while waiting for {tag!r}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {tag!r}")
     msg: tuple[Any, ...] = conn.recv()
     if msg[0] != tag:
         raise SystemExit(f"expected {tag!r}, got {msg!r}")
@@ -416,21 +436,22 @@ def run_config(loop_kind: str, impl: str, args: argparse.Namespace,
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="tti-bench-") as tmp:
         gw_conn, gw_child = ctx.Pipe()
-        gw = ctx.Process(target=gateway_process,
+        gw = ctx.Process(name="gateway", target=gateway_process,
                          args=(gw_child, loop_kind, impl, str(Path(tmp) / "terminals.db"),
                                args.profile))
         gw.start()
-        port = _expect(gw_conn, "port", 60)[1]
+        port = _expect(gw_conn, "port", 60, (gw,))[1]
         gen_conn, gen_child = ctx.Pipe()
-        gen = ctx.Process(target=generator_process,
+        gen = ctx.Process(name="load generator", target=generator_process,
                           args=(gen_child, port, args.terminals, args.reports, args.window))
         gen.start()
         try:
-            _expect(gen_conn, "ready")
+            both = (gw, gen)
+            _expect(gen_conn, "ready", 300, both)
             gw_conn.send(("mark",))
-            _, cpu0, count0 = _expect(gw_conn, "mark")
+            _, cpu0, count0 = _expect(gw_conn, "mark", 60, both)
             gen_conn.send(("go",))
-            _, sent, acked, nacked, lost, elapsed = _expect(gen_conn, "result")
+            _, sent, acked, nacked, lost, elapsed = _expect(gen_conn, "result", 600, both)
             gw_conn.send(("wait_count", count0 + sent, 30.0))
             _, cpu1, count1 = _expect(gw_conn, "count")
             out = {"loop": loop_kind, "impl": impl, "sent": sent, "acked": acked,

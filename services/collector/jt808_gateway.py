@@ -139,7 +139,7 @@ _make_position = fast_constructor(VehiclePosition)
 
 
 def position_from_report(vehicle_id: str, report: LocationReport, *, vehicle_class: str,
-                         now: datetime, version: int = 2013) -> VehiclePosition:
+                         now: datetime) -> VehiclePosition:
     """Map a decoded 0x0200 body to a ``VehiclePosition``; reject impossible values.
 
     The codec returns raw fields; here latitude beyond 90°, longitude beyond 180°, an
@@ -319,7 +319,7 @@ class TerminalConnection(asyncio.Protocol):
             frames = self.splitter.feed(data)
         except FrameError as exc:
             _error(exc.kind).inc()
-            log.info("closing %s: %s", self._peer(), exc)
+            log.debug("closing %s: %s", self._peer(), exc)
             frames, fatal = list(exc.frames), True
         if not frames:
             if not fatal and not self.splitter.buffered:
@@ -429,29 +429,29 @@ class TerminalConnection(asyncio.Protocol):
         header = msg.header
         mid = header.msg_id
         phone = header.terminal_phone
-        if mid == 0x0200 and self.authenticated and phone == self.phone \
-                and not header.subpackage:
-            # Hot path: an authenticated terminal's location report.
-            self._locations_seen += 1
-            r = msg.body
-            if not r.alarm:  # type: ignore[union-attr]
-                try:
-                    pos = self._position(phone, r)  # type: ignore[arg-type]
-                except RejectedPosition as exc:
-                    POSITIONS.labels(exc.kind).inc()
-                    self._reply(header, RESULT_BAD_MESSAGE)
-                    return None
-                if pos is not None:
-                    return (header, pos, report_event_id(phone, msg.body_bytes))
-            # Alarms, and reports without a fix, take the general path.
-            return self._locations(header, msg.version, (r,), (msg.body_bytes,))  # type: ignore[arg-type]
-        (_FRAMES_BY_ID.get(mid) or _FRAMES_OTHER).inc()
-        if self.phone is not None and phone != self.phone:
-            # One connection speaks for one terminal; another phone here is a spoofing attempt.
-            _error("phone_mismatch").inc()
-            self._reply(header, RESULT_FAILURE)
-            return None
         try:
+            if mid == 0x0200 and self.authenticated and phone == self.phone \
+                    and not header.subpackage:
+                # Hot path: an authenticated terminal's location report.
+                self._locations_seen += 1
+                r = cast(LocationReport, msg.body)
+                if not r.alarm:
+                    try:
+                        pos = self._position(phone, r)
+                    except RejectedPosition as exc:
+                        POSITIONS.labels(exc.kind).inc()
+                        self._reply(header, RESULT_BAD_MESSAGE)
+                        return None
+                    if pos is not None:
+                        return (header, pos, report_event_id(phone, msg.body_bytes))
+                # Alarms, and reports without a fix, take the general path.
+                return self._locations(header, msg.version, (r,), (msg.body_bytes,))
+            (_FRAMES_BY_ID.get(mid) or _FRAMES_OTHER).inc()
+            if self.phone is not None and phone != self.phone:
+                # One connection speaks for one terminal; another phone here is a spoof.
+                _error("phone_mismatch").inc()
+                self._reply(header, RESULT_FAILURE)
+                return None
             if header.subpackage:
                 return self._subpacket(msg)
             return self._dispatch(msg, msg.body, msg.body_bytes)
@@ -521,18 +521,16 @@ class TerminalConnection(asyncio.Protocol):
         events: list[tuple[VehiclePosition | None, LocationReport, str]] = []
         impossible = False
         for r, raw in zip(reports, raws, strict=True):
-            try:
-                pos: VehiclePosition | None = _position(vid, r, vclass, times.utc(r.time_bcd),
-                                                        now)
-            except RejectedPosition as exc:
-                POSITIONS.labels(exc.kind).inc()
-                impossible = True
-                pos = None  # an alarm still matters when its position is unusable
+            pos: VehiclePosition | None = None  # an alarm matters even without a position
+            if not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
+                # Not positioned and no last known fix: (0, 0) is no place to put it.
+                POSITIONS.labels("not_positioned").inc()
             else:
-                if not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
-                    # Not positioned and no last known fix: (0, 0) is no place to put it.
-                    POSITIONS.labels("not_positioned").inc()
-                    pos = None
+                try:
+                    pos = _position(vid, r, vclass, times.utc(r.time_bcd), now)
+                except RejectedPosition as exc:
+                    POSITIONS.labels(exc.kind).inc()
+                    impossible = True
             if pos is not None or r.alarm:
                 events.append((pos, r, report_event_id(vid, raw)))
         if not events:
@@ -691,7 +689,8 @@ class TerminalConnection(asyncio.Protocol):
             # The request names packet 1's serial; when packet 1 itself is missing, count back
             # from the lowest packet seen (the standard numbers the packets consecutively).
             first_serial = (serial - (index - 1)) & 0xFFFF
-            missing = asm.missing(key)[: 0xFFFF if h.is_2019 else 0xFF]
+            # As many as one body holds: 2013 counts in a BYTE, 2019 in a WORD (4 + 2n ≤ 1023).
+            missing = asm.missing(key)[: 509 if h.is_2019 else 255]
             _error("resend_requested").inc()
             self._send(encode_message(
                 MsgId.P_RESEND_REQUEST, ResendRequest(first_serial, tuple(missing)),
@@ -709,7 +708,7 @@ class TerminalConnection(asyncio.Protocol):
         """0x8001 answering ``header``, in its layout, echoing its raw phone digits.
 
         Same bytes as ``encode_reply`` (checked by the tests), built from a cached header
-        prefix: a third of the time, and this is one per frame.
+        prefix in about a third of its time: every frame gets one.
         """
         key = (header.phone_bcd, header.protocol_version)
         if key != self._reply_key:
@@ -912,20 +911,28 @@ class Jt808Gateway:
             idle_before = now - self.idle_timeout_s
             abort_before = now - self.close_grace_s
             for c in list(self.connections):
-                if c.closing:
-                    # close() waits for the write buffer to drain; a terminal that does not
-                    # read would hold the connection forever.
-                    if c.closing_at < abort_before:
-                        _error("close_timeout").inc()
-                        c.abort()
-                elif c.last_seen < idle_before and not c.paused & (_PAUSE_RATE | _PAUSE_BACKLOG):
-                    _error("idle_timeout").inc()
-                    if c.paused & _PAUSE_WRITE:
-                        c.abort()  # it does not read: no point in flushing
-                    else:
-                        c.close()
-                elif c.assembler is not None:
-                    c._ask_resends(now)
+                try:
+                    self._sweep_one(c, now, idle_before, abort_before)
+                except Exception:  # one connection's bug must not stop the sweeps
+                    _error("internal").inc()
+                    log.exception("JT/T 808 sweep failed for %s", c._peer())
+
+    def _sweep_one(self, c: TerminalConnection, now: float, idle_before: float,
+                   abort_before: float) -> None:
+        if c.closing:
+            # close() waits for the write buffer to drain; a terminal that does not read
+            # would hold the connection forever.
+            if c.closing_at < abort_before:
+                _error("close_timeout").inc()
+                c.abort()
+        elif c.last_seen < idle_before and not c.paused & (_PAUSE_RATE | _PAUSE_BACKLOG):
+            _error("idle_timeout").inc()
+            if c.paused & _PAUSE_WRITE:
+                c.abort()  # it does not read: no point in flushing
+            else:
+                c.close()
+        elif c.assembler is not None:
+            c._ask_resends(now)
 
     def _bus_failed(self, exc: Exception) -> None:
         if not self._bus_failing:

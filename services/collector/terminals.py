@@ -11,6 +11,7 @@ import abc
 import asyncio
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,13 +75,32 @@ class SqliteTerminalStore(TerminalStore):
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT "
-                         "PRIMARY KEY, auth_code TEXT NOT NULL, plate TEXT NOT NULL, "
-                         "terminal_id TEXT NOT NULL, registered_at TEXT NOT NULL)")
-            return conn
+            try:
+                for attempt in range(100):
+                    try:
+                        # Switching to WAL needs an exclusive lock and does not wait for it
+                        # (no busy handler): another process or store opening the same file
+                        # at the same moment gets "database is locked". Retry briefly.
+                        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                            conn.execute("PRAGMA journal_mode=WAL")
+                        conn.execute(
+                            "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT "
+                            "PRIMARY KEY, auth_code TEXT NOT NULL, plate TEXT NOT NULL, "
+                            "terminal_id TEXT NOT NULL, registered_at TEXT NOT NULL)")
+                        return conn
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) or attempt == 99:
+                            raise
+                        time.sleep(0.01 + 0.001 * attempt)
+            except BaseException:
+                conn.close()
+                raise
+            raise AssertionError("unreachable")
 
-        self._conn = await asyncio.to_thread(connect)
+        try:
+            self._conn = await asyncio.to_thread(connect)
+        except sqlite3.OperationalError as exc:
+            raise TransientError(f"sqlite: {exc}") from exc
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -38,6 +38,7 @@ from shared.jt808 import (
     TerminalLogout,
     Version,
     decode_frame,
+    encode_message,
     encode_reply,
     escape,
     unescape,
@@ -140,8 +141,13 @@ async def test_unauthenticated_location_is_refused_and_not_published(h: Harness)
     serial = await t.send(MsgId.T_LOCATION, report_at())
     ack = await t.reply()
     assert (ack.reply_serial, ack.reply_msg_id, ack.result) == (serial, 0x0200, RESULT_FAILURE)
+    serial = await t.send(MsgId.T_BATCH_LOCATION, BatchLocationUpload(0, (report_at(),)))
+    ack = await t.reply()
+    assert (ack.reply_serial, ack.reply_msg_id, ack.result) == (serial, 0x0704, RESULT_FAILURE)
+    await t.send(MsgId.T_LOCATION, report_at(alarm=1))
+    assert (await t.reply()).result == RESULT_FAILURE
     await asyncio.sleep(0.1)
-    assert h.positions == []
+    assert h.positions == [] and h.alarms == []
 
 
 async def test_location_is_published_then_acknowledged(h: Harness) -> None:
@@ -230,6 +236,27 @@ async def test_report_without_a_fix_is_acknowledged_but_not_published(h: Harness
     assert (await t.reply()).result == RESULT_OK
     await asyncio.sleep(0.05)
     assert h.positions == []
+
+
+async def test_alarm_without_a_fix_is_still_raised(h: Harness) -> None:
+    t = await h.terminal()
+    await t.login()
+    await t.send(MsgId.T_LOCATION, report_at(alarm=1, status=0x1, lat_e6=0, lon_e6=0))
+    assert (await t.reply()).result == RESULT_OK
+    await h.wait_for(lambda: len(h.alarms) == 1)
+    assert h.alarms[0].payload.alarms == ("emergency",)
+    assert h.positions == []
+
+
+async def test_bit14_trap_frame_is_answered_in_the_2013_layout(h: Harness) -> None:
+    # Some 2013 devices set the 2019 version bit by mistake; the reply must not copy it.
+    t = await h.terminal("013912345678")
+    await t.send_raw(encode_message(MsgId.T_HEARTBEAT, Heartbeat(), phone_bcd="013912345678",
+                                    serial=9, version=2013, version_flag=True))
+    msg = await t.recv()
+    assert not msg.header.is_2019 and not msg.header.version_flag
+    assert msg.header.phone_bcd == "013912345678"
+    assert msg.body == PlatformGeneralResponse(9, 0x0002, RESULT_OK)
 
 
 async def test_alarm_bits_become_terminal_alarms_emergency_first(h: Harness) -> None:
