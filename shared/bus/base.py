@@ -10,6 +10,7 @@ to ``max_deliver`` times and then terminated. Every outcome is counted, labelled
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -32,6 +33,17 @@ DELIVERED = Counter(
 FAILURES = Counter(
     "tti_bus_handler_failures_total", "Handler failures by kind", ["subject", "kind"]
 )
+
+
+@functools.cache
+def published_counter(subject_name: str) -> Any:
+    """The published-events counter child for one subject (labels() costs a lookup per call)."""
+    return PUBLISHED.labels(subject_name)
+
+
+@functools.cache
+def _handled_counter(subject_name: str, outcome: str) -> Any:
+    return DELIVERED.labels(subject_name, outcome)
 
 
 class Outcome:
@@ -66,7 +78,7 @@ async def run_handler(handler: Handler[Any], env_or_error: Envelope[Any] | Decod
         outcome = Outcome.NAK if delivery < max_deliver else Outcome.TERM
     else:
         outcome = Outcome.ACK
-    DELIVERED.labels(subject.name, outcome).inc()
+    _handled_counter(subject.name, outcome).inc()
     return outcome
 
 

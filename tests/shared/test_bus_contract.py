@@ -17,12 +17,14 @@ from shared.events import SEGMENT_SPEED, VEHICLE_POSITION, SegmentSpeed, Vehicle
 BusFactory = Callable[[], Awaitable[EventBus]]
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(params=["memory", "memory-wire", "nats"])
 async def make_bus(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[BusFactory]:
     """A factory of started buses sharing one backend namespace (stream/prefix) per test."""
     made: list[EventBus] = []
-    if request.param == "memory":
-        shared = bus_from_url("memory://", partitions=4, nak_delay_s=0.05)
+    if request.param.startswith("memory"):
+        # "memory-wire" puts the JSON encoding in the loop, as JetStream does.
+        shared = bus_from_url("memory://", partitions=4, nak_delay_s=0.05,
+                              serialize=request.param == "memory-wire")
 
         async def factory() -> EventBus:
             # Every memory "replica" is the same in-process bus.
