@@ -15,7 +15,9 @@ heading, as JT/T 808 terminals do):
   distance expected from the reported speeds|. Routes are costed with a penalty per ramp
   (``*_link``) segment, so a vehicle is not sent off a road and back onto it through two ramps
   on the strength of a few metres of GPS noise. Routes not drivable within a speed-derived
-  bound have probability 0.
+  bound have probability 0. A transition onto a different OSM way that keeps the direction of
+  travel costs a little (``way_change_log``): turning at a junction is free, drifting onto a
+  parallel road is not.
 - **Decoding**: Viterbi over a sliding window. A fix is decided once ``lag`` newer fixes have
   arrived (lag 0 decides it at once), from the best path through the window, and the decision
   is then fixed: later paths must pass through it, so consecutive decisions are always joined by
@@ -112,6 +114,12 @@ class MatchParams:
     # near a junction is on (Wuhan OSM, 10 s sampling: 92.3 → 93.2 % of fixes on the right
     # directed segment; lag 1 answers one fix sooner, for a little less).
     lag: int = 2
+    # Continuity prior: a transition onto another OSM way that keeps (within
+    # ``way_straight_deg``) the direction of travel costs ``way_change_log`` (log units).
+    # Turning onto a crossing street is free; hopping to a parallel road (trunk to its service
+    # road, say) is not. Wuhan OSM: 93.4 → 93.8 % at 10 s, 90.7 → 90.9 % at 30 s.
+    way_change_log: float = 0.5
+    way_straight_deg: float = 30.0
     max_gap_s: float = 120.0
     max_speed_kmh: float = 160.0
 
@@ -172,6 +180,8 @@ class MatchGraph:
         self.seg_len: list[float] = [s.length_m for s in segments]
         self.seg_free_flow_kmh: list[float] = [s.free_flow_kmh for s in segments]
         self._coords = [s.coords for s in segments]
+        ways: dict[str, int] = {}
+        self.seg_way: list[int] = [ways.setdefault(str(s.way_id), len(ways)) for s in segments]
         # Cumulative sub-edge lengths, filled on first use (only for segments matched to).
         self._cum: dict[int, list[float]] = {}
         nodes: dict[int, int] = {}
@@ -427,6 +437,8 @@ class OnlineMatcher:
         tol = p.backward_tolerance_m
         seg_len, seg_cost, seg_to, seg_from = g.seg_len, g.seg_cost, g.seg_to, g.seg_from
         n_prev, n_cur = len(prev.cands), len(step.cands)
+        seg_way = g.seg_way
+        way_pen, straight_deg = p.way_change_log, p.way_straight_deg
         trans = [[_NEG_INF] * n_prev for _ in range(n_cur)]
         route_m = [[_INF] * n_prev for _ in range(n_cur)]
         targets = [seg_from[s] for s in step.segs]
@@ -456,6 +468,9 @@ class OnlineMatcher:
                     if r > limit:
                         continue
                 tr = -abs(r - gc) * inv_beta
+                if way_pen and seg_way[cseg] != seg_way[pseg] and abs(
+                        (c.bearing_deg - pc.bearing_deg + 180.0) % 360.0 - 180.0) < straight_deg:
+                    tr -= way_pen
                 if expected >= 0.0:
                     z = (r - expected) * inv_dsig
                     tr -= min(cap, 0.5 * z * z)
