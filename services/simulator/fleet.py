@@ -63,6 +63,8 @@ class SimConfig:
     registry_path: str = "var/sim/vehicles.csv"
     version: int = 2013
     bus_routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    bus_stops: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    """Per route key, the (segment_id, offset_m) of each stop where its buses dwell."""
     demo_incident_segment: str | None = None
     gtfs_rt_share: float = 0.0
     """Share of the buses that report through the GTFS-rt feed instead of JT/T 808 (each bus
@@ -72,10 +74,14 @@ class SimConfig:
 def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
     """SimConfig from the service configuration (and the demo region's routes, if any)."""
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    stops: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     incident_seg = None
     if demo is not None:
-        routes = tuple((f"{r.route_id}:{p.direction_id}", tuple(p.segment_ids))
-                       for r in demo.bus_routes for p in r.patterns)  # type: ignore[attr-defined]
+        patterns = [(f"{r.route_id}:{p.direction_id}", p)
+                    for r in demo.bus_routes for p in r.patterns]  # type: ignore[attr-defined]
+        routes = tuple((key, tuple(p.segment_ids)) for key, p in patterns)
+        stops = tuple((key, tuple((st.segment_id, st.offset_m) for st in p.stops))
+                      for key, p in patterns)
         incident_seg = demo.incident_segment_id  # type: ignore[attr-defined]
     return SimConfig(
         host=config.sim_host, port=config.jt808_port, osm=config.osm,
@@ -83,7 +89,7 @@ def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
         noise_m=config.sim_noise_m, incidents=config.sim_incidents,
         truth_path=config.sim_truth or str(config.var_path / "sim" / "truth.jsonl"),
         registry_path=str(config.var_path / "sim" / "vehicles.csv"),
-        bus_routes=routes, demo_incident_segment=incident_seg)
+        bus_routes=routes, bus_stops=stops, demo_incident_segment=incident_seg)
 
 
 @dataclass(slots=True)
@@ -166,6 +172,7 @@ class Simulator:
             self.network = RoadNetwork.from_osm(self.config.osm)
         hot = self.config.demo_incident_segment or self._busy_segment()
         self.world = World(self.network, seed=self.config.seed, bus_routes=self.config.bus_routes,
+                           bus_stops={k: dict(v) for k, v in self.config.bus_stops},
                            hot_segment=hot)
         self.demo_incident_segment = hot
         for spec in self.config.incidents:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -92,16 +92,32 @@ def parse_incident(spec: str, network: RoadNetwork, *, default_segment: str | No
 
 @dataclass(frozen=True, slots=True)
 class Leg:
-    """One planned segment traversal."""
+    """One planned segment traversal; a bus may stand ``dwell_s`` at a stop ``dwell_at_m`` in."""
 
     segment: RoadSegment
     enter_s: float
     exit_s: float
+    dwell_at_m: float | None = None
+    dwell_s: float = 0.0
 
     @property
     def speed_kmh(self) -> float:
-        """True speed on this leg."""
-        return self.segment.length_m / max(1e-6, self.exit_s - self.enter_s) * 3.6
+        """True driving speed on this leg (a dwell at a stop is not driving)."""
+        return self.segment.length_m / max(1e-6, self.exit_s - self.enter_s - self.dwell_s) * 3.6
+
+    def distance_at(self, t: float) -> tuple[float, bool]:
+        """Distance from the segment's start at time ``t``, and whether the vehicle is moving."""
+        moving_s = max(1e-6, self.exit_s - self.enter_s - self.dwell_s)
+        v = self.segment.length_m / moving_s
+        elapsed = min(max(0.0, t - self.enter_s), self.exit_s - self.enter_s)
+        if self.dwell_at_m is None:
+            return min(self.segment.length_m, elapsed * v), True
+        arrive = self.dwell_at_m / v
+        if elapsed < arrive:
+            return elapsed * v, True
+        if elapsed < arrive + self.dwell_s:
+            return self.dwell_at_m, False
+        return min(self.segment.length_m, (elapsed - self.dwell_s) * v), True
 
 
 @dataclass(slots=True)
@@ -139,13 +155,19 @@ class World:
 
     def __init__(self, network: RoadNetwork, *, seed: int = 1,
                  bus_routes: Sequence[tuple[str, Sequence[str]]] = (),
-                 hot_segment: str | None = None, hot_share: float = 0.2) -> None:
+                 hot_segment: str | None = None, hot_share: float = 0.2,
+                 bus_stops: Mapping[str, Mapping[str, float]] | None = None,
+                 dwell_s: tuple[float, float] = (15.0, 40.0)) -> None:
         self.network = network
         self.rng = random.Random(seed)
         self.incidents: list[Incident] = []
         self.bus_routes = [(rid, tuple(segs)) for rid, segs in bus_routes if segs]
         self.hot_segment = hot_segment
         self.hot_share = hot_share
+        # route key ("<route_id>:<direction_id>") -> {segment_id: stop offset (m)}: buses stand
+        # at their stops, as real ones do (and bigdata must not read it as congestion).
+        self.bus_stops = {k: dict(v) for k, v in (bus_stops or {}).items()}
+        self.dwell_range_s = dwell_s
         self._nodes = list(network.graph.nodes)
         # Trips prefer main roads: weight = travel time at free flow.
         self._weight = {sid: s.length_m / (s.free_flow_kmh / 3.6)
@@ -244,7 +266,14 @@ class World:
             seg = self.network.get_segment(vehicle.pending.pop(0))
             speed = self.speed_on(vehicle, seg, t)
             dur = max(0.1, seg.length_m / (speed / 3.6))
-            vehicle.legs.append(Leg(seg, t, t + dur))
+            stop_at = self.bus_stops.get(vehicle.route_id or "", {}).get(seg.segment_id)
+            if stop_at is not None:
+                dwell = self.rng.uniform(*self.dwell_range_s)
+                vehicle.legs.append(Leg(seg, t, t + dur + dwell, min(stop_at, seg.length_m),
+                                        dwell))
+                dur += dwell
+            else:
+                vehicle.legs.append(Leg(seg, t, t + dur))
             t += dur
             node = seg.to_node
 
@@ -260,14 +289,15 @@ class World:
         self.extend_plan(vehicle, t + 1.0)
         for leg in vehicle.legs:
             if leg.enter_s <= t < leg.exit_s:
-                return self._interpolate(leg, (t - leg.enter_s) / (leg.exit_s - leg.enter_s))
+                return self._interpolate(leg, t)
         leg = vehicle.legs[-1]
-        return self._interpolate(leg, 1.0)
+        return self._interpolate(leg, leg.exit_s)
 
     @staticmethod
-    def _interpolate(leg: Leg, frac: float) -> Fix:
+    def _interpolate(leg: Leg, t: float) -> Fix:
         coords = leg.segment.coords
-        target = leg.segment.length_m * frac
+        target, moving = leg.distance_at(t)
+        speed = leg.speed_kmh if moving else 0.0
         # Walk the polyline; segment lengths are small so a local flat-earth step is exact enough.
         acc = 0.0
         for (x1, y1), (x2, y2) in pairwise(coords):
@@ -276,8 +306,8 @@ class World:
             d = math.hypot(dx, dy)
             if acc + d >= target or (x2, y2) == coords[-1]:
                 f = 0.0 if d == 0 else min(1.0, (target - acc) / d)
-                return Fix(x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, leg.speed_kmh,
+                return Fix(x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, speed,
                            bearing_deg(x1, y1, x2, y2), leg.segment.segment_id)
             acc += d
         x, y = coords[-1]
-        return Fix(x, y, leg.speed_kmh, 0.0, leg.segment.segment_id)
+        return Fix(x, y, speed, 0.0, leg.segment.segment_id)
