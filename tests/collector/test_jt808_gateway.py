@@ -35,6 +35,7 @@ from shared.jt808 import (
     QueryServerTime,
     RegisterResponse,
     ServerTimeReply,
+    TerminalGeneralResponse,
     TerminalLogout,
     Version,
     decode_frame,
@@ -517,3 +518,15 @@ def test_fast_position_constructor_matches_the_dataclass() -> None:
     # Every field of VehiclePosition is passed by keyword: a new field fails loudly here.
     with pytest.raises(TypeError):
         _make_position(vehicle_id="1")
+
+
+async def test_terminal_general_response_needs_no_answer(h: Harness) -> None:
+    t = await h.terminal()
+    await t.login()
+    # A terminal acknowledging one of the platform's messages (0x0001): nothing comes back,
+    # and the connection carries on.
+    await t.send(MsgId.T_GENERAL_RESPONSE, TerminalGeneralResponse(7, 0x8103, RESULT_OK))
+    await t.expect_silence(0.3)
+    serial = await t.send(MsgId.T_HEARTBEAT, Heartbeat())
+    ack = await t.reply()
+    assert (ack.reply_serial, ack.reply_msg_id) == (serial, 0x0002)
