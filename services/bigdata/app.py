@@ -183,8 +183,12 @@ class Bigdata:
         if self.network is None:
             return
         stops = await self.store.stops_in_bbox(self.network.bbox(), limit=100_000)
-        self.stops = StopIndex((s.lon, s.lat) for s in stops
-                               if s.lon is not None and s.lat is not None)
+        points = [(s.lon, s.lat) for s in stops if s.lon is not None and s.lat is not None]
+        # OSM bus stops too: a map without a GTFS feed still has its stops tagged.
+        osm_stops = await self.store.features_in_bbox(self.network.bbox(), ["bus_stop"],
+                                                      limit=100_000)
+        points += [(f.geometry.centroid.x, f.geometry.centroid.y) for f in osm_stops]
+        self.stops = StopIndex(points)
 
     async def load_detectors(self) -> None:
         """(Re)load the detector registry: the segment each roadside detector watches."""

@@ -49,6 +49,7 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
            "TTI_BUS_PREFIX": unique_name, "TTI_DB_URL": f"sqlite:///{tmp_path}/tti.db",
            "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": "4",
            "TTI_JT808_PORT": str(jt808), "TTI_OSM": str(region.osm_path),
+           "TTI_GTFS": str(region.gtfs_path),
            "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}", "TTI_LOG_FORMAT": "text",
            "TTI_HTTP_HOST": "127.0.0.1"}
     procs: list[subprocess.Popen[bytes]] = []
@@ -75,7 +76,7 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
     logs.append(sim_log)
     # Without TTI_OSM the simulator generates the same (deterministic) demo city itself, and
     # with it the bus routes and the demo incident segment.
-    sim_env = {k: v for k, v in env.items() if k != "TTI_OSM"}
+    sim_env = {k: v for k, v in env.items() if k not in ("TTI_OSM", "TTI_GTFS")}
     procs.append(subprocess.Popen(
         [tti, "simulate", "--vehicles", "60", "--sim-interval-s", "1",
          "--incident", "demo@2+300:4"], env=sim_env, stdout=sim_log, stderr=subprocess.STDOUT))
