@@ -24,6 +24,23 @@ def shared_dir() -> Path:
     return path
 
 
+def missing_reference(what: str) -> None:
+    """Skip (locally) or fail (CI) because a reference file is not where it should be."""
+    msg = f"{what} not found (reference data beside the repository, or set TTI_SHARED_DIR)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def reference_file(*parts: str) -> Path:
+    """A file under the reference data folder (``../shared/data/...``); skip/fail if absent."""
+    path = Path(os.environ.get("TTI_SHARED_DIR") or REPO.parent / "shared").joinpath(
+        "data", *parts)
+    if not path.is_file():
+        missing_reference(str(path))
+    return path
+
+
 def require_server(host: str, port: int, what: str) -> None:
     """Skip (locally) or fail (CI) when a server the test needs is not listening."""
     try:

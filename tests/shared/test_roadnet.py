@@ -7,7 +7,6 @@ tagging edge cases the extract lacks are covered by a small hand-written OSM fil
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 from collections.abc import Iterator
@@ -32,25 +31,15 @@ from shared.roadnet import (
     parse_maxspeed,
     parse_segment_id,
 )
+from tests.conftest import reference_file
 
 SEGMENT_ID = re.compile(r"^(\d+):(\d+):(\d+)$")
 M_PER_DEG = roadnet_module._M_PER_DEG
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("TTI_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
-
-
 @pytest.fixture(scope="module")
 def wuhan_osm() -> Path:
-    path = _shared_dir() / "data" / "osm" / "wuhan_optics_valley.osm"
-    if not path.is_file():
-        message = f"reference OSM extract not found at {path} (set TTI_SHARED_DIR)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return reference_file("osm", "wuhan_optics_valley.osm")
 
 
 @pytest.fixture(scope="module")

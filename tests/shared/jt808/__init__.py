@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing_reference
+
 REPO = Path(__file__).resolve().parents[3]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 Vector = dict[str, Any]
 
@@ -24,7 +25,7 @@ Vector = dict[str, Any]
 def vectors_file() -> Path:
     """Where vectors.json should be."""
     base = Path(os.environ.get("TTI_SHARED_DIR") or REPO.parent / "shared")
-    return base / "data" / "jt808" / "vectors.json"
+    return base / "data" / "jt808" / "vectors.json"  # same rule as tests.conftest
 
 
 @functools.cache
@@ -37,10 +38,7 @@ def _load() -> tuple[Vector, ...] | None:
 
 def missing_vectors() -> None:
     """Fail in CI, skip elsewhere: the reference data folder is absent."""
-    msg = f"JT/T 808 vectors not found at {vectors_file()} (set TTI_SHARED_DIR)"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    missing_reference(f"JT/T 808 vectors at {vectors_file()}")
 
 
 def all_vectors() -> tuple[Vector, ...]:
