@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,41 +12,19 @@ from services.bigdata.matching import MatchGraph, MatchParams, MatchResult, Onli
 from services.bigdata.traces import (
     NoiseModel,
     Trace,
-    generate_traces,
     match_trace,
     road_accuracy,
     road_keys,
     segment_accuracy,
     trace_vehicle,
 )
-from services.simulator.world import Incident, Vehicle, World
-from shared.demo import DemoRegion, generate_demo_region
+from services.simulator.world import Vehicle, World
 from shared.roadnet import RoadNetwork
+from tests.bigdata.conftest import sim_traces
 
 NOISE_10M = NoiseModel(position_sigma_m=10.0)
 
 
-@pytest.fixture(scope="module")
-def region(tmp_path_factory: pytest.TempPathFactory) -> DemoRegion:
-    return generate_demo_region(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def net(region: DemoRegion) -> RoadNetwork:
-    return RoadNetwork.from_osm(region.osm_path)
-
-
-@pytest.fixture(scope="module")
-def graph(net: RoadNetwork) -> MatchGraph:
-    return MatchGraph(net)
-
-
-def _traces(net: RoadNetwork, *, seed: int, hot_segment: str | None = None,
-            incidents: list[Incident] | None = None, **kwargs: Any) -> list[Trace]:
-    """Simulator traces; the World and the noise are seeded alike, so runs repeat exactly."""
-    world = World(net, seed=seed, hot_segment=hot_segment)
-    world.incidents.extend(incidents or [])
-    return generate_traces(world, seed=seed, **kwargs)
 
 
 def _match_all(graph: MatchGraph, traces: list[Trace],
@@ -62,7 +39,7 @@ def _bearing_gap(a: float, b: float) -> float:
 @pytest.mark.parametrize(("interval_s", "target"), [(10.0, 0.95), (30.0, 0.90)])
 def test_demo_region_accuracy(graph: MatchGraph, net: RoadNetwork, interval_s: float,
                               target: float) -> None:
-    traces = _traces(net, count=24, duration_s=1500, interval_s=interval_s,
+    traces = sim_traces(net, count=24, duration_s=1500, interval_s=interval_s,
                              noise=NOISE_10M, seed=11)
     results = _match_all(graph, traces)
     accuracy = segment_accuracy(traces, results)
@@ -80,7 +57,7 @@ def test_wuhan_osm_accuracy(shared_data: Path, interval_s: float, target: float,
     # of the 95 % reached on the demo; by road (OSM way and direction, the measure published
     # figures use) 97.3 % and 96.3 %.
     net = RoadNetwork.from_osm(shared_data / "osm" / "wuhan_optics_valley.osm")
-    traces = _traces(net, count=24, duration_s=1500, interval_s=interval_s,
+    traces = sim_traces(net, count=24, duration_s=1500, interval_s=interval_s,
                              noise=NOISE_10M, seed=5)
     results = _match_all(MatchGraph(net), traces)
     accuracy = segment_accuracy(traces, results)
@@ -176,7 +153,7 @@ def test_u_turn_is_followed(graph: MatchGraph, net: RoadNetwork) -> None:
 
 
 def test_long_gap_starts_a_new_chain(graph: MatchGraph, net: RoadNetwork) -> None:
-    traces = _traces(net, count=10, duration_s=1200, interval_s=10.0, noise=NOISE_10M,
+    traces = sim_traces(net, count=10, duration_s=1200, interval_s=10.0, noise=NOISE_10M,
                              seed=21)
     gapped = [Trace(t.vehicle_id, t.vehicle_class,
                     tuple(p for p in t.points if not 400.0 <= p.t < 700.0), t.legs)
@@ -190,7 +167,7 @@ def test_long_gap_starts_a_new_chain(graph: MatchGraph, net: RoadNetwork) -> Non
 
 
 def test_lagged_results_come_out_once_in_order(graph: MatchGraph, net: RoadNetwork) -> None:
-    trace = _traces(net, count=1, duration_s=600, interval_s=10.0, noise=NOISE_10M,
+    trace = sim_traces(net, count=1, duration_s=600, interval_s=10.0, noise=NOISE_10M,
                             seed=8)[0]
     matcher = OnlineMatcher(graph, MatchParams(lag=2))
     out: list[MatchResult] = []
@@ -208,7 +185,7 @@ def test_lagged_results_come_out_once_in_order(graph: MatchGraph, net: RoadNetwo
 
 
 def test_off_network_fix_ends_the_chain(graph: MatchGraph, net: RoadNetwork) -> None:
-    trace = _traces(net, count=1, duration_s=200, interval_s=10.0, noise=NOISE_10M,
+    trace = sim_traces(net, count=1, duration_s=200, interval_s=10.0, noise=NOISE_10M,
                             seed=9)[0]
     matcher = OnlineMatcher(graph, MatchParams(lag=1))
     out: list[MatchResult] = []
@@ -230,7 +207,7 @@ def test_off_network_fix_ends_the_chain(graph: MatchGraph, net: RoadNetwork) -> 
 def test_state_and_route_cache_stay_bounded(net: RoadNetwork) -> None:
     graph = MatchGraph(net, cache_sources=32)
     params = MatchParams(lag=2)
-    traces = _traces(net, count=4, duration_s=1800, interval_s=5.0, noise=NOISE_10M,
+    traces = sim_traces(net, count=4, duration_s=1800, interval_s=5.0, noise=NOISE_10M,
                              seed=13)
     for trace in traces:
         matcher = OnlineMatcher(graph, params)
@@ -242,7 +219,7 @@ def test_state_and_route_cache_stay_bounded(net: RoadNetwork) -> None:
 
 
 def test_pieces_add_up_to_the_drive(graph: MatchGraph, net: RoadNetwork) -> None:
-    traces = _traces(net, count=12, duration_s=900, interval_s=10.0, noise=NOISE_10M,
+    traces = sim_traces(net, count=12, duration_s=900, interval_s=10.0, noise=NOISE_10M,
                              seed=17)
     for trace, res in zip(traces, _match_all(graph, traces), strict=True):
         prev_t = None

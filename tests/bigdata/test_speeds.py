@@ -8,7 +8,6 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
@@ -26,37 +25,17 @@ from services.bigdata.speeds import (
     confidence,
     fuse_speeds,
 )
-from services.bigdata.traces import NoiseModel, Trace, generate_traces, trace_vehicle
+from services.bigdata.traces import NoiseModel, Trace, trace_vehicle
 from services.simulator.world import Incident, Vehicle, World
-from shared.demo import DemoRegion, generate_demo_region
+from shared.demo import DemoRegion
 from shared.events import DetectorReading
 from shared.geo import haversine_m
 from shared.roadnet import RoadNetwork
+from tests.bigdata.conftest import sim_traces
 
 T0 = 1_700_000_000.0  # epoch seconds: windows are aligned to real clock minutes
 
 
-@pytest.fixture(scope="module")
-def region(tmp_path_factory: pytest.TempPathFactory) -> DemoRegion:
-    return generate_demo_region(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def net(region: DemoRegion) -> RoadNetwork:
-    return RoadNetwork.from_osm(region.osm_path)
-
-
-@pytest.fixture(scope="module")
-def graph(net: RoadNetwork) -> MatchGraph:
-    return MatchGraph(net)
-
-
-def _traces(net: RoadNetwork, *, seed: int, hot_segment: str | None = None,
-            incidents: list[Incident] | None = None, **kwargs: Any) -> list[Trace]:
-    """Simulator traces; the World and the noise are seeded alike, so runs repeat exactly."""
-    world = World(net, seed=seed, hot_segment=hot_segment)
-    world.incidents.extend(incidents or [])
-    return generate_traces(world, seed=seed, **kwargs)
 
 
 def _samples(graph: MatchGraph, trace: Trace, *, stops: StopIndex | None = None,
@@ -106,7 +85,7 @@ def _one_window(graph: MatchGraph, traces: list[Trace], *, stops: StopIndex | No
 
 
 def test_speeds_agree_with_simulator_truth(graph: MatchGraph, net: RoadNetwork) -> None:
-    traces = _traces(net, count=60, duration_s=1800, interval_s=10.0,
+    traces = sim_traces(net, count=60, duration_s=1800, interval_s=10.0,
                              noise=NoiseModel(position_sigma_m=10.0), seed=7)
     truth, vehicles = _truth(traces)
     estimated = _one_window(graph, traces)
@@ -121,7 +100,7 @@ def test_speeds_agree_with_simulator_truth(graph: MatchGraph, net: RoadNetwork) 
     assert sorted(errors.values())[len(errors) // 2] < 0.02
 
 
-def _bus_traces(net: RoadNetwork, region: DemoRegion, dwell_s: float) -> list[Trace]:
+def _bussim_traces(net: RoadNetwork, region: DemoRegion, dwell_s: float) -> list[Trace]:
     routes = [(f"{r.route_id}:{p.direction_id}", p.segment_ids)
               for r in region.bus_routes for p in r.patterns]
     stops: dict[str, list[float]] = defaultdict(list)
@@ -144,7 +123,7 @@ def _bus_traces(net: RoadNetwork, region: DemoRegion, dwell_s: float) -> list[Tr
 
 def test_buses_at_stops_do_not_read_as_congestion(graph: MatchGraph, net: RoadNetwork,
                                                   region: DemoRegion) -> None:
-    traces = _bus_traces(net, region, dwell_s=40.0)
+    traces = _bussim_traces(net, region, dwell_s=40.0)
     stop_points = StopIndex((s.lon, s.lat) for r in region.bus_routes for p in r.patterns
                             for s in p.stops)
     stop_segments = {s.segment_id for r in region.bus_routes for p in r.patterns
@@ -248,7 +227,7 @@ def test_incident_queue_reads_as_congestion(graph: MatchGraph, net: RoadNetwork)
 def test_simulated_incident_slows_its_segment(graph: MatchGraph, net: RoadNetwork,
                                               region: DemoRegion) -> None:
     hot = region.incident_segment_id
-    traces = _traces(net, count=30, duration_s=1200, interval_s=10.0, seed=3,
+    traces = sim_traces(net, count=30, duration_s=1200, interval_s=10.0, seed=3,
                              hot_segment=hot, incidents=[Incident(hot, 0.0, 1e6, 3.0)])
     windows = SpeedWindows(300.0, grace_s=0.0)
     for trace in traces:
@@ -304,7 +283,7 @@ def test_pulling_up_splits_the_interval(graph: MatchGraph, net: RoadNetwork) -> 
 
 
 def test_partial_windows_merge_exactly(graph: MatchGraph, net: RoadNetwork) -> None:
-    traces = _traces(net, count=16, duration_s=600, interval_s=10.0, seed=12)
+    traces = sim_traces(net, count=16, duration_s=600, interval_s=10.0, seed=12)
     samples = {t.vehicle_id: _samples(graph, t) for t in traces}
     single = SpeedWindows(60.0)
     pods = [SpeedWindows(60.0), SpeedWindows(60.0)]
