@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -13,23 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def unavailable(msg: str) -> NoReturn:
+    """Something a test needs is missing: fail in CI (``CI=true``), skip on a developer machine."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def shared_dir() -> Path:
     """``../shared`` beside the repository, or ``TTI_SHARED_DIR``; fails in CI when missing."""
     path = Path(os.environ.get("TTI_SHARED_DIR") or REPO.parent / "shared")
     if not (path / "data").is_dir():
-        msg = f"reference data folder {path}/data not found (set TTI_SHARED_DIR)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"reference data folder {path}/data not found (set TTI_SHARED_DIR)")
     return path
 
 
-def missing_reference(what: str) -> None:
-    """Skip (locally) or fail (CI) because a reference file is not where it should be."""
-    msg = f"{what} not found (reference data beside the repository, or set TTI_SHARED_DIR)"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+def missing_reference(what: str) -> NoReturn:
+    """A reference file is not where it should be (skip locally, fail in CI)."""
+    unavailable(f"{what} not found (reference data beside the repository, or set TTI_SHARED_DIR)")
 
 
 def reference_file(*parts: str) -> Path:
@@ -47,10 +49,7 @@ def require_server(host: str, port: int, what: str) -> None:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        msg = f"{what} not reachable at {host}:{port}: {exc}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"{what} not reachable at {host}:{port}: {exc}")
 
 
 NATS_URL = os.environ.get("TTI_TEST_NATS_URL", "nats://127.0.0.1:4222")

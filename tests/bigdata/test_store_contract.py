@@ -39,7 +39,7 @@ from services.bigdata.store.sqlite import SqliteStore
 from shared.errors import ConfigError, NotFound, TransientError
 from shared.geo import haversine_m
 from shared.roadnet import RoadSegment, make_segment_id
-from tests.conftest import IN_CI, PG_DSN, require_server
+from tests.conftest import PG_DSN, require_server, unavailable
 
 # --- fixtures (shared with the other tests in tests/bigdata) -------------------------------------
 
@@ -74,10 +74,7 @@ def pg_template() -> Iterator[str]:
         asyncio.run(install())
     except asyncpg.PostgresError as exc:
         asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name}"))
-        msg = f"PostGIS not available: {exc}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"PostGIS not available: {exc}")
     yield name
     asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
