@@ -7,7 +7,6 @@ ground truth — every segment traversal with its true speed — falls out of th
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from itertools import pairwise
 import networkx as nx
 
 from shared.errors import BadRequest
-from shared.geo import bearing_deg
+from shared.geo import bearing_deg, haversine_m
 from shared.roadnet import RoadNetwork, RoadSegment
 
 # Speed caps by vehicle class (km/h): Chinese rules for coaches and dangerous goods vehicles.
@@ -298,12 +297,11 @@ class World:
         coords = leg.segment.coords
         target, moving = leg.distance_at(t)
         speed = leg.speed_kmh if moving else 0.0
-        # Walk the polyline; segment lengths are small so a local flat-earth step is exact enough.
+        # Walk the polyline, measured as the segment's length is (haversine): in any other
+        # metric the vehicle would run a little faster than its speed and then wait at the end.
         acc = 0.0
         for (x1, y1), (x2, y2) in pairwise(coords):
-            dx = (x2 - x1) * 111_320 * math.cos(math.radians((y1 + y2) / 2))
-            dy = (y2 - y1) * 110_574
-            d = math.hypot(dx, dy)
+            d = haversine_m(x1, y1, x2, y2)
             if acc + d >= target or (x2, y2) == coords[-1]:
                 f = 0.0 if d == 0 else min(1.0, (target - acc) / d)
                 return Fix(x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, speed,
