@@ -16,7 +16,7 @@ i.e. per core whatever else runs on the machine.
 Matchers:
 
 - ``ours``: `services.bigdata.matching.OnlineMatcher` (online; lag 0, 2 and the default 4 fixes,
-  at most 40 s), one shared
+  at most 30 s), one shared
   `MatchGraph` built before timing, its routing cache cold at the start of each run;
 - ``nearest``: the nearest segment to each fix (ties, such as the two directions of a road,
   broken by the reported heading) — the baseline every ratio refers to;

@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3600.0)
     ap.add_argument("--intervals", default="10,30")
     ap.add_argument("--ahead", type=int, default=2,
-                    help="newer fixes the bound may use (ours waits for up to 4 and 40 s)")
+                    help="newer fixes the bound may use (ours waits for up to 4 and 30 s)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.network == "wuhan":

@@ -17,6 +17,26 @@ T = TypeVar("T")
 VEHICLE_CLASSES = ("coach", "tourist_bus", "dangerous_goods", "bus", "taxi", "other")
 """Vehicle classes of the registry; JT/T 808 registration carries none, so unknown is ``other``."""
 
+FEATURE_KINDS: tuple[str, ...] = (
+    "bridge",
+    "tunnel",
+    "toll_station",
+    "service_area",
+    "bus_stop",
+    "bus_station",
+    "rail_station",
+    "coach_station",
+    "port",
+    "waterway",
+    "parking",
+    "scenic_spot",
+    "hotel",
+    "weather_station",
+    "detector",
+)
+"""Every feature kind of the traffic geodatabase (bigdata owns it; the collector takes their live
+state)."""
+
 SPEED_SOURCES = ("probe", "detector", "probe+detector", "profile", "none")
 """Where a live road value comes from (DESIGN.md road status record); ``probe+detector`` fuses
 probe vehicles with roadside detectors on the same segment and window."""
@@ -221,6 +241,22 @@ class ArrivalPrediction:
     scheduled_arrival: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeatureState:
+    """Live state of a geodatabase feature, from its operator or a sensor.
+
+    A parking lot's ``free_spaces``, a weather station's ``temperature_c`` or ``visibility_m``, a
+    toll station's or tunnel's ``status``. ``values`` are merged into the feature's live state
+    (a None value deletes that key); ``observed_at`` is when they were true.
+    """
+
+    kind: str
+    feature_id: str
+    observed_at: datetime
+    values: dict[str, Any]
+    source: str = "http"
+
+
 VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
 TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
@@ -228,6 +264,7 @@ ROAD_STATUS: Subject[RoadStatus] = Subject("tti.road.status", RoadStatus)
 WARNING: Subject[Warning] = Subject("tti.warning", Warning)
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
+FEATURE_STATE: Subject[FeatureState] = Subject("tti.feature.state", FeatureState)
 # Per-vehicle like positions: partitioned by vehicle id, so each replica publishes what its own
 # share of vehicles did, in order, and consumers can scale out the same way.
 BUS_ARRIVAL: Subject[BusArrival] = Subject("tti.bus.arrival", BusArrival, True)
@@ -271,6 +308,7 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     WARNING,
     DETECTOR_READING,
     DETECTED_EVENT,
+    FEATURE_STATE,
     BUS_ARRIVAL,
     ARRIVAL_PREDICTION,
     SEGMENT_SPEED_PARTIAL,

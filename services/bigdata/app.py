@@ -56,13 +56,15 @@ from shared.bus import EventBus
 from shared.bus.base import Subscription
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import DecodeError, TransientError, TtiError
+from shared.errors import DecodeError, NotFound, TransientError, TtiError
 from shared.events import (
     DETECTOR_READING,
+    FEATURE_STATE,
     SEGMENT_SPEED,
     SEGMENT_SPEED_PARTIAL,
     VEHICLE_POSITION,
     DetectorReading,
+    FeatureState,
     SegmentSpeed,
     SegmentSpeedPartial,
     VehiclePosition,
@@ -85,6 +87,8 @@ PARTIALS = Counter("tti_bigdata_speed_partials_total",
 VEHICLES = Gauge("tti_bigdata_tracked_vehicles", "Vehicles with live matcher state")
 SEGMENTS = Gauge("tti_bigdata_segments", "Road segments in the loaded network")
 DETECTORS = Gauge("tti_bigdata_detectors", "Registered detectors that watch a road segment")
+FEATURE_STATES = Counter("tti_bigdata_feature_states_total",
+                         "Live feature states by outcome (applied, or why dropped)", ["result"])
 
 _ReadingKey = tuple[str, int | None, datetime]  # detector, lane, end of interval
 
@@ -119,8 +123,8 @@ class Bigdata:
         self.matchers: OrderedDict[str, tuple[float, VehicleProbe]] = OrderedDict()
         self.stops: StopIndex | None = None
         self.window_s = config.speed_window_s
-        # Fixes are decided `lag` fixes late: grace must cover lag × slowest reporting interval
-        # + transport.
+        # Fixes are decided late (the matcher's lag: at most 30 s, or one reporting interval
+        # when that is longer): grace covers that plus transport for intervals up to 40 s.
         self.grace_s = min(self.window_s, self.MAX_GRACE_S)
         self.windows = SpeedWindows(self.window_s, grace_s=self.grace_s)
         self.sharded = config.replica_count > 1
@@ -226,6 +230,9 @@ class Bigdata:
         else:
             self._subs.append(await self.bus.subscribe(
                 DETECTOR_READING, self.on_detector_reading, durable="bigdata-detectors"))
+        # The geodatabase is shared: replicas split the states between them (one durable).
+        self._subs.append(await self.bus.subscribe(
+            FEATURE_STATE, self.on_feature_state, durable="bigdata-features"))
         self._position_sub = await self.bus.subscribe(
             VEHICLE_POSITION, self.on_position, durable="bigdata", partitions=owned)
 
@@ -302,6 +309,33 @@ class Bigdata:
         held = self.readings.setdefault((segment_id, bucket), {})
         held[(reading.detector_id, reading.lane, reading.observed_at)] = reading
         READINGS.labels("buffered").inc()
+
+    async def on_feature_state(self, env: Envelope[FeatureState]) -> None:
+        """Merge a feature's live state (parking free spaces, weather …) into the geodatabase.
+
+        A state older than the one held is ignored (redeliveries, a slow sender); an unknown
+        feature or an implausible state is counted and dropped: retrying cannot fix it.
+        """
+        state = env.payload
+        try:
+            held = await self.store.get_feature(state.kind, state.feature_id)
+            if held.live_updated_at is not None and held.live_updated_at > state.observed_at:
+                FEATURE_STATES.labels("stale").inc()
+                return
+            await self.store.update_live(state.kind, state.feature_id, state.values,
+                                         observed_at=state.observed_at)
+        except NotFound:
+            FEATURE_STATES.labels("unknown_feature").inc()
+            log.warning("live state for unknown feature %s/%s dropped", state.kind,
+                        state.feature_id)
+            return
+        except TransientError:
+            raise
+        except TtiError as exc:
+            FEATURE_STATES.labels("rejected").inc()
+            log.warning("live state for %s/%s rejected: %s", state.kind, state.feature_id, exc)
+            return
+        FEATURE_STATES.labels("applied").inc()
 
     async def on_partial(self, env: Envelope[SegmentSpeedPartial]) -> None:
         """Merge another replica's (or this one's) share of a segment window."""

@@ -17,6 +17,8 @@ from services.collector.detectors import (
     add_detector_routes,
     openapi_paths,
 )
+from services.collector.feature_state import add_feature_state_routes
+from services.collector.feature_state import openapi_paths as feature_state_paths
 from services.collector.gtfs_rt import GtfsRtPoller
 from services.collector.jt808_gateway import Jt808Gateway
 from services.collector.registry import VehicleRegistry
@@ -78,13 +80,14 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response({
         "openapi": "3.1.0",
         "info": {"title": "TTI collector", "version": "1",
-                 "description": "Roadside detector and camera inputs. Times are RFC 3339; "
+                 "description": "Roadside detector and camera inputs, live state of "
+                                "features (parking, weather, …). Times are RFC 3339; "
                                 "stored and echoed in UTC. When sensor tokens are configured, "
                                 "send `Authorization: Bearer <token>`."},
         "components": {"securitySchemes": {"sensorToken": {"type": "http",
                                                            "scheme": "bearer"}}},
         "security": [{"sensorToken": []}],
-        "paths": openapi_paths(),
+        "paths": {**openapi_paths(), **feature_state_paths()},
     })
 
 
@@ -93,6 +96,7 @@ def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus
     intake = DetectorIntake(bus, max_body=config.detector_max_body,
                             max_items=config.detector_max_items, tokens=config.sensor_tokens)
     add_detector_routes(app, intake)
+    add_feature_state_routes(app, intake)
     app.router.add_get("/openapi.json", _openapi)
     if config.gtfs_rt_urls:
         poller = GtfsRtPoller.from_config(config, bus=bus)

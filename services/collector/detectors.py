@@ -443,7 +443,7 @@ class DetectorIntake:
 DETECTORS = web.AppKey("detector_intake", DetectorIntake)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 past ``limit`` bytes (chunked bodies included)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
@@ -483,7 +483,7 @@ async def _post(request: web.Request, record: str) -> web.Response:
         intake.reject("http", record, "unsupported_media_type")
         raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
     try:
-        body = await _read_body(request, intake.max_body)
+        body = await read_body(request, intake.max_body)
     except PayloadTooLarge:
         intake.reject("http", record, "too_large")
         raise

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import shapely
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from services.bigdata.app import BIGDATA, create_app
 from services.bigdata.gtfs_import import import_gtfs_file
@@ -19,6 +21,7 @@ from services.bigdata.store import Feature, store_from_url
 from shared.bus.memory import MemoryBus
 from shared.config import Config
 from shared.demo import DemoRegion, generate_demo_region
+from shared.events import FEATURE_STATE, FeatureState
 
 SEGMENT_KEYS = {"segment_id", "name", "name_en", "ref", "road_class", "lanes",
                 "speed_limit_kmh", "free_flow_kmh", "oneway", "bridge", "tunnel", "length_m",
@@ -159,6 +162,42 @@ async def test_feature_live_state_is_served(client: TestClient[Any, Any],
     assert body["live_updated_at"].endswith("+00:00")
     near = await get(client, f"/v1/features/nearest?lon={lon}&lat={lat}&kinds=parking")
     assert near["features"][0]["live"] == {"free_spaces": 42}
+
+
+async def test_feature_states_from_the_bus_update_live_state(client: TestClient[Any, Any],
+                                                            demo: DemoRegion) -> None:
+    # What the collector publishes for POST /api/v1/features/parking/P-002/state.
+    bus = client.app[BIGDATA].bus
+    store = client.app[BIGDATA].store
+    lon, lat = demo.center
+    await store.import_features("parking-registry", "p2", ["parking"], [
+        Feature(kind="parking", feature_id="P-002", geometry=shapely.Point(lon, lat),
+                name="汉江路停车场", attrs={"capacity": 120})])
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+
+    def outcome(result: str) -> float:
+        return REGISTRY.get_sample_value("tti_bigdata_feature_states_total",
+                                         {"result": result}) or 0.0
+
+    before = {r: outcome(r) for r in ("applied", "stale", "unknown_feature", "rejected")}
+
+    async def publish(feature_id: str, at: datetime, **values: Any) -> None:
+        await bus.publish(FEATURE_STATE, FeatureState(
+            kind="parking", feature_id=feature_id, observed_at=at, values=values))
+
+    await publish("P-002", t0 + timedelta(minutes=2), free_spaces=40, status="open")
+    await publish("P-002", t0, free_spaces=99)  # older: ignored
+    await publish("P-404", t0, free_spaces=1)  # no such lot
+    await publish("P-002", t0 + timedelta(minutes=3), free_spaces=500)  # > capacity
+    for _ in range(100):
+        if sum(outcome(r) - before[r] for r in before) >= 4:
+            break
+        await asyncio.sleep(0.02)
+    body = await get(client, "/v1/features/parking/P-002")
+    assert body["live"] == {"free_spaces": 40, "status": "open"}
+    assert datetime.fromisoformat(body["live_updated_at"]) == t0 + timedelta(minutes=2)
+    assert {r: outcome(r) - before[r] for r in before} == {
+        "applied": 1, "stale": 1, "unknown_feature": 1, "rejected": 1}
 
 
 async def test_gtfs_endpoints(client: TestClient[Any, Any], demo: DemoRegion) -> None:

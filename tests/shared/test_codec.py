@@ -16,6 +16,7 @@ from shared.events import (
     VEHICLE_POSITION,
     ArrivalPrediction,
     BusArrival,
+    FeatureState,
     RoadStatus,
     SegmentSpeedPartial,
     VehiclePosition,
@@ -45,6 +46,9 @@ SAMPLES: dict[str, object] = {
     "tti.detector.event": ALL_SUBJECTS[6].payload_type(
         detector_id="cam-7", event_id="e1", kind="fog", observed_at=T, confidence=0.9,
         details={"visibility_m": 80}),
+    "tti.feature.state": FeatureState(
+        kind="parking", feature_id="w4242", observed_at=T,
+        values={"free_spaces": 37, "status": "open", "barrier_ok": True, "note": None}),
     "tti.bus.arrival": BusArrival(
         vehicle_id="13800000001", kind="departure", trip_id="R1_0_0800", route_id="R1",
         stop_id="1479", stop_sequence=2, observed_at=T, start_date="20261128", direction_id=0,

@@ -27,28 +27,14 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from shared.errors import TtiError
+from shared.events import (
+    FEATURE_KINDS,  # every kind stored; shared: the collector takes live states
+)
 
 if TYPE_CHECKING:
     from services.bigdata.store.base import GeoStore
 
-FEATURE_KINDS: tuple[str, ...] = (
-    "bridge",
-    "tunnel",
-    "toll_station",
-    "service_area",
-    "bus_stop",
-    "bus_station",
-    "rail_station",
-    "coach_station",
-    "port",
-    "waterway",
-    "parking",
-    "scenic_spot",
-    "hotel",
-    "weather_station",
-    "detector",
-)
-"""Every feature kind the geodatabase stores."""
+
 
 ROAD_KIND = "road"
 """The pseudo-kind of search hits that are roads (segments grouped by name)."""
