@@ -542,6 +542,33 @@ class _City:
         # Southbound onto the bridge: the queue of a bridge incident builds up here.
         self.incident_nodes = (north, ab_n)
 
+    def add_places(self) -> None:
+        """Parking lots, a weather station, a park, a hotel: points in blocks near the centre.
+
+        Added last, so the ids of every road, stop and structure node stay what they were.
+        Their live state (free spaces, weather) comes from outside: the collector's
+        ``/api/v1/features/{kind}/{id}/state``.
+        """
+        c, r = self.c, self.r
+        places = (
+            (c - 1, r - 2, {"amenity": "parking", "name": "江城广场停车场",
+                            "name:en": "Jiangcheng Square Car Park", "capacity": "300",
+                            "parking": "underground", "access": "yes"}),
+            (c + 2, r + 2, {"amenity": "parking", "name": "江滩公园停车场",
+                            "name:en": "Riverside Park Car Park", "capacity": "120",
+                            "parking": "surface", "access": "yes"}),
+            (c + 1, r - 3, {"man_made": "monitoring_station", "monitoring:weather": "yes",
+                            "name": "江城气象站", "name:en": "Jiangcheng Weather Station"}),
+            (c + 2, r + 1, {"tourism": "attraction", "leisure": "park", "name": "江滩公园",
+                            "name:en": "Riverside Park"}),
+            (c - 2, r - 1, {"tourism": "hotel", "name": "江城大酒店",
+                            "name:en": "Jiangcheng Grand Hotel", "stars": "4"}),
+        )
+        for i, j, tags in places:
+            x = (self.xs[i] + self.xs[i + 1]) / 2
+            y = (self.ys[j] + self.ys[j + 1]) / 2
+            self.add_node(x, y, tags)
+
     def _river_y(self, x: float) -> float:
         phase = (self.seed % 97) / 97 * 2 * math.pi
         return 40.0 * math.sin(2 * math.pi * x / 3000.0 + phase)
@@ -1256,6 +1283,7 @@ def generate_demo_region(out_dir: Path, *, size: int = 1, seed: int = 7) -> Demo
     network = RoadNetwork.from_segments(build_segments(city.osm_ways()))
     planner = _BusPlanner(city, network)
     routes = _plan_routes(city, planner)
+    city.add_places()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,9 @@ class VehiclePosition:
     trip_id: str | None = None
     route_id: str | None = None
     occupancy: str | None = None
+    # Passengers in percent of the vehicle's capacity, seated and standing (GTFS-rt
+    # occupancy_percentage: may exceed 100 in a crush).
+    occupancy_pct: float | None = None
     received_at: datetime | None = None
 
 

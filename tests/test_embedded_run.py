@@ -146,6 +146,35 @@ def test_incident_can_be_posted_while_running(embedded: Embedded) -> None:
         assert resp.status == 201
 
 
+def test_parking_free_spaces_posted_to_the_collector_are_served(embedded: Embedded) -> None:
+    # A parking guidance system reports free spaces; the geodatabase serves them as live state.
+    _, region = _get(embedded.base + "/bigdata/v1/region")
+    w, s, e, n = region["bbox"]  # type: ignore[index]
+    status, near = _get(embedded.base + f"/bigdata/v1/features/nearest?lon={(w + e) / 2}"
+                        f"&lat={(s + n) / 2}&kinds=parking&max_distance_m=5000")
+    assert status == 200, near
+    lot = near["features"][0]  # type: ignore[index]
+    assert lot["attrs"]["capacity"] > 0
+    url = f"/collector/api/v1/features/parking/{lot['id']}/state"
+    req = urllib.request.Request(embedded.base + url, method="POST",
+                                 data=orjson.dumps({"values": {"free_spaces": 17}}),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+    one = f"/bigdata/v1/features/parking/{lot['id']}"
+    body = _wait("the live state", lambda: (lambda b: b if b[1].get("live") else None)(
+        _get(embedded.base + one)), 20, embedded.proc)
+    assert body[1]["live"] == {"free_spaces": 17}  # type: ignore[index]
+    # More free spaces than the lot has is refused downstream and changes nothing.
+    req = urllib.request.Request(embedded.base + url, method="POST",
+                                 data=orjson.dumps({"values": {"free_spaces": 10_000}}),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+    time.sleep(2)
+    assert _get(embedded.base + one)[1]["live"] == {"free_spaces": 17}  # type: ignore[index]
+
+
 def test_garbage_on_jt808_port_closes_only_that_connection(embedded: Embedded) -> None:
     _, before = _get(embedded.base + "/api/v1/sim")
     with socket.create_connection(("127.0.0.1", embedded.jt808), timeout=5) as s:

@@ -218,10 +218,15 @@ def position_from_entity(feed: str, v: gtfs_realtime_pb2.VehiclePosition, *,
         with contextlib.suppress(ValueError):  # a value newer than our bindings know
             occupancy = gtfs_realtime_pb2.VehiclePosition.OccupancyStatus.Name(
                 v.occupancy_status)
+    # A load beyond 300 % of capacity is a broken counter, not a crowd: left out, the rest kept.
+    occupancy_pct = (float(v.occupancy_percentage)
+                     if v.HasField("occupancy_percentage") and v.occupancy_percentage <= 300
+                     else None)
     return VehiclePosition(
         vehicle_id=f"{feed}:{raw_id}", lon=lon, lat=lat, observed_at=observed,
         speed_kmh=speed_kmh, heading_deg=heading, vehicle_class="bus", source="gtfs-rt",
-        trip_id=trip_id, route_id=route_id, occupancy=occupancy, received_at=now)
+        trip_id=trip_id, route_id=route_id, occupancy=occupancy, occupancy_pct=occupancy_pct,
+        received_at=now)
 
 
 def map_feed(feed: str, msg: gtfs_realtime_pb2.FeedMessage, *, now: datetime) -> MappedFeed:

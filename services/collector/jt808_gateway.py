@@ -170,7 +170,7 @@ def _position(vehicle_id: str, report: LocationReport, vehicle_class: str, obser
         vehicle_id=vehicle_id, lon=lon, lat=lat, observed_at=observed,
         speed_kmh=report.speed_0_1kmh / 10, heading_deg=float(report.direction_deg % 360),
         vehicle_class=vehicle_class, source="jt808", alarm=report.alarm, status=status,
-        trip_id=None, route_id=None, occupancy=None, received_at=now)
+        trip_id=None, route_id=None, occupancy=None, occupancy_pct=None, received_at=now)
 
 
 def report_event_id(vehicle_id: str, raw_report: bytes, kind: bytes = b"pos") -> str:

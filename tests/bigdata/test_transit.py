@@ -71,7 +71,8 @@ def trace_for(schedule: Schedule, network: RoadNetwork, trip: str, *, seed: int 
     traffic = Traffic({s.segment_id: s.free_flow_kmh * 0.6 for s in network})
     segs = ShapeSegments.from_network(run.trip.pattern.shape, network)
     opts: dict[str, Any] = {"route_id": run.trip.route_id, "interval_s": 10.0,
-                            "noise_m": 5.0, "occupancy": "FEW_SEATS_AVAILABLE"}
+                            "noise_m": 5.0, "occupancy": "FEW_SEATS_AVAILABLE",
+                            "occupancy_pct": 85.0}
     opts.update(kwargs)
     return drive(run, vehicle_id=vehicle_id, speed=traffic.bus_speed(segs, cap_kmh=35.0),
                  dwell=lambda k: rng.uniform(10.0, 40.0), rng=rng,
@@ -241,6 +242,7 @@ async def test_bus_is_tracked_predicted_and_scored(harness: Harness, schedule: S
     assert bus["vehicle_id"] == "13800000001"
     assert bus["trip"]["trip_id"] == "R1_0_0800" and bus["trip"]["start_date"] == "20260303"
     assert bus["occupancy"]["status"] == "FEW_SEATS_AVAILABLE"
+    assert bus["occupancy"]["percentage"] == 85.0
     next_stop = bus["next_stop"]["stop_id"]
     board = await harness.get(f"/v1/stops/{next_stop}/arrivals")
     ours = [r for r in board["arrivals"] if r["trip_id"] == "R1_0_0800"]

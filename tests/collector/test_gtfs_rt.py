@@ -239,6 +239,8 @@ def feed_bytes(entities: list[dict[str, Any]], *, header_ts: int | None = None) 
             vp.trip.trip_id, vp.trip.route_id = spec["trip"]
         if "occupancy" in spec:
             vp.occupancy_status = spec["occupancy"]
+        if "occupancy_pct" in spec:
+            vp.occupancy_percentage = spec["occupancy_pct"]
     return msg.SerializePartialToString()
 
 
@@ -262,8 +264,8 @@ async def test_bad_entities_are_rejected_by_kind_and_the_rest_published(
     now = _now_ts()
     server.body = feed_bytes([
         {"id": "good", "lat": 30.55, "lon": 114.30, "ts": now, "speed": 10.0, "bearing": 370.0,
-         "trip": ("T9", "R9"), "occupancy": Rt.STANDING_ROOM_ONLY},
-        {"id": "header-time", "lat": 30.56},  # no timestamp: the header's
+         "trip": ("T9", "R9"), "occupancy": Rt.STANDING_ROOM_ONLY, "occupancy_pct": 92},
+        {"id": "header-time", "lat": 30.56, "occupancy_pct": 5000},  # no timestamp: the header's
         {"id": "no-position"},
         {"id": "north-of-the-pole", "lat": 95.0, "ts": now},
         {"id": "null-island", "lat": 0.0, "lon": 0.0, "ts": now},
@@ -300,6 +302,8 @@ async def test_bad_entities_are_rejected_by_kind_and_the_rest_published(
     good = by_id["bad:good"]
     assert good.speed_kmh == 36.0 and good.heading_deg == 10.0
     assert (good.trip_id, good.route_id, good.occupancy) == ("T9", "R9", "STANDING_ROOM_ONLY")
+    assert good.occupancy_pct == 92.0
+    assert by_id["bad:header-time"].occupancy_pct is None  # 5000 %: a broken counter, dropped
     assert good.observed_at == datetime.fromtimestamp(now, UTC)
     assert by_id["bad:header-time"].observed_at == datetime.fromtimestamp(now - 5, UTC)
 

@@ -389,8 +389,9 @@ class TransitService:
                 "heading_deg": pos.heading_deg, "route_id": run.trip.route_id if run
                 else st.route_id, "trip": None, "next_stop": None,
                 "status": "unassigned", "occupancy": None}
-            if st.occupancy is not None:
-                item["occupancy"] = {"status": st.occupancy, "observed_at": _iso(st.occupancy_at)}
+            if st.occupancy_at is not None:
+                item["occupancy"] = {"status": st.occupancy, "percentage": st.occupancy_pct,
+                                     "observed_at": _iso(st.occupancy_at)}
             if run is not None:
                 trip = run.trip
                 route = schedule.routes.get(trip.route_id)

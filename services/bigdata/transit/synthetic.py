@@ -112,7 +112,8 @@ def drive(run: TripRun, *, vehicle_id: str, speed: SpeedFn, dwell: Callable[[int
           noise_m: float = 5.0, wait_before_s: float = 60.0, stay_after_s: float = 30.0,
           stop_offset_m: Callable[[int], float] | None = None, skip: Sequence[int] = (),
           route_id: str | None = None, trip_id: str | None = None,
-          occupancy: str | None = None, report_speed: bool = True,
+          occupancy: str | None = None, occupancy_pct: float | None = None,
+          report_speed: bool = True,
           report_heading: bool = True, dt: float = 0.5) -> Trace:
     """Drive one trip and report positions; see the module docstring.
 
@@ -152,7 +153,7 @@ def drive(run: TripRun, *, vehicle_id: str, speed: SpeedFn, dwell: Callable[[int
             if report_speed else None,
             heading_deg=round(heading, 1) if report_heading else None,
             vehicle_class="bus", source="synthetic", route_id=route_id, trip_id=trip_id,
-            occupancy=occupancy))
+            occupancy=occupancy, occupancy_pct=occupancy_pct))
 
     while True:
         if t >= next_fix:

@@ -107,6 +107,7 @@ class VehicleState:
     off_count: int = 0
     off_since: float | None = None
     occupancy: str | None = None
+    occupancy_pct: float | None = None
     occupancy_at: float | None = None
     completed: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     last_run: TripRun | None = None  # the last trip completed (its block tells the next)
@@ -190,8 +191,8 @@ class Tracker:
             st = self.vehicles[pos.vehicle_id] = VehicleState(pos.vehicle_id)
         elif st.last is not None and t <= st.last.t:
             return TrackResult("stale", st)
-        if pos.occupancy:
-            st.occupancy, st.occupancy_at = pos.occupancy, t
+        if pos.occupancy or pos.occupancy_pct is not None:
+            st.occupancy, st.occupancy_pct, st.occupancy_at = pos.occupancy, pos.occupancy_pct, t
         st.position = pos
         route_raw = pos.route_id or (reg[1] if reg else None)
         st.route_id, st.direction_id = self._parse_route(route_raw)
