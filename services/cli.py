@@ -4,7 +4,8 @@
 fleet simulator); ``tti serve <service>`` starts one alone with the bus and database the
 configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
 ``tti import-osm FILE`` loads a road network and its features into the geodatabase;
-``tti import-gtfs FILE`` loads a GTFS static feed.
+``tti import-gtfs FILE`` loads a GTFS static feed; ``tti import-detectors FILE`` the registry of
+roadside detectors and cameras (which segment each watches).
 """
 
 from __future__ import annotations
@@ -255,6 +256,33 @@ async def import_gtfs(config: Config, path: str, feed_id: str | None) -> None:
     print(summary.describe())
 
 
+async def import_detectors(config: Config, path: str) -> None:
+    """``tti import-detectors FILE``: the detector registry CSV, checked against the roads.
+
+    ``detector_id,segment_id,lon,lat[,type,name,name_en,direction]``; rows with an unknown
+    segment or bad values are listed on stderr and skipped, the rest replace the previous
+    registry in one transaction. No usable row: rejected (exit code 2), nothing written.
+    """
+    from services.bigdata.store import FeatureError, store_from_url
+    from services.bigdata.store.features import import_detectors_csv
+
+    store = store_from_url(config.db_url)
+    await store.open()
+    try:
+        result = await import_detectors_csv(store, path)
+    except FeatureError as exc:
+        details = exc.details if isinstance(exc.details, dict) else {}
+        for reason in details.get("errors", []):
+            print(f"  error: {reason}", file=sys.stderr)
+        raise
+    finally:
+        await store.close()
+    for reason in result.errors:
+        print(f"  skipped: {reason}", file=sys.stderr)
+    print(f"detectors: {result.applied} of {result.rows} rows imported"
+          + ("" if result.changed else " (unchanged)"))
+
+
 async def simulate(config: Config) -> None:
     """``tti simulate``: the fleet simulator alone, against a running collector."""
     from services.simulator.fleet import Simulator, sim_config_from
@@ -305,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_gtfs.add_argument("--feed-id", dest="feed_id", default=None,
                         help="feed id (default: the file name without extension)")
     _add_config_flags(p_gtfs, only=["db_url", "log_level", "log_format"])
+    p_det = sub.add_parser("import-detectors",
+                           help="import the roadside detector and camera registry (.csv)")
+    p_det.add_argument("file")
+    _add_config_flags(p_det, only=["db_url", "log_level", "log_format"])
     args = parser.parse_args(argv)
 
     try:
@@ -324,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(import_osm(config, args.file))
         elif args.command == "import-gtfs":
             asyncio.run(import_gtfs(config, args.file, args.feed_id))
+        elif args.command == "import-detectors":
+            asyncio.run(import_detectors(config, args.file))
     except TtiError as exc:
         print(f"tti: error: {exc.message}", file=sys.stderr)
         return 2

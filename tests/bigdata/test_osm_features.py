@@ -303,3 +303,26 @@ def test_cli_import_osm(run_cli: Any, store_url: str, demo: DemoRegion, tmp_path
         assert run_cli(["import-osm", str(bad), "--db-url", store_url]) == 2
         assert message in capsys.readouterr().err
         assert _state(store_url) == before
+
+
+def test_cli_import_detectors(run_cli: Any, store_url: str, demo: DemoRegion, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["import-osm", str(demo.osm_path), "--db-url", store_url]) == 0
+    capsys.readouterr()
+    seg = demo.incident_segment_id
+    registry = tmp_path / "detectors.csv"
+    registry.write_text("detector_id,segment_id,lon,lat,type,name\n"
+                        f"cam-1,{seg},,,camera,解放大道卡口\n"
+                        "cam-2,no:such:segment,,,camera,\n", encoding="utf-8")
+    assert run_cli(["import-detectors", str(registry), "--db-url", store_url]) == 0
+    out, err = capsys.readouterr()
+    assert "1 of 2 rows imported" in out
+    assert "no:such:segment" in err  # the bad row is named, the good one imported
+    assert _state(store_url)[1]["detector"] == 1
+    assert run_cli(["import-detectors", str(registry), "--db-url", store_url]) == 0
+    assert "(unchanged)" in capsys.readouterr().out
+    useless = tmp_path / "useless.csv"
+    useless.write_text("detector_id,segment_id\ncam-9,no:such:segment\n", encoding="utf-8")
+    assert run_cli(["import-detectors", str(useless), "--db-url", store_url]) == 2
+    assert "no usable row" in capsys.readouterr().err
+    assert _state(store_url)[1]["detector"] == 1
