@@ -73,6 +73,8 @@ class Config:
     detector_max_items: int = 500  # records in one body or message
     mqtt_url: str = ""  # mqtt://[user:pass@]host[:port] or mqtts://…; empty = MQTT input off
     mqtt_topic_prefix: str = "tti/detectors"
+    # Live feature state over MQTT: <prefix>/<kind>/<feature_id>/state
+    mqtt_features_prefix: str = "tti/features"
     mqtt_share_group: str = "tti-collector"  # $share group so replicas split messages; "" = off
     mqtt_client_id: str = ""  # set (per replica) for a persistent session; empty = clean session
 

@@ -30,7 +30,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -626,15 +626,19 @@ class MqttDetectorInput:
     READY_GRACE_S = 30.0
 
     def __init__(self, intake: DetectorIntake, target: MqttTarget, *,
-                 prefix: str = "tti/detectors", share_group: str = "tti-collector",
+                 prefix: str = "tti/detectors", features_prefix: str = "tti/features",
+                 share_group: str = "tti-collector",
                  client_id: str = "", max_backoff_s: float = 60.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         prefix = prefix.strip("/")
-        if not prefix or any(c in prefix for c in "+#"):
-            raise ConfigError(f"TTI_MQTT_TOPIC_PREFIX must be a plain topic: {prefix!r}")
+        features_prefix = features_prefix.strip("/")
+        for name, value in (("TOPIC", prefix), ("FEATURES", features_prefix)):
+            if not value or any(c in value for c in "+#"):
+                raise ConfigError(f"TTI_MQTT_{name}_PREFIX must be a plain topic: {value!r}")
         self.intake = intake
         self.target = target
         self.prefix = prefix
+        self.features_prefix = features_prefix
         self.share_group = share_group
         self.client_id = client_id
         self.max_backoff_s = max_backoff_s
@@ -654,12 +658,14 @@ class MqttDetectorInput:
     def from_config(cls, config: Config, *, intake: DetectorIntake) -> MqttDetectorInput:
         """The MQTT input ``TTI_MQTT_*`` describes."""
         return cls(intake, parse_mqtt_url(config.mqtt_url), prefix=config.mqtt_topic_prefix,
+                   features_prefix=config.mqtt_features_prefix,
                    share_group=config.mqtt_share_group, client_id=config.mqtt_client_id)
 
     def topic_filters(self) -> list[str]:
-        """The two subscriptions, as shared subscriptions when a group is configured."""
+        """The subscriptions, as shared subscriptions when a group is configured."""
         share = f"$share/{self.share_group}/" if self.share_group else ""
-        return [f"{share}{self.prefix}/+/readings", f"{share}{self.prefix}/+/events"]
+        return [f"{share}{self.prefix}/+/readings", f"{share}{self.prefix}/+/events",
+                f"{share}{self.features_prefix}/+/+/state"]
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -786,6 +792,8 @@ class MqttDetectorInput:
     async def handle(self, topic: str, payload: bytes, *, retained: bool = False
                      ) -> IntakeResult | None:
         """One message from ``topic``: parse, publish (retrying while the bus is away), count."""
+        if topic.startswith(self.features_prefix + "/"):
+            return await self._handle_state(topic, payload, retained=retained)
         rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
         parts = rest.split("/")
         record = "event" if topic.endswith("/events") else "reading"
@@ -818,14 +826,51 @@ class MqttDetectorInput:
             RECORDS.labels("mqtt", record).inc(len(good))
         return IntakeResult(len(good), bad)
 
+    async def _handle_state(self, topic: str, payload: bytes, *, retained: bool
+                            ) -> IntakeResult | None:
+        """``<features_prefix>/<kind>/<feature_id>/state``: one feature's live state."""
+        # Imported here: feature_state builds on this module's HTTP helpers.
+        from services.collector.feature_state import (
+            ACCEPTED,
+            REJECTED,
+            parse_state,
+            publish_state,
+        )
+
+        parts = topic[len(self.features_prefix) + 1:].split("/")
+        try:
+            if len(parts) != 3 or parts[2] != "state":
+                raise InvalidRecord("bad_topic", f"unexpected topic {topic!r}")
+            if retained:
+                raise InvalidRecord("retained", "retained message (devices must publish "
+                                    "without the retain flag)")
+            if len(payload) > self.intake.max_body:
+                raise InvalidRecord("too_large", f"message exceeds {self.intake.max_body} bytes")
+            try:
+                body = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRecord("bad_json", f"not JSON (UTF-8): {exc}") from exc
+            state = parse_state(parts[0], parts[1], body, now=datetime.now(UTC), source="mqtt")
+        except InvalidRecord as exc:
+            REJECTED.labels(exc.code).inc()
+            self._invalid_log.warning(f"state-{exc.code}", "invalid MQTT feature state on %s: "
+                                      "%s: %s", topic, exc.code, exc.message)
+            return None
+        await self._until_taken(lambda: publish_state(self.intake.bus, state))
+        ACCEPTED.labels(state.kind).inc()
+        return IntakeResult(1, [])
+
     async def _publish_until_taken(self, records: Sequence[DetectorReading | DetectedEvent]
                                    ) -> None:
+        await self._until_taken(lambda: self.intake.publish(records))
+
+    async def _until_taken(self, publish: Callable[[], Awaitable[object]]) -> None:
         # The message stays unacknowledged meanwhile, so the broker holds back more (its
         # in-flight window) rather than us dropping records. Retries reuse content-derived ids.
         delay = 0.5
         while True:
             try:
-                await self.intake.publish(records)
+                await publish()
                 return
             except BusError as exc:
                 self._invalid_log.warning("bus_error", "bus did not take MQTT records (%s); "

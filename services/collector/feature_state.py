@@ -1,4 +1,4 @@
-"""Live state of geodatabase features over HTTP → ``FeatureState`` on the bus.
+"""Live state of geodatabase features over HTTP (and MQTT) → ``FeatureState`` on the bus.
 
 Parking guidance systems report free spaces, weather stations their readings, toll stations
 and tunnels whether they are open: ``POST /api/v1/features/{kind}/{feature_id}/state`` with
@@ -19,6 +19,10 @@ is derived from the content). Bigdata merges the values into the feature's live 
 than what it holds: ignored; unknown feature or implausible values such as more free spaces
 than capacity: counted and dropped, see its README). Rejections are counted in
 ``tti_feature_state_rejected_total{reason}``.
+
+Over MQTT the same JSON goes to ``<TTI_MQTT_FEATURES_PREFIX>/<kind>/<feature_id>/state``
+(``tti/features``); the detectors' MQTT input (``detectors.MqttDetectorInput``) subscribes to it
+and handles it like this endpoint, acknowledging a message once the bus took it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from services.collector.detectors import (
     parse_rfc3339,
     read_body,
 )
+from shared.bus import EventBus
 from shared.errors import BadRequest, Unauthorized
 from shared.events import FEATURE_KINDS, FEATURE_STATE, FeatureState
 
@@ -117,6 +122,11 @@ def state_event_id(state: FeatureState) -> str:
     return f"fs-{digest[:32]}"
 
 
+async def publish_state(bus: EventBus, state: FeatureState) -> None:
+    """Hand one state to the bus (BusError when it does not take it; a retry is safe)."""
+    await bus.publish(FEATURE_STATE, state, event_id=state_event_id(state))
+
+
 async def _post_state(request: web.Request) -> web.Response:
     intake = request.app[STATE_INTAKE]
     try:
@@ -143,7 +153,7 @@ async def _post_state(request: web.Request) -> web.Response:
     except InvalidRecord as exc:
         REJECTED.labels(exc.code).inc()
         raise BadRequest(exc.message, code=exc.code) from exc
-    await intake.bus.publish(FEATURE_STATE, state, event_id=state_event_id(state))
+    await publish_state(intake.bus, state)
     ACCEPTED.labels(state.kind).inc()
     return web.json_response({"accepted": 1}, status=202)
 

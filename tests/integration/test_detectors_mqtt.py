@@ -295,12 +295,15 @@ def test_configuration() -> None:
     inp = MqttDetectorInput.from_config(Config(mqtt_url="mqtt://h:1884"),
                                         intake=DetectorIntake(MemoryBus()))
     assert inp.topic_filters() == ["$share/tti-collector/tti/detectors/+/readings",
-                                   "$share/tti-collector/tti/detectors/+/events"]
+                                   "$share/tti-collector/tti/detectors/+/events",
+                                   "$share/tti-collector/tti/features/+/+/state"]
     plain = MqttDetectorInput(DetectorIntake(MemoryBus()), MqttTarget("h", 1), share_group="",
-                              prefix="/x/y/")
-    assert plain.topic_filters() == ["x/y/+/readings", "x/y/+/events"]
+                              prefix="/x/y/", features_prefix="f/")
+    assert plain.topic_filters() == ["x/y/+/readings", "x/y/+/events", "f/+/+/state"]
     with pytest.raises(ConfigError):
         MqttDetectorInput(DetectorIntake(MemoryBus()), MqttTarget("h", 1), prefix="a/#")
+    with pytest.raises(ConfigError):
+        MqttDetectorInput(DetectorIntake(MemoryBus()), MqttTarget("h", 1), features_prefix="+")
     ready, detail = plain.readiness()
     assert not ready and "not connected" in detail
 
@@ -317,3 +320,55 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
     assert limited.warning("bad_json", "bad %s", 9)
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["bad 1", "other kind", "bad 9 (5 more like it since the last report)"]
+
+
+async def test_feature_states_over_mqtt_arrive_and_bad_ones_are_counted(
+        broker: tuple[str, int], unique_name: str) -> None:
+    from shared.events import FEATURE_STATE, FeatureState
+
+    host, port = broker
+    bus = MemoryBus()
+    await bus.start()
+    got: list[FeatureState] = []
+
+    async def on_state(env: Envelope[FeatureState]) -> None:
+        got.append(env.payload)
+
+    await bus.subscribe(FEATURE_STATE, on_state, durable="t")
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("tti_feature_state_rejected_total",
+                                         {"reason": reason}) or 0.0
+
+    before = {r: refused(r) for r in ("bad_topic", "bad_values", "bad_kind")}
+    prefix = f"test/{unique_name}"
+    inp = MqttDetectorInput(DetectorIntake(bus), MqttTarget(host, port),
+                            prefix=f"{prefix}/detectors", features_prefix=f"{prefix}/features",
+                            share_group=unique_name)
+    assert f"$share/{unique_name}/{prefix}/features/+/+/state" in inp.topic_filters()
+    try:
+        async with running(inp):
+            async with aiomqtt.Client(host, port) as pub:
+                await pub.publish(f"{prefix}/features/parking/w7/state", orjson.dumps(
+                    {"observed_at": iso(-10), "values": {"free_spaces": 12}}), qos=1)
+                # Not a state topic: not subscribed, never delivered.
+                await pub.publish(f"{prefix}/features/parking/w7/status", b"{}", qos=1)
+                await pub.publish(f"{prefix}/features/parking/w7/state",
+                                  orjson.dumps({"values": {"free_spaces": [1]}}), qos=1)
+                await pub.publish(f"{prefix}/features/castle/w1/state",
+                                  orjson.dumps({"values": {"open": True}}), qos=1)
+                await pub.publish(f"{prefix}/features/weather_station/n3/state", orjson.dumps(
+                    {"values": {"temperature_c": 3.5, "road_surface": "wet"}}), qos=1)
+            await wait_for("two states", lambda: len(got) >= 2)
+            await wait_for("two refusals", lambda: sum(
+                refused(r) - before[r] for r in before) >= 2)
+        # A topic under the features prefix that is not <kind>/<id>/state, as a broker with
+        # a wider subscription would deliver it: refused, counted.
+        assert await inp.handle(f"{prefix}/features/parking/state", b"{}") is None
+    finally:
+        await bus.close()
+    assert [(s.kind, s.feature_id, s.values, s.source) for s in got] == [
+        ("parking", "w7", {"free_spaces": 12}, "mqtt"),
+        ("weather_station", "n3", {"temperature_c": 3.5, "road_surface": "wet"}, "mqtt")]
+    assert {r: refused(r) - before[r] for r in before} == {
+        "bad_topic": 1, "bad_values": 1, "bad_kind": 1}
