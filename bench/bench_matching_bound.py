@@ -17,8 +17,9 @@ the simulator changes speed at junctions). The gap between it and ours is what r
 (parallel roads, mostly) and our matcher's shortcuts cost; its own errors are fixes too close to
 a junction for 10 m noise to tell the side.
 
-Measured (2026-11-29): Wuhan, 10 s: ours 95.2 %, bound 97.0 % (0.981); 30 s: 91.9 % vs 95.5 %.
-Demo region (29.7k segments), 10 s: 98.0 % vs 98.3 %; 30 s: 97.3 % vs 97.1 %.
+Measured (2026-11-29): Wuhan, 10 s: ours 95.4 %, bound 97.0 % (0.983); 30 s: 91.8 % vs 95.6 %.
+Demo region (29.7k segments), 10 s: 98.1 % vs 98.3 %; 30 s: 97.4 % vs 97.2 % (the bound's
+Gaussian model of the distance driven is rougher than ours at 30 s).
 
 Traces as ``bench_matching.py`` draws them (simulator World, seed 42, 10 m per-axis noise, 5°
 heading, 2 km/h speed), on Wuhan's Optics Valley (``../shared/data/osm/wuhan_optics_valley.osm``)
