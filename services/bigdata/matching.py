@@ -386,6 +386,8 @@ class _Step:
     # The forward-filtered position (same coordinates, without the newer fixes' evidence).
     filt_delta: float = 0.0
     filt_var: float = 0.0
+    # Candidate index → how far past its segment's end the fix projects (when clamped).
+    overshoot: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -414,7 +416,9 @@ class OnlineMatcher:
     @property
     def pending(self) -> int:
         """Fixes received but not decided yet (at most ``lag``)."""
-        return sum(1 for s in self._steps if s.decided < 0)
+        # Only the oldest step of the window can be decided (it anchors the next decision).
+        steps = self._steps
+        return len(steps) - 1 if steps and steps[0].decided >= 0 else len(steps)
 
     def state_size(self) -> int:
         """Candidates held in the window: this vehicle's memory, in units (bounded)."""
@@ -791,7 +795,10 @@ class OnlineMatcher:
         seg = step.segs[i]
         if 1e-6 < c.offset_m < self.graph.seg_len[seg] - 1e-6:
             return 0.0
-        return self.graph.project(seg, step.lon, step.lat)[0] - c.offset_m
+        over = step.overshoot.get(i)
+        if over is None:  # asked again for each older fix it lies ahead of: kept
+            over = step.overshoot[i] = self.graph.project(seg, step.lon, step.lat)[0] - c.offset_m
+        return over
 
     def _driven(self, v0: float, v1: float, dt: float) -> tuple[float, float]:
         """Distance (m) the reported speeds say was driven in dt, and its variance (m²)."""
