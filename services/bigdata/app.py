@@ -318,12 +318,8 @@ class Bigdata:
         """
         state = env.payload
         try:
-            held = await self.store.get_feature(state.kind, state.feature_id)
-            if held.live_updated_at is not None and held.live_updated_at > state.observed_at:
-                FEATURE_STATES.labels("stale").inc()
-                return
-            await self.store.update_live(state.kind, state.feature_id, state.values,
-                                         observed_at=state.observed_at)
+            held = await self.store.update_live(state.kind, state.feature_id, state.values,
+                                                observed_at=state.observed_at)
         except NotFound:
             FEATURE_STATES.labels("unknown_feature").inc()
             log.warning("live state for unknown feature %s/%s dropped", state.kind,
@@ -335,7 +331,8 @@ class Bigdata:
             FEATURE_STATES.labels("rejected").inc()
             log.warning("live state for %s/%s rejected: %s", state.kind, state.feature_id, exc)
             return
-        FEATURE_STATES.labels("applied").inc()
+        newer = held.live_updated_at is not None and held.live_updated_at > state.observed_at
+        FEATURE_STATES.labels("stale" if newer else "applied").inc()
 
     async def on_partial(self, env: Envelope[SegmentSpeedPartial]) -> None:
         """Merge another replica's (or this one's) share of a segment window."""

@@ -519,6 +519,12 @@ async def test_live_state_updates(store: GeoStore) -> None:
         await store.update_live("parking", "n404", {"free_spaces": 1})
     with pytest.raises(NotFound):
         await store.get_feature("hotel", "n1")
+    # A state observed before the one held (a late redelivery) changes nothing.
+    held = await store.get_feature("weather_station", "n5")
+    old = await store.update_live("weather_station", "n5", {"visibility_m": 50},
+                                  observed_at=at - timedelta(minutes=1))
+    assert old == held
+    assert (await store.get_feature("weather_station", "n5")).live == held.live
 
 
 async def test_osm_import_is_atomic_across_roads_and_features(store: GeoStore) -> None:

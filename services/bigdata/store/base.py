@@ -296,7 +296,10 @@ class GeoStore(abc.ABC):
                           observed_at: datetime | None = None) -> Feature:
         """Merge ``live`` into the feature's live state (None deletes a key); returns it.
 
-        ``live_updated_at`` becomes ``observed_at`` (default now, UTC). Raises NotFound when the
+        ``live_updated_at`` becomes ``observed_at`` (default now, UTC). An update observed before
+        the state held (a redelivery, a slow sender) changes nothing: the feature comes back as
+        held, its ``live_updated_at`` later than ``observed_at``; the check and the write are one
+        transaction, so concurrent writers cannot undo a newer state. Raises NotFound when the
         feature does not exist and FeatureError for an implausible state (e.g. more free parking
         spaces than capacity).
         """

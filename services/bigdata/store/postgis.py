@@ -691,6 +691,8 @@ class PostgisStore(GeoStore):
         at = observed_at or datetime.now(UTC)
         async with self._conn() as conn, conn.transaction():
             current = await _get_feature(conn, kind, feature_id, for_update=True)
+            if current.live_updated_at is not None and current.live_updated_at > at:
+                return current
             merged = merge_live(kind, current.attrs, current.live, live)
             await conn.execute("UPDATE features SET live = $1, live_updated_at = $2 "
                                "WHERE kind = $3 AND feature_id = $4", merged, at, kind,

@@ -791,6 +791,8 @@ class SqliteStore(GeoStore):
         def write(conn: sqlite3.Connection) -> Feature:
             with _transaction(conn):
                 current = _get_feature(conn, kind, feature_id)
+                if current.live_updated_at is not None and current.live_updated_at > at:
+                    return current
                 merged = merge_live(kind, current.attrs, current.live, live)
                 conn.execute("UPDATE features SET live=?, live_updated_at=? WHERE kind=? AND "
                              "feature_id=?", (orjson.dumps(merged), _ts(at), kind, feature_id))
