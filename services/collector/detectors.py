@@ -370,10 +370,7 @@ class DetectorIntake:
             raise InvalidRecord("too_large", f"message exceeds {self.max_body} bytes")
         if not payload.strip():  # also how MQTT clients clear a retained message
             raise InvalidRecord("empty", "the message is empty")
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRecord("bad_json", f"not JSON (UTF-8): {exc}") from exc
+        body = load_json(payload)
         if isinstance(body, dict):
             items: list[object] = [body]
         elif isinstance(body, list):
@@ -443,7 +440,7 @@ class DetectorIntake:
 DETECTORS = web.AppKey("detector_intake", DetectorIntake)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 past ``limit`` bytes (chunked bodies included)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
@@ -469,24 +466,42 @@ def check_sensor_token(request: web.Request, tokens: frozenset[str]) -> None:
         raise Unauthorized("a valid sensor token is required (Authorization: Bearer …)")
 
 
-async def _post(request: web.Request, record: str) -> web.Response:
-    intake = request.app[DETECTORS]
+async def read_sensor_request(request: web.Request, intake: DetectorIntake,
+                              reject: Callable[[str], None]) -> bytes:
+    """The checks every sensor endpoint makes (token, JSON media type, size); the body.
+
+    ``reject(code)`` counts a refusal (``unauthorized``, ``unsupported_media_type``,
+    ``too_large``) before its error (401, 415, 413) goes out.
+    """
     try:
         check_sensor_token(request, intake.tokens)
     except Unauthorized:
-        intake.reject("http", record, "unauthorized")
+        reject("unauthorized")
         raise
-    detector_id = request.match_info["detector_id"]
-    ctype = request.headers.get("Content-Type")
-    if ctype is not None and not (request.content_type == "application/json"
-                                  or request.content_type.endswith("+json")):
-        intake.reject("http", record, "unsupported_media_type")
+    if request.headers.get("Content-Type") is not None and not (
+            request.content_type == "application/json" or request.content_type.endswith("+json")):
+        reject("unsupported_media_type")
         raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
     try:
-        body = await read_body(request, intake.max_body)
+        return await _read_body(request, intake.max_body)
     except PayloadTooLarge:
-        intake.reject("http", record, "too_large")
+        reject("too_large")
         raise
+
+
+def load_json(payload: bytes) -> object:
+    """Decode a message body; InvalidRecord ``bad_json`` when it is not JSON."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord("bad_json", f"not JSON (UTF-8): {exc}") from exc
+
+
+async def _post(request: web.Request, record: str) -> web.Response:
+    intake = request.app[DETECTORS]
+    body = await read_sensor_request(request, intake,
+                                     lambda code: intake.reject("http", record, code))
+    detector_id = request.match_info["detector_id"]
     try:
         result = await intake.ingest("http", record, detector_id, body)
     except InvalidRecord as exc:
@@ -846,11 +861,8 @@ class MqttDetectorInput:
                                     "without the retain flag)")
             if len(payload) > self.intake.max_body:
                 raise InvalidRecord("too_large", f"message exceeds {self.intake.max_body} bytes")
-            try:
-                body = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRecord("bad_json", f"not JSON (UTF-8): {exc}") from exc
-            state = parse_state(parts[0], parts[1], body, now=datetime.now(UTC), source="mqtt")
+            state = parse_state(parts[0], parts[1], load_json(payload), now=datetime.now(UTC),
+                                source="mqtt")
         except InvalidRecord as exc:
             REJECTED.labels(exc.code).inc()
             self._invalid_log.warning(f"state-{exc.code}", "invalid MQTT feature state on %s: "

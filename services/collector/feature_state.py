@@ -40,14 +40,12 @@ from prometheus_client import Counter
 from services.collector.detectors import (
     DetectorIntake,
     InvalidRecord,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    check_sensor_token,
+    load_json,
     parse_rfc3339,
-    read_body,
+    read_sensor_request,
 )
 from shared.bus import EventBus
-from shared.errors import BadRequest, Unauthorized
+from shared.errors import BadRequest
 from shared.events import FEATURE_KINDS, FEATURE_STATE, FeatureState
 
 MAX_VALUES = 32
@@ -129,27 +127,10 @@ async def publish_state(bus: EventBus, state: FeatureState) -> None:
 
 async def _post_state(request: web.Request) -> web.Response:
     intake = request.app[STATE_INTAKE]
+    raw = await read_sensor_request(request, intake, lambda code: REJECTED.labels(code).inc())
     try:
-        check_sensor_token(request, intake.tokens)
-    except Unauthorized:
-        REJECTED.labels("unauthorized").inc()
-        raise
-    if request.headers.get("Content-Type") is not None and not (
-            request.content_type == "application/json" or request.content_type.endswith("+json")):
-        REJECTED.labels("unsupported_media_type").inc()
-        raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
-    try:
-        raw = await read_body(request, intake.max_body)
-    except PayloadTooLarge:
-        REJECTED.labels("too_large").inc()
-        raise
-    try:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRecord("bad_json", f"not JSON (UTF-8): {exc}") from exc
-        state = parse_state(request.match_info["kind"], request.match_info["feature_id"], body,
-                            now=datetime.now(UTC))
+        state = parse_state(request.match_info["kind"], request.match_info["feature_id"],
+                            load_json(raw), now=datetime.now(UTC))
     except InvalidRecord as exc:
         REJECTED.labels(exc.code).inc()
         raise BadRequest(exc.message, code=exc.code) from exc
