@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -28,6 +28,11 @@ from shared.bus import EventBus, bus_from_url
 from shared.config import SERVICE_PORTS, Config, load_config
 from shared.errors import TtiError
 from shared.service import READINESS, configure_logging
+
+if TYPE_CHECKING:
+    from services.bigdata.store import GeoStore
+
+T = TypeVar("T")
 
 log = logging.getLogger("tti.cli")
 
@@ -211,6 +216,23 @@ async def serve_one(service: str, config: Config) -> None:
         await bus.close()
 
 
+async def _with_store(config: Config, work: Callable[[GeoStore], Awaitable[T]]) -> T:
+    """Run an import against the geodatabase; a rejection's reasons go to stderr, one a line."""
+    from services.bigdata.store import store_from_url
+
+    store = store_from_url(config.db_url)
+    await store.open()
+    try:
+        return await work(store)
+    except TtiError as exc:
+        details = exc.details if isinstance(exc.details, dict) else {}
+        for reason in details.get("errors", []):
+            print(f"  error: {reason}", file=sys.stderr)
+        raise
+    finally:
+        await store.close()
+
+
 async def import_osm(config: Config, path: str) -> None:
     """``tti import-osm FILE``: roads and features of one OSM file, in one transaction.
 
@@ -218,14 +240,9 @@ async def import_osm(config: Config, path: str) -> None:
     rejected (TtiError → exit code 2) before anything is written; the same file again is a no-op.
     """
     from services.bigdata.osm_features import import_osm_file, stderr_progress
-    from services.bigdata.store import store_from_url
 
-    store = store_from_url(config.db_url)
-    await store.open()
-    try:
-        summary = await import_osm_file(store, path, progress=stderr_progress())
-    finally:
-        await store.close()
+    summary = await _with_store(config, lambda store: import_osm_file(
+        store, path, progress=stderr_progress()))
     print(summary.describe())
 
 
@@ -235,22 +252,11 @@ async def import_gtfs(config: Config, path: str, feed_id: str | None) -> None:
     A feed with errors is rejected with every reason on stderr (exit code 2), nothing written;
     warnings are printed and the feed imported.
     """
-    from services.bigdata.gtfs_import import GtfsFeedError, import_gtfs_file
+    from services.bigdata.gtfs_import import import_gtfs_file
     from services.bigdata.osm_features import stderr_progress
-    from services.bigdata.store import store_from_url
 
-    store = store_from_url(config.db_url)
-    await store.open()
-    try:
-        summary = await import_gtfs_file(store, path, feed_id=feed_id,
-                                         progress=stderr_progress())
-    except GtfsFeedError as exc:
-        details = exc.details if isinstance(exc.details, dict) else {}
-        for reason in details.get("errors", []):
-            print(f"  error: {reason}", file=sys.stderr)
-        raise
-    finally:
-        await store.close()
+    summary = await _with_store(config, lambda store: import_gtfs_file(
+        store, path, feed_id=feed_id, progress=stderr_progress()))
     for warning in summary.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
     print(summary.describe())
@@ -263,20 +269,9 @@ async def import_detectors(config: Config, path: str) -> None:
     segment or bad values are listed on stderr and skipped, the rest replace the previous
     registry in one transaction. No usable row: rejected (exit code 2), nothing written.
     """
-    from services.bigdata.store import FeatureError, store_from_url
     from services.bigdata.store.features import import_detectors_csv
 
-    store = store_from_url(config.db_url)
-    await store.open()
-    try:
-        result = await import_detectors_csv(store, path)
-    except FeatureError as exc:
-        details = exc.details if isinstance(exc.details, dict) else {}
-        for reason in details.get("errors", []):
-            print(f"  error: {reason}", file=sys.stderr)
-        raise
-    finally:
-        await store.close()
+    result = await _with_store(config, lambda store: import_detectors_csv(store, path))
     for reason in result.errors:
         print(f"  skipped: {reason}", file=sys.stderr)
     print(f"detectors: {result.applied} of {result.rows} rows imported"

@@ -6,9 +6,12 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+
+from shared.bus.memory import MemoryBus
+from shared.errors import BusError
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -76,3 +79,14 @@ def nats_url() -> str:
 def unique_name() -> str:
     """A fresh name per test (stream, database, prefix)."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+class FlakyBus(MemoryBus):
+    """A MemoryBus that refuses publishes while ``down`` (the bus being away)."""
+
+    down = False
+
+    async def publish(self, subject: Any, payload: Any, **kwargs: Any) -> str:
+        if self.down:
+            raise BusError("bus away")
+        return await super().publish(subject, payload, **kwargs)

@@ -33,7 +33,6 @@ from services.collector.detectors import (
 from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import BusError
 from shared.events import (
     DETECTED_EVENT,
     DETECTED_EVENT_KINDS,
@@ -42,6 +41,7 @@ from shared.events import (
     DetectorReading,
 )
 from shared.service import create_base_app
+from tests.conftest import FlakyBus
 
 READINGS = "/api/v1/detectors/{}/readings"
 EVENTS = "/api/v1/detectors/{}/events"
@@ -100,17 +100,6 @@ class Env:
         headers = kwargs.pop("headers", {"Content-Type": "application/json"})
         resp = await self.client.post(path, data=data, headers=headers, **kwargs)
         return resp.status, await resp.json()
-
-
-class FlakyBus(MemoryBus):
-    """A MemoryBus that refuses publishes while ``down``."""
-
-    down = False
-
-    async def publish(self, subject: Any, payload: Any, **kwargs: Any) -> str:
-        if self.down:
-            raise BusError("bus away")
-        return await super().publish(subject, payload, **kwargs)
 
 
 @pytest.fixture

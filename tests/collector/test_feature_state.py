@@ -27,23 +27,12 @@ from services.collector.feature_state import (
 from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import BusError
 from shared.events import FEATURE_STATE, FeatureState
 from shared.service import create_base_app
+from tests.conftest import FlakyBus
 
 URL = "/api/v1/features/{}/{}/state"
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
-
-
-class FlakyBus(MemoryBus):
-    """A MemoryBus that refuses publishes while ``down``."""
-
-    down = False
-
-    async def publish(self, subject: Any, payload: Any, **kwargs: Any) -> str:
-        if self.down:
-            raise BusError("bus away")
-        return await super().publish(subject, payload, **kwargs)
 
 
 class Env:

@@ -32,8 +32,9 @@ from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
 from shared.config import Config
 from shared.demo import DemoRegion
-from shared.errors import BusError, ConfigError
+from shared.errors import ConfigError
 from shared.events import VEHICLE_POSITION, VehiclePosition
+from tests.conftest import FlakyBus
 from tests.simulator.test_gtfs_rt_feed import gtfs_trips, prepared_simulator
 
 Rt = gtfs_realtime_pb2.VehiclePosition
@@ -429,21 +430,10 @@ async def test_response_size_and_http_errors_are_bounded(
         await poller.stop()
 
 
-class RefusingBus(MemoryBus):
-    """A MemoryBus that refuses publishes while ``down``."""
-
-    down = False
-
-    async def publish(self, subject: Any, payload: Any, **kwargs: Any) -> str:
-        if self.down:
-            raise BusError("bus away")
-        return await super().publish(subject, payload, **kwargs)
-
-
 async def test_what_the_bus_refused_is_fetched_and_published_again(
         flaky: tuple[FlakyFeed, str]) -> None:
     server, url = flaky
-    bus = RefusingBus(partitions=2)
+    bus = FlakyBus(partitions=2)
     await bus.start()
     got = Positions()
     await bus.subscribe(VEHICLE_POSITION, got.handler, durable="t")

@@ -28,9 +28,9 @@ from services.collector.detectors import (
 from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import BusError, ConfigError
+from shared.errors import ConfigError
 from shared.events import DETECTED_EVENT, DETECTOR_READING, DetectedEvent, DetectorReading
-from tests.conftest import MQTT_HOST, MQTT_PORT, require_server
+from tests.conftest import MQTT_HOST, MQTT_PORT, FlakyBus, require_server
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +56,6 @@ class Sink:
 
     async def on_event(self, env: Envelope[DetectedEvent]) -> None:
         self.events.append(env.payload)
-
-
-class FlakyBus(MemoryBus):
-    """A MemoryBus that refuses publishes while ``down``."""
-
-    down = False
-
-    async def publish(self, subject: Any, payload: Any, **kwargs: Any) -> str:
-        if self.down:
-            raise BusError("bus away")
-        return await super().publish(subject, payload, **kwargs)
 
 
 async def wait_for(what: str, cond: Callable[[], object], within_s: float = 10.0) -> None:
