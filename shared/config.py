@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.clock import Clock
 from shared.errors import ConfigError
 
 SERVICE_PORTS = {"publisher": 8080, "collector": 8081, "bigdata": 8082, "warning": 8083}
@@ -37,6 +38,10 @@ class Config:
     replica_index: int = 0
     replica_count: int = 1
     speed_window_s: float = 60.0
+    clock_rate: float = 1.0
+    """Speed of the one clock every service reads (shared/clock.py): 10 runs ten times faster."""
+    clock_start: str = ""
+    """ISO 8601 time the clock starts at (a replay); empty: now."""
     osm: str = ""
     gtfs: str = ""
     demo_size: int = 1
@@ -86,6 +91,10 @@ class Config:
     def owned_partitions(self) -> list[int]:
         """Partitions this replica consumes: p ≡ replica_index (mod replica_count)."""
         return [p for p in range(self.partitions) if p % self.replica_count == self.replica_index]
+
+    def make_clock(self) -> Clock:
+        """The clock these settings describe (build it once, at composition)."""
+        return Clock.from_settings(self.clock_rate, self.clock_start)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed."""
@@ -137,4 +146,5 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
         raise ConfigError("TTI_REPLICA_INDEX must be in [0, TTI_REPLICA_COUNT)")
     if cfg.partitions < 1 or cfg.speed_window_s <= 0:
         raise ConfigError("TTI_PARTITIONS and TTI_SPEED_WINDOW_S must be positive")
+    cfg.make_clock()  # a bad TTI_CLOCK_RATE or TTI_CLOCK_START fails here, with its name
     return cfg
