@@ -21,6 +21,7 @@ from services.publisher.state import Publisher, utc_now
 from services.publisher.warning_board import STATUS_FILTERS, warning_to_dict
 from shared.bus.base import EventBus
 from shared.codec import dumps
+from shared.clock import Clock
 from shared.config import Config
 from shared.errors import BadRequest, NotFound, TransientError
 from shared.service import add_readiness_check, create_base_app, spawn
@@ -50,8 +51,8 @@ HTTP_LATENCY = Histogram("tti_publisher_http_request_seconds",
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None = None
-               ) -> web.Application:
+def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None = None,
+               clock: Clock | None = None) -> web.Application:
     """Wire the publisher (no I/O here): routes, readiness, consumers and the catalogue loader.
 
     The app owns ``bigdata``'s HTTP session (opened and closed in ``cleanup_ctx``); the bus is

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 from services.warning.levels import LEVEL_NAMES, level_for_speed, tpi_for_speed
 from shared.bus import EventBus
 from shared.codec import Envelope
+from shared.clock import Clock
 from shared.config import Config
 from shared.events import ROAD_STATUS, SEGMENT_SPEED, WARNING, RoadStatus, SegmentSpeed, Warning
 from shared.service import add_readiness_check, create_base_app, spawn
@@ -165,7 +166,7 @@ async def _active(request: web.Request) -> web.Response:
                               "warning_ids": [w.warning_id for w in active]})
 
 
-def create_app(config: Config, *, bus: EventBus) -> web.Application:
+def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None) -> web.Application:
     """Wire the warning service; the consumer starts in ``cleanup_ctx``."""
     app = create_base_app("warning", config)
     engine = WarningEngine(config, bus)
