@@ -9,6 +9,7 @@ payload fields are ignored (a newer producer may add some); a missing required f
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 import uuid
@@ -64,17 +65,65 @@ def encode_envelope(env: Envelope[Any]) -> bytes:
     )
 
 
+Convert = typing.Callable[[object, str], object]
+
+
+def _identity(value: object, name: str) -> object:
+    return value
+
+
+def _converter(hint: Any) -> Convert:
+    """How to turn a decoded JSON value into a field of type ``hint`` (None passes through)."""
+    origin = typing.get_origin(hint)
+    if isinstance(hint, types.UnionType) or origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _converter(args[0]) if len(args) == 1 else _identity
+    if hint is datetime:
+        return _parse_time
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        enum_type = hint
+
+        def to_enum(value: object, name: str) -> object:
+            try:
+                return enum_type(value)
+            except ValueError:
+                raise DecodeError(f"field {name!r}: {value!r} is not one of "
+                                  f"{', '.join(str(m.value) for m in enum_type)}",
+                                  code="bad_field") from None
+        return to_enum
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        nested = hint
+        return lambda value, name: payload_from_dict(nested, value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = _converter(args[0])
+
+            def to_tuple(value: object, name: str) -> object:
+                if not isinstance(value, list | tuple):
+                    raise DecodeError(f"field {name!r} must be a list", code="bad_field")
+                return tuple(item(v, name) if v is not None else None for v in value)
+            return to_tuple
+        items = [_converter(a) for a in args]
+
+        def to_fixed(value: object, name: str) -> object:
+            if not isinstance(value, list | tuple) or len(value) != len(items):
+                raise DecodeError(f"field {name!r} must be a list of {len(items)}",
+                                  code="bad_field")
+            return tuple(c(v, name) if v is not None else None
+                         for c, v in zip(items, value, strict=True))
+        return to_fixed
+    return _identity
+
+
 @cache
-def _fields(cls: type) -> tuple[tuple[str, bool, bool, bool], ...]:
-    """(name, required, is_datetime, is_tuple) per dataclass field, computed once per type."""
+def _fields(cls: type) -> tuple[tuple[str, bool, Convert], ...]:
+    """(name, required, converter) per dataclass field, computed once per type."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        origin = typing.get_origin(hint)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out.append((f.name, required, datetime in args, origin is tuple))
+        out.append((f.name, required, _converter(hints[f.name])))
     return tuple(out)
 
 
@@ -89,21 +138,22 @@ def _parse_time(value: object, name: str) -> datetime:
 
 
 def payload_from_dict(cls: type[T], data: object) -> T:
-    """Build a payload dataclass from decoded JSON; unknown keys are ignored."""
+    """Build a payload dataclass from decoded JSON; unknown keys are ignored.
+
+    Datetimes, enums (by value), nested dataclasses and tuples are rebuilt from their JSON
+    form; a value of the wrong shape is a :class:`DecodeError`.
+    """
     if not isinstance(data, dict):
         raise DecodeError(f"{cls.__name__} payload must be an object", code="bad_payload")
     kwargs: dict[str, object] = {}
-    for name, required, is_dt, is_tuple in _fields(cast(type, cls)):
+    for name, required, convert in _fields(cast(type, cls)):
         if name not in data:
             if required:
                 raise DecodeError(f"{cls.__name__}: missing field {name!r}", code="missing_field")
             continue
         value = data[name]
-        if value is not None:
-            if is_dt:
-                value = _parse_time(value, name)
-            elif is_tuple and isinstance(value, list):
-                value = tuple(value)
+        if value is not None and convert is not _identity:
+            value = convert(value, name)
         kwargs[name] = value
     try:
         return cls(**kwargs)
