@@ -42,10 +42,10 @@ heading, as JT/T 808 terminals do):
   directed segment, where a Bayesian smoother told the true route reaches 97.0 %
   (``bench/bench_matching_bound.py``).
 
-Routing uses `MatchGraph`, a compact copy of the network's topology shared by all vehicles, with
-resumable, target-bounded Dijkstra searches cached per source node (an on-demand version of
-FMM's upper-bounded origin-destination table): a vehicle moving along a street keeps asking from
-the same few nodes.
+Routing uses `MatchGraph`, a compact copy of the network's topology shared by all vehicles, on
+the project's one resumable, target-bounded Dijkstra (`shared.roadnet.ShortestPaths`, searches
+cached per source node: an on-demand version of FMM's upper-bounded origin-destination table): a
+vehicle moving along a street keeps asking from the same few nodes.
 
 Results: `OnlineMatcher.update` returns the fixes decided by that call (zero, one or, when a
 chain ends, several), oldest first, each a `MatchResult` with the fix's time and reported
@@ -58,15 +58,12 @@ candidates each.
 
 from __future__ import annotations
 
-import heapq
 import math
-import threading
 from bisect import bisect_right
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from shared.roadnet import Candidate, RoadNetwork
+from shared.roadnet import Candidate, RoadNetwork, ShortestPaths
 
 __all__ = [
     "MatchGraph",
@@ -177,20 +174,6 @@ class MatchResult:
     pieces: tuple[Piece, ...] = ()
 
 
-class _Search:
-    """Resumable single-source Dijkstra: settles nodes lazily, up to any distance."""
-
-    __slots__ = ("dist", "heap", "length", "pred", "settled")
-
-    def __init__(self, source: int) -> None:
-        self.dist: dict[int, float] = {source: 0.0}
-        # Metres of the cheapest route to each settled node (cost minus ramp penalties).
-        self.length: dict[int, float] = {source: 0.0}
-        self.pred: dict[int, int] = {}
-        self.heap: list[tuple[float, int]] = [(0.0, source)]
-        self.settled: set[int] = set()
-
-
 def _combine(estimates: list[tuple[float, float]]) -> tuple[float, float]:
     """Inverse-variance mean of (value, variance) estimates, and its variance."""
     num = den = 0.0
@@ -228,13 +211,8 @@ class MatchGraph:
         self.seg_cost: list[float] = [
             s.length_m + (link_penalty_m if s.road_class.endswith("_link") else 0.0)
             for s in segments]
-        out: list[list[tuple[int, int, float]]] = [[] for _ in nodes]
-        for i, (a, b) in enumerate(zip(self.seg_from, self.seg_to, strict=True)):
-            out[a].append((i, b, self.seg_cost[i]))
-        self._out = out
-        self._cache_sources = cache_sources
-        self._searches: OrderedDict[int, _Search] = OrderedDict()
-        self._lock = threading.Lock()
+        self._paths = ShortestPaths(len(nodes), self.seg_from, self.seg_to, self.seg_cost,
+                                    arc_metres=self.seg_len, cache_sources=cache_sources)
 
     def costs(self, source: int, targets: list[int],
               bound: float) -> list[tuple[float, float]]:
@@ -242,73 +220,15 @@ class MatchGraph:
 
         Cost is length plus the ramp penalties; (inf, inf) for targets beyond ``bound``.
         """
-        with self._lock:
-            search = self._searches.get(source)
-            if search is None:
-                search = _Search(source)
-                self._searches[source] = search
-                if len(self._searches) > self._cache_sources:
-                    self._searches.popitem(last=False)
-            else:
-                self._searches.move_to_end(source)
-            settled = search.settled
-            missing = {t for t in targets if t not in settled}
-            if missing:
-                self._advance(search, missing, bound)
-            dist, length = search.dist, search.length
-            return [(dist[t], length[t]) if t in settled and dist[t] <= bound else (_INF, _INF)
-                    for t in targets]
-
-    def _advance(self, search: _Search, targets: set[int], bound: float) -> None:
-        heap, dist, pred, settled = search.heap, search.dist, search.pred, search.settled
-        length = search.length
-        out = self._out
-        seg_from, seg_len = self.seg_from, self.seg_len
-        pop, push = heapq.heappop, heapq.heappush
-        while heap and heap[0][0] <= bound:
-            d, node = pop(heap)
-            if node in settled:
-                continue
-            settled.add(node)
-            via = pred.get(node)
-            if via is not None:
-                length[node] = length[seg_from[via]] + seg_len[via]
-            for seg, nxt, cost in out[node]:
-                nd = d + cost
-                if nd < dist.get(nxt, _INF):
-                    dist[nxt] = nd
-                    pred[nxt] = seg
-                    push(heap, (nd, nxt))
-            if node in targets:
-                targets.discard(node)
-                if not targets:
-                    return
+        return self._paths.costs(source, targets, bound)
 
     def path(self, source: int, target: int, bound: float = _INF) -> list[int] | None:
         """Segments of the cheapest route from node source to node target (None if none)."""
-        if source == target:
-            return []
-        with self._lock:
-            search = self._searches.get(source)
-            if search is None or target not in search.settled:
-                search = search or _Search(source)
-                self._advance(search, {target}, bound)
-                if target not in search.settled:
-                    return None
-            segs: list[int] = []
-            node = target
-            seg_from = self.seg_from
-            pred = search.pred
-            while node != source:
-                seg = pred[node]
-                segs.append(seg)
-                node = seg_from[seg]
-            segs.reverse()
-            return segs
+        return self._paths.path(source, target, bound)
 
     def cached_sources(self) -> int:
         """Number of source nodes with a cached search (at most ``cache_sources``)."""
-        return len(self._searches)
+        return self._paths.cached_sources()
 
     def _cumulative(self, seg: int) -> list[float]:
         cum = self._cum.get(seg)

@@ -19,6 +19,7 @@ import pytest
 import shapely
 
 import shared.roadnet as roadnet_module
+import shared.roadnet.index as roadnet_index
 from shared.errors import TtiError
 from shared.geo import bearing_deg, haversine_m
 from shared.roadnet import (
@@ -34,7 +35,7 @@ from shared.roadnet import (
 from tests.conftest import reference_file
 
 SEGMENT_ID = re.compile(r"^(\d+):(\d+):(\d+)$")
-M_PER_DEG = roadnet_module._M_PER_DEG
+M_PER_DEG = roadnet_index.M_PER_DEG
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_nearest_agrees_with_a_linear_scan(
 ) -> None:
     segments = list(net)
     for scan_rows_max in (10**9, -1):  # the plain-Python scan, then the numpy one
-        monkeypatch.setattr(roadnet_module, "_PY_ROWS_MAX", scan_rows_max)
+        monkeypatch.setattr(roadnet_index, "_PY_ROWS_MAX", scan_rows_max)
         for q, (lon, lat) in enumerate(_query_points(net, 80, seed=11)):
             radius = (10.0, 50.0, 200.0)[q % 3]
             got = net.nearest(lon, lat, radius_m=radius, k=6)

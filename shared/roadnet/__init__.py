@@ -1,0 +1,40 @@
+"""The road network every service uses: directed segments, a graph, a spatial index, routing.
+
+- `segments`: segment ids, OSM tag interpretation and splitting ways into directed segments;
+- `index`: the grid spatial index behind `RoadNetwork.nearest` and `in_bbox`;
+- `network`: `RoadNetwork`, immutable once built;
+- `search`: `ShortestPaths`, the one resumable, target-bounded Dijkstra (map matching,
+  bounded shortest paths, the demo's bus routes);
+"""
+
+from shared.roadnet.network import RoadNetwork
+from shared.roadnet.search import ShortestPaths
+from shared.roadnet.segments import (
+    DEFAULT_FREE_FLOW_KMH,
+    ROUTABLE_HIGHWAYS,
+    Candidate,
+    OsmWay,
+    RoadNetworkError,
+    RoadSegment,
+    UnknownSegmentError,
+    build_segments,
+    make_segment_id,
+    parse_maxspeed,
+    parse_segment_id,
+)
+
+__all__ = [
+    "DEFAULT_FREE_FLOW_KMH",
+    "ROUTABLE_HIGHWAYS",
+    "Candidate",
+    "OsmWay",
+    "RoadNetwork",
+    "RoadNetworkError",
+    "RoadSegment",
+    "ShortestPaths",
+    "UnknownSegmentError",
+    "build_segments",
+    "make_segment_id",
+    "parse_maxspeed",
+    "parse_segment_id",
+]
