@@ -31,7 +31,6 @@ routes stay in the centre of the city whatever the size, so the GTFS feed barely
 from __future__ import annotations
 
 import csv
-import heapq
 import io
 import math
 import os
@@ -45,7 +44,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from shared.geo import LocalProjection, haversine_m
-from shared.roadnet import OsmWay, RoadNetwork, RoadSegment, build_segments
+from shared.roadnet import OsmWay, RoadNetwork, RoadSegment, ShortestPaths, build_segments
 
 __all__ = [
     "CENTER_LAT",
@@ -767,54 +766,56 @@ class _BusPlanner:
         self.city = city
         self.net = network
         self.stops: dict[str, _StopSite] = {}  # by segment id
+        self._turns: tuple[ShortestPaths, list[str], dict[str, int]] | None = None
 
     def _cost(self, seg: RoadSegment) -> float | None:
         factor = _BUS_COST.get(seg.road_class)
         return None if factor is None else seg.length_m * factor
 
-    def path(self, waypoints: Sequence[int]) -> list[str]:
-        """Segments through the waypoints (graph nodes), never U-turning."""
-        net = self.net
-        result: list[str] = []
-        for start, target in pairwise(waypoints):
-            heap: list[tuple[float, str]] = []
-            best: dict[str, float] = {}
-            pred: dict[str, str | None] = {}
-            first = net.successors(result[-1]) if result else net.out_segments(start)
-            back = net.find_reverse(result[-1]) if result else None
-            for sid in first:
-                cost = self._cost(net.get_segment(sid))
-                if cost is not None and sid != back and cost < best.get(sid, math.inf):
-                    best[sid] = cost
-                    pred[sid] = None
-                    heapq.heappush(heap, (cost, sid))
-            done: set[str] = set()
-            found = None
-            while heap:
-                cost, sid = heapq.heappop(heap)
-                if sid in done:
-                    continue
-                done.add(sid)
-                if net.get_segment(sid).to_node == target:
-                    found = sid
-                    break
+    def _line_graph(self) -> tuple[ShortestPaths, list[str], dict[str, int]]:
+        """Segments as nodes, arcs for every turn but the U-turn, costing the segment entered.
+
+        Nodes are numbered in segment-id order so that equal costs are broken by segment id.
+        """
+        if self._turns is None:
+            net = self.net
+            ids = sorted(net.segments)
+            index = {sid: i for i, sid in enumerate(ids)}
+            arc_from: list[int] = []
+            arc_to: list[int] = []
+            arc_cost: list[float] = []
+            for sid in ids:
                 rev = net.find_reverse(sid)
                 for nxt in net.successors(sid):
                     step = self._cost(net.get_segment(nxt))
                     if step is None or nxt == rev:
                         continue
-                    if cost + step < best.get(nxt, math.inf):
-                        best[nxt] = cost + step
-                        pred[nxt] = sid
-                        heapq.heappush(heap, (cost + step, nxt))
+                    arc_from.append(index[sid])
+                    arc_to.append(index[nxt])
+                    arc_cost.append(step)
+            self._turns = (ShortestPaths(len(ids), arc_from, arc_to, arc_cost), ids, index)
+        return self._turns
+
+    def path(self, waypoints: Sequence[int]) -> list[str]:
+        """Segments through the waypoints (graph nodes), never U-turning."""
+        net = self.net
+        turns, ids, index = self._line_graph()
+        result: list[str] = []
+        for start, target in pairwise(waypoints):
+            first = net.successors(result[-1]) if result else net.out_segments(start)
+            back = net.find_reverse(result[-1]) if result else None
+            seeds = []
+            for sid in first:
+                cost = self._cost(net.get_segment(sid))
+                if cost is not None and sid != back:
+                    seeds.append((index[sid], cost))
+            found = turns.first_reached(seeds, [index[s] for s in net.in_segments(target)])
             if found is None:
                 raise RuntimeError(f"demo bus route has no path from node {start} to {target}")
-            leg: list[str] = []
-            cur: str | None = found
-            while cur is not None:
-                leg.append(cur)
-                cur = pred[cur]
-            result.extend(reversed(leg))
+            end, _, arcs = found
+            first_node = turns.arc_from[arcs[0]] if arcs else end
+            result.append(ids[first_node])
+            result.extend(ids[turns.arc_to[a]] for a in arcs)
         return result
 
     def stop_for(self, seg: RoadSegment) -> _StopSite | None:

@@ -68,11 +68,12 @@ class ShortestPaths:
             raise ValueError("arc_metres must have one value per arc")
         self.n_nodes = n_nodes
         self.arc_from: list[int] = list(arc_from)
+        self.arc_to: list[int] = list(arc_to)
         self.arc_cost: list[float] = list(arc_cost)
         self.arc_metres: list[float] | None = None if arc_metres is None else list(arc_metres)
         # Adjacency as plain tuples: the inner loop then touches no objects.
         out: list[list[tuple[int, int, float]]] = [[] for _ in range(n_nodes)]
-        for i, (a, b, c) in enumerate(zip(self.arc_from, arc_to, self.arc_cost, strict=True)):
+        for i, (a, b, c) in enumerate(zip(self.arc_from, self.arc_to, self.arc_cost, strict=True)):
             if c != _INF:
                 out[a].append((i, b, c))
         self._out = out
