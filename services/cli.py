@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from shared.bus import EventBus, bus_from_url
+from shared.clock import Clock
 from shared.config import SERVICE_PORTS, Config, load_config
 from shared.errors import TtiError
 from shared.service import READINESS, configure_logging
@@ -70,9 +71,10 @@ def _config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
     return load_config(**overrides)
 
 
-def make_bus(config: Config) -> EventBus:
-    """The configured bus backend (not started)."""
-    kwargs: dict[str, Any] = {"partitions": config.partitions, "prefix": config.bus_prefix}
+def make_bus(config: Config, clock: Clock) -> EventBus:
+    """The configured bus backend (not started); ``clock`` stamps its envelopes."""
+    kwargs: dict[str, Any] = {"partitions": config.partitions, "prefix": config.bus_prefix,
+                              "clock": clock}
     if not config.bus_url.startswith("memory:"):
         kwargs["stream"] = config.bus_stream
     return bus_from_url(config.bus_url, **kwargs)
@@ -119,18 +121,22 @@ async def _serve_until_signal(runner: web.AppRunner, sites: list[web.BaseSite],
         await runner.cleanup()
 
 
-def build_embedded(config: Config, bus: EventBus) -> tuple[web.Application, Any]:
-    """All four services in one app tree: publisher at ``/``, the others mounted below it."""
+def build_embedded(config: Config, bus: EventBus, clock: Clock
+                   ) -> tuple[web.Application, Any]:
+    """All four services in one app tree: publisher at ``/``, the others mounted below it.
+
+    Every service reads time through ``clock``: the one clock of the process.
+    """
     from services.bigdata.app import create_app as bigdata_app
     from services.collector.app import create_app as collector_app
     from services.publisher.app import create_app as publisher_app
     from services.warning.app import create_app as warning_app
 
-    root = publisher_app(config, bus=bus)
+    root = publisher_app(config, bus=bus, clock=clock)
     subapps = {
-        "bigdata": bigdata_app(config, bus=bus),
-        "warning": warning_app(config, bus=bus),
-        "collector": collector_app(config, bus=bus),
+        "bigdata": bigdata_app(config, bus=bus, clock=clock),
+        "warning": warning_app(config, bus=bus, clock=clock),
+        "collector": collector_app(config, bus=bus, clock=clock),
     }
     for name, sub in subapps.items():
         root.add_subapp(f"/{name}/", sub)
@@ -151,8 +157,10 @@ async def run_embedded(config: Config) -> None:
     )
 
     config, demo = ensure_demo(config)
+    clock = config.make_clock()  # the one clock: services, bus envelopes and the fleet
     # Half the buses report through the simulator's GTFS-rt feed, the rest as JT/T 808 terminals.
-    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=demo), gtfs_rt_share=0.5))
+    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=demo), gtfs_rt_share=0.5),
+                    clock=clock)
     await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
     config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
                             vehicle_registry=config.vehicle_registry
@@ -164,13 +172,13 @@ async def run_embedded(config: Config) -> None:
                             or (f"sim=http://127.0.0.1:{config.http_port}{FEED_PATH}",),
                             gtfs_rt_poll_s=config.gtfs_rt_poll_s if config.gtfs_rt_urls
                             else min(config.gtfs_rt_poll_s, config.sim_interval_s))
-    bus = make_bus(config)
+    bus = make_bus(config, clock)
     await bus.start()
-    root, _ = build_embedded(config, bus)
+    root, _ = build_embedded(config, bus, clock)
     add_incident_routes(root, sim)
     timetable = await asyncio.to_thread(load_timetable, config.gtfs) if demo is not None else None
     add_gtfs_rt_feed_route(root, SimGtfsRtFeed(sim.bus_fixes, timetable=timetable,
-                                               refresh_s=config.sim_interval_s))
+                                               refresh_s=config.sim_interval_s, clock=clock))
     runner = web.AppRunner(root, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.http_host, config.http_port)
@@ -179,7 +187,8 @@ async def run_embedded(config: Config) -> None:
         await sim.start()
         log.info("TTI running", extra={"http": f"http://127.0.0.1:{config.http_port}/",
                                         "jt808_port": config.jt808_port,
-                                        "vehicles": config.sim_vehicles})
+                                        "vehicles": config.sim_vehicles,
+                                        "clock": repr(clock)})
 
     try:
         await _serve_until_signal(runner, [site], after_start=start_sim, before_stop=sim.stop)
@@ -189,24 +198,25 @@ async def run_embedded(config: Config) -> None:
 
 async def serve_one(service: str, config: Config) -> None:
     """``tti serve <service>``: one service, its own HTTP port, the configured bus and store."""
-    bus = make_bus(config)
+    clock = config.make_clock()
+    bus = make_bus(config, clock)
     await bus.start()
     if service == "bigdata":
         from services.bigdata.app import create_app as bigdata_app
 
-        app = bigdata_app(config, bus=bus)
+        app = bigdata_app(config, bus=bus, clock=clock)
     elif service == "collector":
         from services.collector.app import create_app as collector_app
 
-        app = collector_app(config, bus=bus)
+        app = collector_app(config, bus=bus, clock=clock)
     elif service == "warning":
         from services.warning.app import create_app as warning_app
 
-        app = warning_app(config, bus=bus)
+        app = warning_app(config, bus=bus, clock=clock)
     else:
         from services.publisher.app import create_app as publisher_app
 
-        app = publisher_app(config, bus=bus)
+        app = publisher_app(config, bus=bus, clock=clock)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
@@ -283,7 +293,8 @@ async def simulate(config: Config) -> None:
     from services.simulator.fleet import Simulator, sim_config_from
 
     config, demo = ensure_demo(config)
-    sim = Simulator(sim_config_from(config, demo=demo))
+    # Run the collector with the same TTI_CLOCK_RATE/START, or its time checks refuse reports.
+    sim = Simulator(sim_config_from(config, demo=demo), clock=config.make_clock())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

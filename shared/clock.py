@@ -24,9 +24,14 @@ __all__ = ["Clock", "parse_clock_start"]
 
 
 class Clock:
-    """UTC time, monotonic time and sleeping, at ``rate`` × real time from ``start``."""
+    """UTC time, monotonic time and sleeping, at ``rate`` × real time from ``start``.
 
-    __slots__ = ("_mono0", "_real0", "_virtual0", "rate")
+    A real-time clock (rate 1, no start) reads the system's wall clock as it is, NTP steps
+    included. Any other clock advances its virtual time on the monotonic clock, so a replay
+    never jumps when the wall clock is stepped, and ``time()`` and ``monotonic()`` agree.
+    """
+
+    __slots__ = ("_mono0", "_real", "_virtual0", "rate")
 
     def __init__(self, rate: float = 1.0, *, start: datetime | None = None) -> None:
         if not (math.isfinite(rate) and rate > 0):
@@ -34,18 +39,20 @@ class Clock:
         if start is not None and start.tzinfo is None:
             raise ConfigError("clock start must be an aware datetime")
         self.rate = float(rate)
-        self._real0 = _time.time()
+        self._real = self.rate == 1.0 and start is None
         self._mono0 = _time.monotonic()
-        self._virtual0 = self._real0 if start is None else start.timestamp()
+        self._virtual0 = _time.time() if start is None else start.timestamp()
 
     @property
     def realtime(self) -> bool:
         """Whether this clock is the wall clock itself (rate 1, no start offset)."""
-        return self.rate == 1.0 and self._virtual0 == self._real0
+        return self._real
 
     def time(self) -> float:
         """Seconds since the epoch (UTC), like ``time.time()``."""
-        return self._virtual0 + (_time.time() - self._real0) * self.rate
+        if self._real:
+            return _time.time()
+        return self._virtual0 + (_time.monotonic() - self._mono0) * self.rate
 
     def now(self) -> datetime:
         """The current time as an aware UTC datetime."""
@@ -59,13 +66,19 @@ class Clock:
         """How long ``seconds`` of this clock's time take in real time."""
         return seconds / self.rate
 
+    def clock_seconds(self, real_seconds: float) -> float:
+        """How many of this clock's seconds pass in ``real_seconds`` of real time."""
+        return real_seconds * self.rate
+
     async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` of this clock's time."""
+        """Sleep ``seconds`` of this clock's time (``sleep(0)`` just yields)."""
         await asyncio.sleep(max(0.0, seconds) / self.rate)
 
     @classmethod
     def from_settings(cls, rate: float, start: str) -> Clock:
-        """A clock from the ``clock_rate`` and ``clock_start`` settings."""
+        """A clock from the ``clock_rate`` and ``clock_start`` settings (errors name them)."""
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"TTI_CLOCK_RATE must be a positive number, not {rate!r}")
         return cls(rate, start=parse_clock_start(start))
 
     def __repr__(self) -> str:

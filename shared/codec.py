@@ -38,10 +38,14 @@ class Envelope(Generic[T]):
 
     @classmethod
     def new(cls, subject: Subject[T], payload: T, *, correlation_id: str | None = None,
-            event_id: str | None = None) -> Envelope[T]:
-        """A fresh envelope; the correlation id defaults to the event id."""
+            event_id: str | None = None, created_at: datetime | None = None) -> Envelope[T]:
+        """A fresh envelope; the correlation id defaults to the event id.
+
+        ``created_at`` is the bus's clock reading (``shared/clock.py``); without one, now.
+        """
         eid = event_id or uuid.uuid4().hex
-        return cls(eid, subject.name, datetime.now(UTC), correlation_id or eid, payload)
+        return cls(eid, subject.name, created_at or datetime.now(UTC), correlation_id or eid,
+                   payload)
 
 
 def _default(obj: object) -> object:
@@ -95,16 +99,16 @@ def _converter(hint: Any) -> Convert:
         nested = hint
         return lambda value, name: payload_from_dict(nested, value)
     if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            item = _converter(args[0])
+        parts = typing.get_args(hint)
+        if len(parts) == 2 and parts[1] is Ellipsis:
+            item = _converter(parts[0])
 
             def to_tuple(value: object, name: str) -> object:
                 if not isinstance(value, list | tuple):
                     raise DecodeError(f"field {name!r} must be a list", code="bad_field")
                 return tuple(item(v, name) if v is not None else None for v in value)
             return to_tuple
-        items = [_converter(a) for a in args]
+        items = [_converter(a) for a in parts]
 
         def to_fixed(value: object, name: str) -> object:
             if not isinstance(value, list | tuple) or len(value) != len(items):

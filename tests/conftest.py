@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -11,6 +12,7 @@ from typing import Any, NoReturn
 import pytest
 
 from shared.bus.memory import MemoryBus
+from shared.clock import Clock
 from shared.errors import BusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +92,47 @@ class FlakyBus(MemoryBus):
         if self.down:
             raise BusError("bus away")
         return await super().publish(subject, payload, **kwargs)
+
+
+class ManualClock(Clock):
+    """A :class:`~shared.clock.Clock` the test moves by hand: ``at`` is its epoch time.
+
+    ``monotonic`` reads the same value; ``sleep`` returns once the test has moved the clock
+    past its deadline (``sleep(0)`` just yields).
+    """
+
+    def __init__(self, at: float = 1_700_000_000.0) -> None:
+        super().__init__()
+        self._at = at
+        self._moved = asyncio.Event()
+
+    @property
+    def at(self) -> float:
+        """The clock's time, epoch seconds; setting it wakes the sleepers it concerns."""
+        return self._at
+
+    @at.setter
+    def at(self, value: float) -> None:
+        self._at = value
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    @property
+    def realtime(self) -> bool:
+        return False
+
+    def time(self) -> float:
+        return self._at
+
+    def monotonic(self) -> float:
+        return self._at
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self._at + max(0.0, seconds)
+        await asyncio.sleep(0)
+        while self._at < deadline:
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on by ``seconds``."""
+        self.at = self._at + seconds

@@ -38,6 +38,7 @@ from services.bigdata.store import (
 )
 from services.bigdata.store.features import SEARCH_KINDS, check_kinds
 from services.bigdata.store.gtfs import gtfs_time
+from shared.clock import Clock
 from shared.errors import BadRequest, NotFound
 from shared.events import SegmentSpeed
 from shared.roadnet import RoadSegment
@@ -52,10 +53,12 @@ MAX_QUERY_CHARS = 100
 
 @dataclass(frozen=True, slots=True)
 class ApiContext:
-    """What the handlers need: the store and the latest live speed of a segment."""
+    """What the handlers need: the store, the latest live speed of a segment, the clock
+    (what "now" means for the default time ranges)."""
 
     store: GeoStore
     latest_speed: Callable[[str], SegmentSpeed | None]
+    clock: Clock
 
 
 API = web.AppKey("bigdata_api", ApiContext)
@@ -250,7 +253,7 @@ async def _speeds(request: web.Request) -> web.Response:
     sid = request.match_info["segment_id"]
     if await store.find_segment(sid) is None:
         raise NotFound(f"no segment {sid!r}")
-    now = datetime.now(UTC)
+    now = request.app[API].clock.now()
     since = _parse_time(request.query.get("since"), now - timedelta(hours=24), "since")
     until = _parse_time(request.query.get("until"), now + timedelta(minutes=1), "until")
     if since >= until:
@@ -285,7 +288,7 @@ async def _segment_profile(request: web.Request) -> web.Response:
 
 
 async def _profiles(request: web.Request) -> web.Response:
-    at = _parse_time(request.query.get("at"), datetime.now(UTC), "at")
+    at = _parse_time(request.query.get("at"), request.app[API].clock.now(), "at")
     profiles = await _store(request).profiles_at(at)
     bucket = bucket_of(at)
     return web.json_response({

@@ -6,7 +6,13 @@ parked vehicles and ignition-off time out of them (``speeds.py``). Consumes
 ``tti.detector.reading``: a reading of a detector in the registry (``detector`` features in the
 geodatabase) is fused with the probe window of the segment it watches (``source``
 ``probe+detector``), or published alone (``detector``) when no probe drove the segment. Persists
-each value and publishes ``tti.segment.speed``.
+each value and publishes ``tti.segment.speed``. A value is stored once and then owed to the bus:
+what the bus refuses waits in an outbox and is sent again on the next flush (``outbox.py``,
+event id ``speed:<segment>:<bucket>``, so JetStream drops a duplicate resend).
+
+**Time** is the service's clock (``shared/clock.py``): it decides which windows are due, what
+arrived late, and paces the flush loop, so under a clock at rate 10 a window of 60 s closes after
+6 real seconds.
 
 **Several replicas** (``TTI_REPLICA_COUNT`` > 1): vehicles are partitioned, so each replica sees
 part of every segment's traffic. Each publishes its share of a window once the window is over
@@ -24,13 +30,11 @@ internal geodatabase API under ``/v1`` (``api.py``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -40,6 +44,7 @@ from services.bigdata.api import ApiContext, add_routes
 from services.bigdata.gtfs_import import import_gtfs_file
 from services.bigdata.matching import MatchGraph, OnlineMatcher
 from services.bigdata.osm_features import import_osm_file
+from services.bigdata.outbox import Outbox, Outgoing
 from services.bigdata.profiles import keep_profiles
 from services.bigdata.speeds import (
     FusedSpeed,
@@ -54,6 +59,7 @@ from services.bigdata.store import GeoStore, SpeedRecord, store_from_url
 from services.bigdata.transit import setup_transit
 from shared.bus import EventBus
 from shared.bus.base import Subscription
+from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config
 from shared.errors import DecodeError, NotFound, TransientError, TtiError
@@ -96,9 +102,9 @@ _ReadingKey = tuple[str, int | None, datetime]  # detector, lane, end of interva
 class Bigdata:
     """Live state of the service: network, per-vehicle probes, open windows, detector readings.
 
-    ``clock`` (epoch seconds) decides which windows are due and what arrived late; tests drive
-    it. With one replica ``merger`` is ``windows`` itself; with several it merges every
-    replica's shares of the segments this replica owns.
+    ``clock`` (default: the configured one) decides which windows are due and what arrived
+    late, and paces the flush loop. With one replica ``merger`` is ``windows`` itself; with
+    several it merges every replica's shares of the segments this replica owns.
     """
 
     MAX_VEHICLES = 200_000
@@ -113,11 +119,11 @@ class Bigdata:
     PUBLISH_BATCH = 256
 
     def __init__(self, config: Config, bus: EventBus, store: GeoStore, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.bus = bus
         self.store = store
-        self.clock = clock
+        self.clock = clock or config.make_clock()
         self.network: RoadNetwork | None = None
         self.graph: MatchGraph | None = None
         self.matchers: OrderedDict[str, tuple[float, VehicleProbe]] = OrderedDict()
@@ -135,7 +141,11 @@ class Bigdata:
         self.detectors_loaded_at = -math.inf
         # (segment, window) -> readings; keyed per reading so a redelivery replaces, not adds.
         self.readings: dict[tuple[str, int], dict[_ReadingKey, DetectorReading]] = {}
-        self._outbox: list[tuple[str, SpeedPartial]] = []  # (event id, share) not yet on the bus
+        # What the bus has not taken yet: shares for the mergers, closed values for everyone.
+        self.partials_out = Outbox(bus, SEGMENT_SPEED_PARTIAL, limit=self.MAX_OUTBOX,
+                                   batch=self.PUBLISH_BATCH)
+        self.speeds_out = Outbox(bus, SEGMENT_SPEED, limit=self.MAX_OUTBOX,
+                                 batch=self.PUBLISH_BATCH)
         self._position_sub: Subscription | None = None
         self._subs: list[Subscription] = []
         self.partials_published = 0
@@ -207,7 +217,7 @@ class Bigdata:
             log.info("detector registry: %d of %d detectors watch a segment", len(mapping),
                      len(features))
         self.detectors = mapping
-        self.detectors_loaded_at = self.clock()
+        self.detectors_loaded_at = self.clock.time()
         DETECTORS.set(len(mapping))
 
     # --- consumers -----------------------------------------------------------------------------
@@ -242,7 +252,7 @@ class Bigdata:
             if self._position_sub is not None:
                 await self._position_sub.stop()
                 self._position_sub = None
-            await self.flush(self.clock(), final=True)
+            await self.flush(self.clock.time(), final=True)
         finally:
             subs, self._subs = self._subs, []
             for sub in subs:
@@ -250,7 +260,11 @@ class Bigdata:
         # What is still open is closed now rather than lost with the process (its messages are
         # acked). Shares of these windows that arrive later go to the restarted replica, which
         # publishes them as a value of their own; from the next window on all is exact again.
-        await self._close(math.inf)
+        await self._close(math.inf, self.clock.time())
+        await self._send_speeds()
+        unsent = len(self.partials_out) + len(self.speeds_out)
+        if unsent:
+            log.error("stopping with %d events the bus did not take (lost)", unsent)
 
     async def on_position(self, env: Envelope[VehiclePosition]) -> None:
         """Match one position and add what the vehicle did to the open windows."""
@@ -268,7 +282,7 @@ class Bigdata:
         else:
             probe = entry[1]
             self.matchers.move_to_end(pos.vehicle_id)
-        self.matchers[pos.vehicle_id] = (self.clock(), probe)
+        self.matchers[pos.vehicle_id] = (self.clock.time(), probe)
         # JT/T 808 status bit 0 is ACC (ignition); other sources do not say.
         acc_on = bool(pos.status & 1) if pos.source == "jt808" else None
         self._add_samples(pos.vehicle_id, probe.update(
@@ -277,7 +291,7 @@ class Bigdata:
 
     def _add_samples(self, vehicle_id: str, samples: list[ProbeSample]) -> None:
         # The matcher decides fixes a little late (its lag): each sample carries its own time.
-        now = self.clock()
+        now = self.clock.time()
         for sample in samples:
             POSITIONS.labels("matched" if sample.result.candidate else "unmatched").inc()
             before = self.windows.late_pieces
@@ -299,7 +313,7 @@ class Bigdata:
         # or a minute's reading ending on the minute would land in the next minute's window.
         middle = reading.observed_at.timestamp() - max(0.0, reading.interval_s) / 2
         bucket = math.floor(middle / self.window_s)
-        now = self.clock()
+        now = self.clock.time()
         if self._merge_due(bucket, now):
             READINGS.labels("late").inc()
             return
@@ -344,7 +358,7 @@ class Bigdata:
             # A replica configured with another window length: its shares cannot be merged.
             raise DecodeError(f"partial of a {partial.window_s} s window, this replica uses "
                               f"{self.window_s} s", code="window_mismatch")
-        if self.merger.add_partial(partial, now=self.clock()):
+        if self.merger.add_partial(partial, now=self.clock.time()):
             self.partials_merged += 1
             PARTIALS.labels("merged").inc()
         else:
@@ -377,7 +391,8 @@ class Bigdata:
 
         With several replicas, first publish this replica's shares of the windows that are over.
         ``final`` (shutdown) first decides every vehicle's pending fixes and hands over the
-        shares of windows still open too.
+        shares of windows still open too. Returns the values closed (and stored) now; what the
+        bus refuses, now or from earlier flushes, is sent again on the next flush.
         """
         if final:
             for vid, (_, probe) in list(self.matchers.items()):
@@ -386,82 +401,74 @@ class Bigdata:
             shares = self.windows.drain_partials(math.inf if final else now, hold_s=self.grace_s)
             await self._publish_partials(shares, now)
         self._evict_idle(now)
-        return await self._close(now)
+        closed = await self._close(now, now)
+        await self._send_speeds()
+        return closed
 
     async def _publish_partials(self, shares: Sequence[SpeedPartial], now: float) -> None:
         index = self.config.replica_index
         for p in shares:
-            # The event id lets JetStream drop a retried publish. A share of a window not over
-            # yet (at shutdown) gets its own id: the restarted replica's share of the same
-            # window must not be taken for a duplicate of it.
+            # A share of a window not over yet (at shutdown) gets its own id: the restarted
+            # replica's share of the same window must not be taken for a duplicate of it.
             over = (p.bucket + 1) * self.window_s + self.grace_s <= now
-            self._outbox.append((f"{index}:{p.segment_id}:{p.bucket}{'' if over else ':final'}",
-                                 p))
-        if len(self._outbox) > self.MAX_OUTBOX:
-            dropped = len(self._outbox) - self.MAX_OUTBOX
-            del self._outbox[:dropped]
-            PARTIALS.labels("dropped").inc(dropped)
+            self.partials_out.add(Outgoing(
+                f"{index}:{p.segment_id}:{p.bucket}{'' if over else ':final'}",
+                SEGMENT_SPEED_PARTIAL, SegmentSpeedPartial(**p.to_payload()), p.segment_id,
+                p.bucket))
         # A share the merger would refuse as late is not worth sending.
-        keep = [(eid, p) for eid, p in self._outbox if not self._merge_due(p.bucket, now)]
-        if len(keep) != len(self._outbox):
-            PARTIALS.labels("expired").inc(len(self._outbox) - len(keep))
-        self._outbox = keep
-        while self._outbox:
-            batch = self._outbox[:self.PUBLISH_BATCH]
-            # Concurrent publishes share round trips; the outbox is only trimmed afterwards,
-            # so a cancelled flush loses nothing (a resend is dropped as a duplicate).
-            results = await asyncio.gather(*(
-                self.bus.publish(SEGMENT_SPEED_PARTIAL, SegmentSpeedPartial(**p.to_payload()),
-                                 key=p.segment_id, event_id=eid)
-                for eid, p in batch), return_exceptions=True)
-            failed = [item for item, r in zip(batch, results, strict=True)
-                      if isinstance(r, BaseException)]
-            sent = len(batch) - len(failed)
-            self.partials_published += sent
-            PARTIALS.labels("published").inc(sent)
-            self._outbox = failed + self._outbox[len(batch):]
-            if failed:
-                error = next(r for r in results if isinstance(r, BaseException))
-                log.warning("%d speed partials not published, retrying on the next flush: %s",
-                            len(self._outbox), error)
-                return
+        expired = self.partials_out.expire(lambda item: self._merge_due(item.bucket, now))
+        if expired:
+            PARTIALS.labels("expired").inc(expired)
+        sent = len(await self.partials_out.send())
+        self.partials_published += sent
+        PARTIALS.labels("published").inc(sent)
 
-    async def _close(self, now: float) -> list[SegmentSpeed]:
-        """Close due windows and due detector-only readings; persist and publish the values."""
+    async def _send_speeds(self) -> None:
+        for item in await self.speeds_out.send():
+            WINDOWS.labels(item.payload.source).inc()
+
+    async def _close(self, due_before: float, now: float) -> list[SegmentSpeed]:
+        """Close the windows and detector-only readings due by ``due_before``; persist them
+        and queue them for the bus (sent by the caller). ``now`` is the clock's time."""
         if self.network is None:
             return []
         w_s = self.window_s
         values: list[tuple[str, int, FusedSpeed]] = []
-        for w in self.merger.close_due(now):
+        for w in self.merger.close_due(due_before):
             bucket = round(w.window_start.timestamp() / w_s)
             held = self.readings.pop((w.segment_id, bucket), None)
             fused = fuse_speeds(w, list(held.values()) if held else (), window_s=w_s)
             if fused is not None:
                 values.append((w.segment_id, bucket, fused))
         # Detectors on segments no probe drove in the window speak for themselves.
-        for key in sorted(k for k in self.readings if self._merge_due(k[1], now)):
+        for key in sorted(k for k in self.readings if self._merge_due(k[1], due_before)):
             fused = fuse_speeds(None, list(self.readings.pop(key).values()), window_s=w_s)
             if fused is not None:
                 values.append((key[0], key[1], fused))
-        events = []
+        events: list[tuple[int, SegmentSpeed]] = []
         for segment_id, bucket, fused in values:
             seg = self.network.segments.get(segment_id)
             if seg is None:  # a registry naming a segment the loaded network lacks
                 READINGS.labels("unknown_segment").inc()
                 continue
-            events.append(self._event(seg, bucket, fused))
+            events.append((bucket, self._event(seg, bucket, fused)))
         if not events:
             return []
+        # Stored once, here; only the publish is retried.
         await self.store.insert_speeds([
             SpeedRecord(segment_id=e.segment_id, window_start=e.window_start,
                         observed_at=e.observed_at, speed_kmh=e.speed_kmh,
                         sample_count=e.sample_count, source=e.source, confidence=e.confidence)
-            for e in events])
-        for e in events:
+            for _, e in events])
+        for bucket, e in events:
             self.latest[e.segment_id] = e
-            await self.bus.publish(SEGMENT_SPEED, e)
-            WINDOWS.labels(e.source).inc()
-        return events
+            # One id per segment and window: a resend is a duplicate JetStream drops. A window
+            # closed early at shutdown gets its own: the restarted replica publishes the rest of
+            # that window as a value of its own, which must not be taken for a duplicate.
+            final = "" if self._merge_due(bucket, now) else ":final"
+            self.speeds_out.add(Outgoing(f"speed:{e.segment_id}:{bucket}{final}", SEGMENT_SPEED,
+                                         e, None, bucket))
+        return [e for _, e in events]
 
     def _event(self, seg: RoadSegment, bucket: int, fused: FusedSpeed) -> SegmentSpeed:
         mid = seg.coords[len(seg.coords) // 2]
@@ -477,8 +484,8 @@ class Bigdata:
         """Close windows a few times per window length, refresh the detector registry, forever."""
         interval = max(0.2, min(5.0, self.window_s / 4))
         while True:
-            await asyncio.sleep(interval)
-            now = self.clock()
+            await self.clock.sleep(interval)
+            now = self.clock.time()
             if now - self.detectors_loaded_at >= self.DETECTOR_REFRESH_S:
                 try:
                     await self.load_detectors()
@@ -495,11 +502,17 @@ class Bigdata:
 BIGDATA = web.AppKey("bigdata", Bigdata)
 
 
-def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) -> web.Application:
-    """Wire the bigdata service; resources open in ``cleanup_ctx``, nothing happens here."""
+def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None,
+               clock: Clock | None = None) -> web.Application:
+    """Wire the bigdata service; resources open in ``cleanup_ctx``, nothing happens here.
+
+    ``clock`` (default: the configured one) is the time of windows, profiles, bus ETAs and the
+    API's defaults.
+    """
+    clock = clock or config.make_clock()
     app = create_base_app("bigdata", config)
-    store = store or store_from_url(config.db_url)
-    bd = Bigdata(config, bus, store)
+    store = store or store_from_url(config.db_url, clock=clock)
+    bd = Bigdata(config, bus, store, clock=clock)
     app[BIGDATA] = bd
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -511,7 +524,7 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) 
             await bd.start()
             spawn(app, bd.flush_loop(), name="bigdata-flush")
             # Time-of-week profiles and learned free flow: at start, then hourly (profiles.py).
-            spawn(app, keep_profiles(store), name="bigdata-profiles")
+            spawn(app, keep_profiles(store, clock=clock), name="bigdata-profiles")
             yield
             await bd.stop()
         finally:
@@ -519,7 +532,7 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) 
 
     app.cleanup_ctx.append(resources)
     # After `resources`: transit needs the road network loaded.
-    setup_transit(app, config, bus, network=lambda: bd.network)
+    setup_transit(app, config, bus, network=lambda: bd.network, clock=clock)
     add_readiness_check(app, "road_network", lambda: (
         bd.network is not None,
         f"{len(bd.network.segments)} segments" if bd.network else "not loaded"))
@@ -528,5 +541,5 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None) 
     if config.gtfs:
         # A rejected feed is reported here but does not take the road API out of service.
         add_readiness_check(app, "gtfs", lambda: (bd.gtfs_state != "importing", bd.gtfs_state))
-    add_routes(app, ApiContext(store, bd.latest.get))
+    add_routes(app, ApiContext(store, bd.latest.get, clock))
     return app

@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+from shared.clock import Clock
 
 if TYPE_CHECKING:
     from services.bigdata.store.base import GeoStore
@@ -112,15 +114,16 @@ def local_hour_sql(epoch: str) -> str:
     return f"((({epoch}) + {UTC_OFFSET_S}) % 86400) / 3600"
 
 
-async def keep_profiles(store: GeoStore, *, interval_s: float = RECOMPUTE_INTERVAL_S,
-                        history_days: float = HISTORY_DAYS,
-                        clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+async def keep_profiles(store: GeoStore, *, clock: Clock,
+                        interval_s: float = RECOMPUTE_INTERVAL_S,
+                        history_days: float = HISTORY_DAYS) -> None:
     """Recompute profiles over the last ``history_days`` now and every ``interval_s``, forever.
 
-    A failure is logged and retried at the next turn; the previous profiles stay served.
+    Both in ``clock`` time (a fast clock recomputes sooner in real time). A failure is logged
+    and retried at the next turn; the previous profiles stay served.
     """
     while True:
-        until = clock()
+        until = clock.now()
         try:
             n = await store.recompute_profiles(until - timedelta(days=history_days), until)
             log.info("time-of-week profiles recomputed: %d segment buckets", n)
@@ -128,7 +131,7 @@ async def keep_profiles(store: GeoStore, *, interval_s: float = RECOMPUTE_INTERV
             raise
         except Exception:
             log.exception("recomputing time-of-week profiles failed")
-        await asyncio.sleep(interval_s)
+        await clock.sleep(interval_s)
 
 
 def bucket_of_epoch(epoch_s: int) -> int:

@@ -24,6 +24,7 @@ from services.collector.jt808_gateway import Jt808Gateway
 from services.collector.registry import VehicleRegistry
 from services.collector.terminals import TerminalStore, terminal_store_from_url
 from shared.bus import EventBus
+from shared.clock import Clock
 from shared.config import Config
 from shared.service import add_readiness_check, create_base_app
 
@@ -33,11 +34,17 @@ GATEWAY = web.AppKey("jt808_gateway", Jt808Gateway)
 
 
 def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None = None,
-               registry: VehicleRegistry | None = None) -> web.Application:
-    """Wire the collector; the TCP server starts in ``cleanup_ctx``."""
+               registry: VehicleRegistry | None = None,
+               clock: Clock | None = None) -> web.Application:
+    """Wire the collector; the TCP server starts in ``cleanup_ctx``.
+
+    ``clock`` (default: the configured one) is what every time check, timeout and poll of the
+    collector reads.
+    """
+    clock = clock or config.make_clock()
     app = create_base_app("collector", config)
-    store = terminals or terminal_store_from_url(config.db_url)
-    gateway = Jt808Gateway(
+    store = terminals or terminal_store_from_url(config.db_url, clock=clock)
+    gateway = Jt808Gateway(clock=clock,
         bus=bus, terminals=store, registry=registry or VehicleRegistry(),
         heartbeat_s=config.jt808_heartbeat_s, idle_factor=config.jt808_idle_factor,
         max_connections=config.jt808_max_connections,
@@ -67,7 +74,7 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
                                                else "not started"))
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
-    _add_feeds_and_detectors(app, config, bus)
+    _add_feeds_and_detectors(app, config, bus, clock)
     return app
 
 
@@ -91,15 +98,17 @@ async def _openapi(request: web.Request) -> web.Response:
     })
 
 
-def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus) -> None:
+def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus,
+                             clock: Clock) -> None:
     """GTFS-rt pollers (when feeds are configured), HTTP detector routes, MQTT (when set)."""
     intake = DetectorIntake(bus, max_body=config.detector_max_body,
-                            max_items=config.detector_max_items, tokens=config.sensor_tokens)
+                            max_items=config.detector_max_items, tokens=config.sensor_tokens,
+                            wall=clock.now)
     add_detector_routes(app, intake)
     add_feature_state_routes(app, intake)
     app.router.add_get("/openapi.json", _openapi)
     if config.gtfs_rt_urls:
-        poller = GtfsRtPoller.from_config(config, bus=bus)
+        poller = GtfsRtPoller.from_config(config, bus=bus, clock=clock)
         app[GTFS_RT] = poller
         app.cleanup_ctx.append(poller.cleanup_ctx)
         add_readiness_check(app, "gtfs_rt", poller.readiness)

@@ -356,6 +356,10 @@ class DetectorIntake:
         self.tokens = frozenset(t for t in tokens if t)
         self._wall = wall
 
+    def now(self) -> datetime:
+        """The time records are checked against (the service's clock; UTC)."""
+        return self._wall()
+
     def reject(self, transport: str, record: str, code: str, n: int = 1) -> None:
         """Count ``n`` rejections (``code`` must be one of :data:`REASONS`)."""
         REJECTED.labels(transport, record, code).inc(n)
@@ -762,7 +766,7 @@ class MqttDetectorInput:
     def _set_connected(self) -> None:
         where = f"{self.target.host}:{self.target.port}"
         if self.primed and self._down_logged:
-            down = (datetime.now(UTC) - self.down_since).total_seconds() \
+            down = (self.intake.now() - self.down_since).total_seconds() \
                 if self.down_since else 0.0
             log.info("MQTT detector input reconnected to %s after %.0f s", where, down)
         elif not self.primed:
@@ -781,7 +785,7 @@ class MqttDetectorInput:
         MQTT_UP.set(0)
         where = f"{self.target.host}:{self.target.port}"
         if self.down_since is None:
-            self.down_since = datetime.now(UTC)
+            self.down_since = self.intake.now()
         if self._down_logged:
             log.debug("MQTT reconnect to %s failed: %s", where, reason)
         elif was or self.primed or self._monotonic() - self._started >= self.READY_GRACE_S:
@@ -861,7 +865,7 @@ class MqttDetectorInput:
                                     "without the retain flag)")
             if len(payload) > self.intake.max_body:
                 raise InvalidRecord("too_large", f"message exceeds {self.intake.max_body} bytes")
-            state = parse_state(parts[0], parts[1], load_json(payload), now=datetime.now(UTC),
+            state = parse_state(parts[0], parts[1], load_json(payload), now=self.intake.now(),
                                 source="mqtt")
         except InvalidRecord as exc:
             REJECTED.labels(exc.code).inc()

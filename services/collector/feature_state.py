@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -130,7 +130,7 @@ async def _post_state(request: web.Request) -> web.Response:
     raw = await read_sensor_request(request, intake, lambda code: REJECTED.labels(code).inc())
     try:
         state = parse_state(request.match_info["kind"], request.match_info["feature_id"],
-                            load_json(raw), now=datetime.now(UTC))
+                            load_json(raw), now=intake.now())
     except InvalidRecord as exc:
         REJECTED.labels(exc.code).inc()
         raise BadRequest(exc.message, code=exc.code) from exc

@@ -28,7 +28,6 @@ import logging
 import math
 import random
 import re
-import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -44,6 +43,7 @@ from google.transit import gtfs_realtime_pb2
 from prometheus_client import Counter, Gauge
 
 from shared.bus import EventBus
+from shared.clock import Clock
 from shared.config import Config
 from shared.errors import BusError, ConfigError
 from shared.events import VEHICLE_POSITION, VehiclePosition
@@ -313,9 +313,11 @@ class GtfsRtPoller:
 
     def __init__(self, sources: Sequence[FeedSource], *, bus: EventBus, poll_s: float = 15.0,
                  stale_s: float = 120.0, timeout_s: float = 10.0, max_bytes: int = 10_000_000,
-                 session: aiohttp.ClientSession | None = None,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 session: aiohttp.ClientSession | None = None, clock: Clock | None = None,
+                 monotonic: Callable[[], float] | None = None,
+                 wall: Callable[[], datetime] | None = None) -> None:
+        """``clock`` paces the polls and dates the positions; ``monotonic`` and ``wall``
+        (default: the clock's) can be moved by hand in tests of staleness and ages."""
         if poll_s <= 0 or stale_s <= 0 or timeout_s <= 0 or max_bytes <= 0:
             raise ConfigError("GTFS-rt poll, stale, timeout and size limits must be positive")
         self.feeds = [FeedState(s) for s in sources]
@@ -326,18 +328,20 @@ class GtfsRtPoller:
         self.max_bytes = max_bytes
         self._session = session
         self._own_session = session is None
-        self._monotonic = monotonic
-        self._wall = wall
+        self.clock = clock = clock or Clock()
+        self._monotonic = monotonic or clock.monotonic
+        self._wall = wall or clock.now
         self._tasks: set[asyncio.Task[None]] = set()
-        now = monotonic()
+        now = self._monotonic()
         for f in self.feeds:
             f.started_mono = now
             FEED_UP.labels(f.source.name).set(0)
 
     @classmethod
-    def from_config(cls, config: Config, *, bus: EventBus) -> GtfsRtPoller:
+    def from_config(cls, config: Config, *, bus: EventBus,
+                    clock: Clock | None = None) -> GtfsRtPoller:
         """A poller for ``TTI_GTFS_RT_URLS`` with the configured timings."""
-        return cls(parse_feed_sources(config.gtfs_rt_urls), bus=bus,
+        return cls(parse_feed_sources(config.gtfs_rt_urls), bus=bus, clock=clock,
                    poll_s=config.gtfs_rt_poll_s, stale_s=config.gtfs_rt_stale_s,
                    timeout_s=config.gtfs_rt_timeout_s, max_bytes=config.gtfs_rt_max_bytes)
 
@@ -397,9 +401,10 @@ class GtfsRtPoller:
                 delay = min(self.poll_s, backoff)
                 backoff *= 2
             if result.retry_after_s:  # the server asked us to back off (429/503)
-                delay = max(delay, result.retry_after_s)
+                # Its Retry-After counts real seconds; our delays count clock seconds.
+                delay = max(delay, self.clock.clock_seconds(result.retry_after_s))
             # Jitter keeps replicas polling the same feed from hitting it in lockstep.
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            await self.clock.sleep(delay * random.uniform(0.9, 1.1))
 
     # ---- one poll -------------------------------------------------------------------------
     async def poll_once(self, feed: FeedState) -> PollResult:
@@ -536,7 +541,7 @@ class GtfsRtPoller:
     def _succeeded(self, feed: FeedState, *, new_data: bool) -> None:
         now = self._monotonic()
         feed.last_success_mono = now
-        LAST_SUCCESS.labels(feed.source.name).set(time.time())
+        LAST_SUCCESS.labels(feed.source.name).set(self._wall().timestamp())
         if not feed.primed:
             feed.primed = True
             new_data = True
@@ -638,6 +643,7 @@ def _retry_after(raw: str | None) -> float | None:
         seconds = float(raw)
     except ValueError:
         try:
+            # An HTTP date is the server's real time, so it is measured against real time.
             seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None

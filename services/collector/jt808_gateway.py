@@ -15,6 +15,12 @@ when it runs dry), frames waiting for the bus (reading pauses), bytes waiting to
 terminal that does not read (reading pauses, then the connection is dropped), and split messages
 in reassembly. Silent connections are closed after ``heartbeat_s * idle_factor``.
 
+Time: every check and timer reads the gateway's clock (``shared/clock.py``): the future/stale
+time check of a report, the server time of 0x8004, idle and close timeouts, the frame budget,
+split-message reassembly and 0x8003 resend requests. Under a clock at rate 10 the gateway
+behaves in clock seconds exactly as it does at rate 1 (a replayed fleet reports ten times as
+often per real second, and its frame budget is ten times larger per real second too).
+
 Hot path: ``data_received`` decodes every frame of one read synchronously; only frames that need
 the bus or the terminal store start a per-connection task, which then also works through the
 frames behind them, in order. Replies of one loop iteration go out in one ``write``.
@@ -38,6 +44,7 @@ from prometheus_client import Counter, Gauge
 from services.collector.registry import VehicleRegistry
 from services.collector.terminals import TerminalStore
 from shared.bus import EventBus
+from shared.clock import Clock
 from shared.errors import BusError
 from shared.events import TERMINAL_ALARM, VEHICLE_POSITION, TerminalAlarm, VehiclePosition
 from shared.jt808 import (
@@ -252,7 +259,7 @@ class TerminalConnection(asyncio.Protocol):
         self.serial = 0
         self.errors = 0
         self.junk = 0
-        self.last_seen = gateway._loop.time()
+        self.last_seen = gateway._mono()
         self.tokens = gateway.frame_burst
         self.tokens_at = self.last_seen
         self.paused = 0
@@ -312,7 +319,7 @@ class TerminalConnection(asyncio.Protocol):
         if self.closing:
             return
         gw = self.gateway
-        now = gw._loop.time()
+        now = gw._mono()
         self.last_seen = now
         fatal = False
         try:
@@ -338,7 +345,8 @@ class TerminalConnection(asyncio.Protocol):
         if tokens < 0:
             _error("rate_limited").inc()
             self._pause(_PAUSE_RATE)
-            gw._loop.call_later(-tokens / gw.max_frames_per_s, self._resume, _PAUSE_RATE)
+            gw._loop.call_later(gw.clock.real_seconds(-tokens / gw.max_frames_per_s),
+                                self._resume, _PAUSE_RATE)
         if self.worker is not None:
             backlog = self.backlog
             assert backlog is not None
@@ -467,7 +475,7 @@ class TerminalConnection(asyncio.Protocol):
             return None
         gw = self.gateway
         return _position(vid, r, gw.registry.vehicle_class(vid), gw._times.utc(r.time_bcd),
-                         datetime.now(UTC))
+                         gw.clock.now())
 
     def _bad_frame(self, frame: bytes, exc: Jt808Error) -> None:
         _error(exc.kind).inc()
@@ -499,7 +507,8 @@ class TerminalConnection(asyncio.Protocol):
         elif mid == MsgId.T_GENERAL_RESPONSE:
             pass  # the terminal acknowledging one of ours: nothing to answer
         elif mid == MsgId.T_QUERY_SERVER_TIME:
-            now = datetime_to_bcd_time(datetime.now(UTC), UTC)  # the one UTC time (2019)
+            # The one UTC time (2019), on the clock the future-time check uses too.
+            now = datetime_to_bcd_time(self.gateway.clock.now(), UTC)
             self._send(encode_reply(msg, MsgId.P_SERVER_TIME, ServerTimeReply(now),
                                     serial=self._next_serial()))
         else:
@@ -516,7 +525,7 @@ class TerminalConnection(asyncio.Protocol):
         gw = self.gateway
         vid = header.terminal_phone
         vclass = gw.registry.vehicle_class(vid)
-        now = datetime.now(UTC)
+        now = gw.clock.now()
         times = gw._times
         events: list[tuple[VehiclePosition | None, LocationReport, str]] = []
         impossible = False
@@ -551,7 +560,8 @@ class TerminalConnection(asyncio.Protocol):
                                       event_id=eid)
                     published += 1
                 if r.alarm:
-                    await bus.publish(TERMINAL_ALARM, _alarm(vid, vclass, pos, r, version),
+                    alarm = _alarm(vid, vclass, pos, r, version, self.gateway.clock.now())
+                    await bus.publish(TERMINAL_ALARM, alarm,
                                       key=vid, correlation_id=eid,
                                       event_id=report_event_id(vid, eid.encode(), b"alarm"))
         except Exception as exc:
@@ -636,7 +646,7 @@ class TerminalConnection(asyncio.Protocol):
         assert packets is not None
         key = AssemblyKey.of(header)
         try:
-            whole = asm.add(header, msg.body_bytes, gw._loop.time())
+            whole = asm.add(header, msg.body_bytes, gw._mono())
         except Jt808Error as exc:
             _error(exc.kind).inc()
             packets.pop(key, None)
@@ -763,7 +773,7 @@ class TerminalConnection(asyncio.Protocol):
             return
         self.paused &= ~reason
         if not self.paused and not self.closing and self.transport is not None:
-            self.last_seen = self.gateway._loop.time()  # our pause is not the terminal's silence
+            self.last_seen = self.gateway._mono()  # our pause is not the terminal's silence
             self.transport.resume_reading()
 
     def _forget_session(self) -> None:
@@ -789,7 +799,7 @@ class TerminalConnection(asyncio.Protocol):
             self._flush_handle.cancel()
             self._flush()
         self.closing = True
-        self.closing_at = self.gateway._loop.time()
+        self.closing_at = self.gateway._mono()
         if self.transport is not None:
             self.transport.close()  # the sweeper aborts it if the terminal never reads the rest
 
@@ -812,8 +822,8 @@ def _lenient_header(frame: bytes) -> Header | None:
 
 
 def _alarm(vid: str, vclass: str, pos: VehiclePosition | None, r: LocationReport,
-           version: int) -> TerminalAlarm:
-    observed = pos.observed_at if pos is not None else datetime.now(UTC)
+           version: int, now: datetime) -> TerminalAlarm:
+    observed = pos.observed_at if pos is not None else now
     return TerminalAlarm(
         vehicle_id=vid, lon=pos.lon if pos is not None else 0.0,
         lat=pos.lat if pos is not None else 0.0, observed_at=observed,
@@ -828,13 +838,16 @@ class Jt808Gateway:
                  max_connections: int = 20_000, open_registration: bool = True,
                  resend_after_s: float = 10.0, subpacket_timeout_s: float = 120.0,
                  max_frames_per_s: float = 100.0, max_write_buffer: int = 64 * 1024,
-                 max_split_bytes: int = 256 * 1024) -> None:
+                 max_split_bytes: int = 256 * 1024, clock: Clock | None = None) -> None:
         if max_frames_per_s <= 0 or max_write_buffer < 1024 or heartbeat_s <= 0:
             raise ValueError("max_frames_per_s, max_write_buffer and heartbeat_s must be "
                              "positive (write buffer at least 1 KiB)")
         self.bus = bus
         self.terminals = terminals
         self.registry = registry
+        self.clock = clock or Clock()
+        # Bound once: the hot path reads it for every read of every connection.
+        self._mono = self.clock.monotonic
         self.idle_timeout_s = heartbeat_s * idle_factor
         self.max_connections = max_connections
         self.open_registration = open_registration
@@ -904,10 +917,10 @@ class Jt808Gateway:
     async def _sweep(self) -> None:
         """Close silent connections; ask for stalled split messages' missing packets."""
         interval = min(max(min(self.idle_timeout_s, self.resend_after_s) / 4, 0.01), 1.0)
-        loop = self._loop
+        clock = self.clock
         while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
+            await clock.sleep(interval)
+            now = clock.monotonic()
             idle_before = now - self.idle_timeout_s
             abort_before = now - self.close_grace_s
             for c in list(self.connections):

@@ -13,10 +13,11 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from shared.clock import Clock
 from shared.errors import ConfigError, TransientError
 
 
@@ -63,8 +64,9 @@ class TerminalStore(abc.ABC):
 class SqliteTerminalStore(TerminalStore):
     """Terminals in the embedded SQLite database."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Clock | None = None) -> None:
         self.path = path
+        self.clock = clock or Clock()  # stamps registered_at
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -119,7 +121,7 @@ class SqliteTerminalStore(TerminalStore):
 
     async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
         rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
-                             datetime.now(UTC))
+                             self.clock.now())
         await self._q("INSERT OR REPLACE INTO jt808_terminals VALUES (?,?,?,?,?)",
                       (rec.terminal_phone, rec.auth_code, rec.plate, rec.terminal_id,
                        rec.registered_at.isoformat()))
@@ -148,8 +150,10 @@ class PostgresTerminalStore(TerminalStore):
     :class:`~shared.errors.TransientError`, so callers can answer "try again" instead of failing.
     """
 
-    def __init__(self, dsn: str, *, max_connections: int = 4) -> None:
+    def __init__(self, dsn: str, *, max_connections: int = 4,
+                 clock: Clock | None = None) -> None:
         self.dsn = dsn
+        self.clock = clock or Clock()  # stamps registered_at
         self.max_connections = max_connections
         self._pool: Any = None
 
@@ -193,7 +197,7 @@ class PostgresTerminalStore(TerminalStore):
 
     async def register(self, terminal_phone: str, plate: str, terminal_id: str) -> TerminalRecord:
         rec = TerminalRecord(terminal_phone, new_auth_code(), plate, terminal_id,
-                             datetime.now(UTC))
+                             self.clock.now())
         await self._call(
             "execute",
             "INSERT INTO jt808_terminals VALUES ($1,$2,$3,$4,$5) ON CONFLICT (terminal_phone) "
@@ -213,10 +217,10 @@ class PostgresTerminalStore(TerminalStore):
                          terminal_phone)
 
 
-def terminal_store_from_url(url: str) -> TerminalStore:
+def terminal_store_from_url(url: str, *, clock: Clock | None = None) -> TerminalStore:
     """``sqlite:///path`` or ``postgresql://…`` → a terminal store (not yet open)."""
     if url.startswith("sqlite:///"):
-        return SqliteTerminalStore(url.removeprefix("sqlite:///"))
+        return SqliteTerminalStore(url.removeprefix("sqlite:///"), clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresTerminalStore(url)
+        return PostgresTerminalStore(url, clock=clock)
     raise ConfigError(f"unsupported database URL {url!r}")

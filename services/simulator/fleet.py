@@ -3,8 +3,11 @@
 Each vehicle registers (0x0100), authenticates (0x0102) with the code it was given, then sends a
 location report (0x0200) every few seconds and a heartbeat (0x0002) between them, and counts the
 platform's 0x8001 acknowledgments. Vehicles drive the road graph (``world.py``); incidents slow a
-segment down for a while. Ground truth — each segment traversal with its true speed — goes to a
-JSON-lines file so matching and speed accuracy can be measured.
+segment down for a while. The fleet lives on the clock it is given (``shared/clock.py``): its
+reports carry clock time and it paces itself with the clock's sleep, so under a clock at rate 10
+every vehicle drives, reports and heartbeats ten times faster than real time. Ground truth —
+each segment traversal with its true speed — goes to a JSON-lines file so matching and speed
+accuracy can be measured.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import contextlib
 import logging
 import math
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from services.simulator.world import Incident, Leg, Vehicle, World, parse_incident
+from shared.clock import Clock
 from shared.config import Config
 from shared.errors import BadRequest
 from shared.jt808 import (
@@ -147,17 +150,19 @@ def _terminal_id(v: Vehicle) -> str:
 class Simulator:
     """Runs the fleet against a collector; ``start``/``stop`` around its lifetime."""
 
-    def __init__(self, config: SimConfig, *, network: RoadNetwork | None = None) -> None:
+    def __init__(self, config: SimConfig, *, network: RoadNetwork | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.network = network
+        self.clock = clock or Clock()
         self.world: World | None = None
         self.fleet: list[Vehicle] = []
         self.feed_buses: set[str] = set()
         self.stats = TerminalStats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._truth: IO[bytes] | None = None
-        self._t0 = time.monotonic()  # reset by start(); set here so bus_fixes() works before
-        self._epoch = datetime.now(UTC)
+        self._t0 = self.clock.monotonic()  # reset by start(); so bus_fixes() works before
+        self._epoch = self.clock.now()
         self._running = False
         self._route_offsets: dict[str, tuple[dict[str, float], float]] = {}
 
@@ -220,8 +225,8 @@ class Simulator:
         return inc
 
     def sim_time(self) -> float:
-        """Seconds since the simulator started."""
-        return time.monotonic() - self._t0
+        """Clock seconds since the simulator started."""
+        return self.clock.monotonic() - self._t0
 
     def bus_fixes(self) -> list[BusFix]:
         """Current true positions of the buses (vehicles on a route), for the GTFS-rt feed."""
@@ -264,8 +269,8 @@ class Simulator:
     async def start(self) -> None:
         """Connect every terminal (staggered) and start driving."""
         await asyncio.to_thread(self.prepare)
-        self._t0 = time.monotonic()
-        self._epoch = datetime.now(UTC)
+        self._t0 = self.clock.monotonic()
+        self._epoch = self.clock.now()
         self._truth = await asyncio.to_thread(_open_append, Path(self.config.truth_path))
         self._running = True
         rng = random.Random(self.config.seed)
@@ -292,7 +297,8 @@ class Simulator:
 
     # ---- one terminal --------------------------------------------------------------------
     async def _run_terminal(self, term: _Terminal, phase: float) -> None:
-        await asyncio.sleep(phase)
+        # Reports are staggered in clock time; reconnect backoff stays real (it paces TCP).
+        await self.clock.sleep(phase)
         backoff = 1.0
         while self._running:
             try:
@@ -365,18 +371,18 @@ class Simulator:
         term.pending.clear()
         acks = asyncio.create_task(self._read_acks(term, reader, splitter))
         try:
-            last_hb = time.monotonic()
-            next_t = time.monotonic()
+            clock = self.clock
+            last_hb = next_t = clock.monotonic()
             while self._running and not acks.done():
                 writer.write(self._frame(term, MsgId.T_LOCATION, self._report(v)))
                 self.stats.reports_sent += 1
-                if time.monotonic() - last_hb >= self.config.heartbeat_s:
+                if clock.monotonic() - last_hb >= self.config.heartbeat_s:
                     writer.write(self._frame(term, MsgId.T_HEARTBEAT, Heartbeat()))
                     self.stats.heartbeats_sent += 1
-                    last_hb = time.monotonic()
+                    last_hb = clock.monotonic()
                 await writer.drain()
                 next_t += self.config.interval_s
-                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+                await clock.sleep(next_t - clock.monotonic())
         finally:
             acks.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

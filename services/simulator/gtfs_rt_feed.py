@@ -15,12 +15,11 @@ import hashlib
 import io
 import logging
 import math
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,6 +29,7 @@ from google.protobuf import text_format
 from google.transit import gtfs_realtime_pb2
 
 from services.simulator.fleet import BusFix
+from shared.clock import Clock
 
 FEED_PATH = "/api/v1/sim/gtfs-rt/vehicle-positions.pb"
 """Where the embedded run serves the feed (on its HTTP port)."""
@@ -257,14 +257,17 @@ class SimGtfsRtFeed:
 
     def __init__(self, source: Callable[[], Sequence[BusFix]], *,
                  timetable: Timetable | None = None, refresh_s: float = 5.0,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Clock | None = None, monotonic: Callable[[], float] | None = None,
+                 wall: Callable[[], datetime] | None = None) -> None:
+        """``clock`` (the simulator's) dates the feed and paces rebuilds; ``monotonic`` and
+        ``wall`` (default: the clock's) can be moved by hand in tests."""
+        clock = clock or Clock()
         self.source = source
         self.timetable = timetable
         # HTTP dates have whole seconds: faster rebuilds would defeat If-Modified-Since.
         self.refresh_s = max(1.0, refresh_s)
-        self._monotonic = monotonic
-        self._wall = wall
+        self._monotonic = monotonic or clock.monotonic
+        self._wall = wall or clock.now
         self._snapshot: FeedSnapshot | None = None
         self._built_mono = 0.0
 

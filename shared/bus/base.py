@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter
 
+from shared.clock import Clock
 from shared.codec import Envelope
 from shared.errors import ConfigError, DecodeError, TransientError
 from shared.events import Subject, partition_of
@@ -94,9 +95,11 @@ class EventBus(abc.ABC):
     """Publish typed events; consume them through durable, partition-aware subscriptions."""
 
     def __init__(self, *, partitions: int = 16, prefix: str = "tti", max_deliver: int = 5,
-                 nak_delay_s: float = 1.0) -> None:
+                 nak_delay_s: float = 1.0, clock: Clock | None = None) -> None:
         if partitions < 1:
             raise ConfigError("partitions must be ≥ 1")
+        self.clock = clock or Clock()
+        """Stamps envelopes (``time``); protocol timers (ack waits, nak delays) stay real."""
         self.partitions = partitions
         self.prefix = prefix
         self.max_deliver = max_deliver
@@ -112,6 +115,12 @@ class EventBus(abc.ABC):
                 raise ValueError(f"{subject.name} is partitioned: a partition is required")
             return f"{name}.{partition}"
         return name
+
+    def envelope(self, subject: Subject[T], payload: T, *, correlation_id: str | None = None,
+                 event_id: str | None = None) -> Envelope[T]:
+        """A new envelope stamped with this bus's clock."""
+        return Envelope.new(subject, payload, correlation_id=correlation_id, event_id=event_id,
+                            created_at=self.clock.now())
 
     def partition_for(self, subject: Subject[Any], key: str | None) -> int | None:
         """The partition a key publishes to, for partitioned subjects."""

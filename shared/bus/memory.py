@@ -129,7 +129,7 @@ class MemoryBus(EventBus):
         if self._closed:
             raise BusError("bus is closed")
         wire = self.wire_subject(subject, self.partition_for(subject, key))
-        env = Envelope.new(subject, payload, correlation_id=correlation_id, event_id=event_id)
+        env = self.envelope(subject, payload, correlation_id=correlation_id, event_id=event_id)
         raw: bytes | Envelope[Any] = encode_envelope(env) if self.serialize else env
         for durable, consumers in self._groups.get(wire, {}).items():
             if not consumers:

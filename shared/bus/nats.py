@@ -494,7 +494,7 @@ class NatsBus(EventBus):
             raise BusError("NATS bus is closed or not started")
         nc = self._nc_or_raise()
         wire = self.wire_subject(subject, self.partition_for(subject, key))
-        env = Envelope.new(subject, payload, correlation_id=correlation_id, event_id=event_id)
+        env = self.envelope(subject, payload, correlation_id=correlation_id, event_id=event_id)
         raw = encode_envelope(env)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s

@@ -44,6 +44,7 @@ from shared.events import (
     partition_of,
 )
 from shared.roadnet import RoadNetwork
+from tests.conftest import ManualClock
 
 T0 = 472_222 * 3600.0
 """Epoch seconds on a whole hour: windows of the tests start with the traces."""
@@ -54,14 +55,11 @@ Event = tuple[float, Any, Any, str | None]
 """(epoch seconds it is published at, subject, payload, key)."""
 
 
-class Clock:
-    """The service's clock, moved by the test."""
+class Clock(ManualClock):
+    """The service's clock, moved by the test (``at``), starting with the traces."""
 
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, at: float = T0) -> None:
+        super().__init__(at)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +211,7 @@ async def drive(run: Run, events: Sequence[Event], *, step_s: float = 5.0,
     k = 0
     while k < len(pending):
         step_end += step_s
-        run.clock.now = step_end + delay_s
+        run.clock.at = step_end + delay_s
         while k < len(pending) and pending[k][0] < step_end:
             _, subject, payload, key = pending[k]
             await run.bus.publish(subject, payload, key=key)
@@ -221,13 +219,13 @@ async def drive(run: Run, events: Sequence[Event], *, step_s: float = 5.0,
         await run.settle()
         await flush_all(run)
     await flush_all(run, final=True)
-    run.clock.now += 3 * run.replicas[0].window_s + 60.0
+    run.clock.at += 3 * run.replicas[0].window_s + 60.0
     await flush_all(run)
 
 
 async def flush_all(run: Run, *, final: bool = False) -> None:
     for index, bd in enumerate(run.replicas):
-        run.flushed[index] += await bd.flush(run.clock.now, final=final)
+        run.flushed[index] += await bd.flush(run.clock.at, final=final)
     await run.settle()
 
 
@@ -472,7 +470,7 @@ async def test_shutdown_closes_open_windows_instead_of_losing_them(
     traces = fleet(net, count=10, duration_s=110.0, seed=2)
     run = await make_run()
     for t, subject, payload, key in sorted(positions(traces), key=lambda e: e[0]):
-        run.clock.now = t + 1.0
+        run.clock.at = t + 1.0
         await run.bus.publish(subject, payload, key=key)
         await run.settle()
     assert run.sink.speeds == []  # no flush yet: both windows are open

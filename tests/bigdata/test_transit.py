@@ -39,6 +39,7 @@ from shared.events import (
 )
 from shared.roadnet import RoadNetwork
 from shared.service import create_base_app
+from tests.conftest import ManualClock
 
 DAY = date(2026, 3, 3)  # a Tuesday; the demo feed runs daily 06:00-23:00 Asia/Shanghai
 
@@ -87,7 +88,7 @@ class Harness:
     svc: TransitService
     bus: MemoryBus
     client: TestClient[Any, Any]
-    now: list[float]
+    clock: ManualClock
     arrivals: list[BusArrival] = field(default_factory=list)
     predictions: list[ArrivalPrediction] = field(default_factory=list)
     sent: int = 0
@@ -95,14 +96,14 @@ class Harness:
     async def feed(self, positions: list[VehiclePosition]) -> None:
         """Publish positions in order and wait until the tracker has seen the last one."""
         for p in positions:
-            self.now[0] = p.observed_at.timestamp()
+            self.clock.at = p.observed_at.timestamp()
             await self.bus.publish(VEHICLE_POSITION, p, key=p.vehicle_id)
         last = positions[-1]
         await wait_for(lambda: self.svc.tracker is not None and self.svc.positions_handled
                        >= self.sent + len(positions))
         self.sent += len(positions)
         await asyncio.sleep(0.05)  # let the collectors drain what was published meanwhile
-        assert last.observed_at.timestamp() == self.now[0]
+        assert last.observed_at.timestamp() == self.clock.at
 
     async def get(self, path: str, status: int = 200) -> Any:
         resp = await self.client.get(path)
@@ -125,12 +126,12 @@ async def harness(region: DemoRegion, network: RoadNetwork, schedule: Schedule
     config = Config(gtfs=str(region.gtfs_path), partitions=4)
     bus = MemoryBus(partitions=4)
     await bus.start()
-    now = [schedule.service_day_start(DAY) + 8 * 3600]
+    clock = ManualClock(schedule.service_day_start(DAY) + 8 * 3600)
     app = create_base_app("bigdata", config)
-    svc = setup_transit(app, config, bus, network=network, clock=lambda: now[0])
+    svc = setup_transit(app, config, bus, network=network, clock=clock)
     client = TestClient(TestServer(app))
     await client.start_server()
-    h = Harness(svc, bus, client, now)
+    h = Harness(svc, bus, client, clock)
 
     async def on_arrival(env: Envelope[BusArrival]) -> None:
         h.arrivals.append(env.payload)

@@ -45,6 +45,7 @@ from services.bigdata.store.gtfs import (
     GtfsStopTime,
     GtfsTrip,
 )
+from shared.clock import Clock
 from shared.errors import ConfigError
 from shared.roadnet import RoadSegment
 
@@ -395,19 +396,22 @@ def free_flow_of(segment_id: str, default_kmh: float, learned_kmh: float | None,
                     default_kmh=default_kmh)
 
 
-def store_from_url(url: str) -> GeoStore:
-    """``sqlite:///path`` → the embedded store; ``postgresql://…`` → PostGIS."""
+def store_from_url(url: str, *, clock: Clock | None = None) -> GeoStore:
+    """``sqlite:///path`` → the embedded store; ``postgresql://…`` → PostGIS.
+
+    ``clock`` stamps import, profile and live-state times (default: real time).
+    """
     if url.startswith("sqlite:///"):
         from services.bigdata.store.sqlite import SqliteStore
 
-        return SqliteStore(url.removeprefix("sqlite:///"))
+        return SqliteStore(url.removeprefix("sqlite:///"), clock=clock)
     if url == "sqlite://:memory:":
         from services.bigdata.store.sqlite import SqliteStore
 
-        return SqliteStore(":memory:")
+        return SqliteStore(":memory:", clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
         from services.bigdata.store.postgis import PostgisStore
 
-        return PostgisStore(url)
+        return PostgisStore(url, clock=clock)
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///path or "
                       "postgresql://user@host/db")

@@ -81,6 +81,7 @@ from services.bigdata.store.gtfs import (
     stop_from_row,
     trip_from_row,
 )
+from shared.clock import Clock
 from shared.errors import ConfigError, NotFound, TransientError
 from shared.roadnet import RoadSegment
 
@@ -294,14 +295,14 @@ async def _last_digest(conn: asyncpg.Connection, key: str) -> str | None:
     return None if value is None else str(value)
 
 
-async def _record_import(conn: asyncpg.Connection, key: str, source: str, digest: str,
-                         region_name: str, count: int) -> None:
+async def _record_import(conn: asyncpg.Connection, at: datetime, key: str, source: str,
+                         digest: str, region_name: str, count: int) -> None:
     await conn.execute(
         "INSERT INTO imports VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind) DO UPDATE SET "
         "source = EXCLUDED.source, digest = EXCLUDED.digest, region_name = "
         "EXCLUDED.region_name, imported_at = EXCLUDED.imported_at, "
         "item_count = EXCLUDED.item_count",
-        key, source, digest, region_name, datetime.now(UTC), count)
+        key, source, digest, region_name, at, count)
 
 
 async def _write_segments(conn: asyncpg.Connection, segments: Iterable[RoadSegment]) -> int:
@@ -365,8 +366,10 @@ async def _write_features(conn: asyncpg.Connection, source: str, kinds: Sequence
 class PostgisStore(GeoStore):
     """The production store (``postgresql://user@host/db``); needs the PostGIS extension."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                 clock: Clock | None = None) -> None:
         self.dsn = dsn
+        self.clock = clock or Clock()  # import, profile and live-state times
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -412,7 +415,7 @@ class PostgisStore(GeoStore):
                         continue
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)",
-                                       version, datetime.now(UTC))
+                                       version, self.clock.now())
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(self.dsn, min_size=self._min_size,
@@ -444,7 +447,8 @@ class PostgisStore(GeoStore):
             if await _last_digest(conn, "roads") == digest:
                 return False
             count = await _write_segments(conn, segments)
-            await _record_import(conn, "roads", source, digest, region_name, count)
+            await _record_import(conn, self.clock.now(),
+                                 "roads", source, digest, region_name, count)
         return True
 
     async def import_osm(self, source: str, digest: str, region_name: str,
@@ -457,10 +461,12 @@ class PostgisStore(GeoStore):
             feats = await _last_digest(conn, fkey) != features_digest
             if roads:
                 count = await _write_segments(conn, segments)
-                await _record_import(conn, "roads", source, digest, region_name, count)
+                await _record_import(conn, self.clock.now(),
+                                     "roads", source, digest, region_name, count)
             if feats:
                 n = await _write_features(conn, OSM_FEATURE_SOURCE, feature_kinds, features)
-                await _record_import(conn, fkey, source, features_digest, region_name, n)
+                await _record_import(conn, self.clock.now(),
+                                     fkey, source, features_digest, region_name, n)
         return OsmImportOutcome(roads, feats)
 
     async def list_segments(self, bbox: BBox | None = None) -> list[RoadSegment]:
@@ -534,7 +540,7 @@ class PostgisStore(GeoStore):
     # --- profiles ---
 
     async def recompute_profiles(self, since: datetime, until: datetime) -> int:
-        updated_at = datetime.now(UTC)
+        updated_at = self.clock.now()
         async with self._conn() as conn, conn.transaction():
             # Replicas recompute on the same schedule: the first does it, the others wait for
             # it rather than aggregate the same history again in parallel.
@@ -601,7 +607,7 @@ class PostgisStore(GeoStore):
             if await _last_digest(conn, key) == digest:
                 return False
             n = await _write_features(conn, source, kinds, features)
-            await _record_import(conn, key, source, digest, "", n)
+            await _record_import(conn, self.clock.now(), key, source, digest, "", n)
         return True
 
     async def features_in_bbox(self, bbox: BBox | None, kinds: Sequence[str] | None = None,
@@ -688,7 +694,7 @@ class PostgisStore(GeoStore):
     async def update_live(self, kind: str, feature_id: str, live: Mapping[str, Any], *,
                           observed_at: datetime | None = None) -> Feature:
         check_kinds([kind], allowed=frozenset(FEATURE_KINDS))
-        at = observed_at or datetime.now(UTC)
+        at = observed_at or self.clock.now()
         async with self._conn() as conn, conn.transaction():
             current = await _get_feature(conn, kind, feature_id, for_update=True)
             if current.live_updated_at is not None and current.live_updated_at > at:
@@ -737,10 +743,10 @@ class PostgisStore(GeoStore):
                 "digest = EXCLUDED.digest, imported_at = EXCLUDED.imported_at, "
                 "agency_timezone = EXCLUDED.agency_timezone, feed_info = EXCLUDED.feed_info, "
                 "counts = EXCLUDED.counts, warnings = EXCLUDED.warnings",
-                feed, data.source, data.digest, datetime.now(UTC), data.agency_timezone,
+                feed, data.source, data.digest, self.clock.now(), data.agency_timezone,
                 dict(data.feed_info), data.counts(), list(data.warnings))
             await _write_features(conn, key, ("bus_stop", "rail_station"), data.stop_features)
-            await _record_import(conn, key, data.source, data.digest, feed,
+            await _record_import(conn, self.clock.now(), key, data.source, data.digest, feed,
                                  len(data.tables.get("gtfs_stop_times", ())))
         return True
 

@@ -86,6 +86,7 @@ from services.bigdata.store.gtfs import (
     stop_from_row,
     trip_from_row,
 )
+from shared.clock import Clock
 from shared.errors import NotFound, TransientError
 from shared.roadnet import RoadSegment
 
@@ -310,10 +311,10 @@ def _last_digest(conn: sqlite3.Connection, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _record_import(conn: sqlite3.Connection, key: str, source: str, digest: str,
-                   region_name: str, count: int) -> None:
+def _record_import(conn: sqlite3.Connection, at: datetime, key: str, source: str,
+                   digest: str, region_name: str, count: int) -> None:
     conn.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?, ?, ?)",
-                 (key, source, digest, region_name, _ts(datetime.now(UTC)), count))
+                 (key, source, digest, region_name, _ts(at), count))
 
 
 def _insert_road_names(conn: sqlite3.Connection, names: RoadNameIndex) -> None:
@@ -388,8 +389,9 @@ def _sql_date(value: Any) -> Any:
 class SqliteStore(GeoStore):
     """The embedded store used by ``tti run`` (``sqlite:///var/tti.db``)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Clock | None = None) -> None:
         self.path = path
+        self.clock = clock or Clock()  # import, profile and live-state times
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -427,7 +429,7 @@ class SqliteStore(GeoStore):
                     else:
                         migration(conn)
                     conn.execute("INSERT INTO schema_migrations VALUES (?, ?)",
-                                 (version, _ts(datetime.now(UTC))))
+                                 (version, _ts(self.clock.now())))
             return conn
 
         self._conn = await asyncio.to_thread(connect)
@@ -462,7 +464,7 @@ class SqliteStore(GeoStore):
                 if _last_digest(conn, "roads") == digest:
                     return False
                 count = _write_segments(conn, segments)
-                _record_import(conn, "roads", source, digest, region_name, count)
+                _record_import(conn, self.clock.now(), "roads", source, digest, region_name, count)
             return True
 
         return await self._run(write)
@@ -479,10 +481,12 @@ class SqliteStore(GeoStore):
                 feats = _last_digest(conn, fkey) != features_digest
                 if roads:
                     count = _write_segments(conn, segments)
-                    _record_import(conn, "roads", source, digest, region_name, count)
+                    _record_import(conn, self.clock.now(),
+                                   "roads", source, digest, region_name, count)
                 if feats:
                     n = _write_features(conn, OSM_FEATURE_SOURCE, feature_kinds, features)
-                    _record_import(conn, fkey, source, features_digest, region_name, n)
+                    _record_import(conn, self.clock.now(),
+                                   fkey, source, features_digest, region_name, n)
             return OsmImportOutcome(roads, feats)
 
         return await self._run(write)
@@ -582,7 +586,7 @@ class SqliteStore(GeoStore):
     # --- profiles ---
 
     async def recompute_profiles(self, since: datetime, until: datetime) -> int:
-        updated_at = _ts(datetime.now(UTC))
+        updated_at = _ts(self.clock.now())
         sources = PROFILE_SOURCES
 
         def write(conn: sqlite3.Connection) -> int:
@@ -683,7 +687,7 @@ class SqliteStore(GeoStore):
                 if _last_digest(conn, key) == digest:
                     return False
                 n = _write_features(conn, source, kinds, features)
-                _record_import(conn, key, source, digest, "", n)
+                _record_import(conn, self.clock.now(), key, source, digest, "", n)
             return True
 
         return await self._run(write)
@@ -786,7 +790,7 @@ class SqliteStore(GeoStore):
     async def update_live(self, kind: str, feature_id: str, live: Mapping[str, Any], *,
                           observed_at: datetime | None = None) -> Feature:
         check_kinds([kind], allowed=frozenset(FEATURE_KINDS))
-        at = observed_at or datetime.now(UTC)
+        at = observed_at or self.clock.now()
 
         def write(conn: sqlite3.Connection) -> Feature:
             with _transaction(conn):
@@ -835,12 +839,12 @@ class SqliteStore(GeoStore):
                      for sid, coords, dists in data.shapes))
                 conn.execute(
                     "INSERT OR REPLACE INTO gtfs_feeds VALUES (?,?,?,?,?,?,?,?)",
-                    (feed, data.source, data.digest, _ts(datetime.now(UTC)),
+                    (feed, data.source, data.digest, _ts(self.clock.now()),
                      data.agency_timezone, orjson.dumps(dict(data.feed_info)),
                      orjson.dumps(data.counts()), orjson.dumps(list(data.warnings))))
                 _write_features(conn, key, ("bus_stop", "rail_station"), data.stop_features)
                 n = len(data.tables.get("gtfs_stop_times", ()))
-                _record_import(conn, key, data.source, data.digest, feed, n)
+                _record_import(conn, self.clock.now(), key, data.source, data.digest, feed, n)
             return True
 
         return await self._run(write)

@@ -14,7 +14,7 @@ import contextlib
 import csv
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -40,6 +40,7 @@ from services.bigdata.transit.tracker import (
     VehicleState,
 )
 from shared.bus import EventBus, Subscription
+from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config
 from shared.errors import BadRequest, NotFound, TtiError
@@ -146,6 +147,7 @@ class TransitService:
     def __init__(self, config: Config, bus: EventBus, *, source: ScheduleSource | None,
                  network: RoadNetwork | NetworkGetter | None = None,
                  clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  settings: TransitSettings | None = None,
                  tracker_settings: TrackerSettings | None = None,
                  predictor_settings: PredictorSettings | None = None) -> None:
@@ -155,6 +157,8 @@ class TransitService:
         self.network: NetworkGetter | None = (
             (lambda: network) if isinstance(network, RoadNetwork) else network)
         self.clock = clock
+        """Epoch seconds now (the service's clock; a benchmark may drive it by hand)."""
+        self.sleep = sleep
         self.settings = settings or TransitSettings()
         self.tracker_settings = tracker_settings
         self.predictor_settings = predictor_settings
@@ -232,7 +236,7 @@ class TransitService:
             mapped = await asyncio.to_thread(self.predictor.map_all)
             log.info("bus shapes mapped to road segments", extra={"patterns": mapped})
         while True:
-            await asyncio.sleep(self.settings.housekeeping_s)
+            await self.sleep(self.settings.housekeeping_s)
             try:
                 self.housekeeping(self.clock())
             except Exception:
@@ -523,17 +527,19 @@ def schedule_source_from(config: Config) -> ScheduleSource | None:
 def setup_transit(app: web.Application, config: Config, bus: EventBus, *,
                   network: RoadNetwork | NetworkGetter | None = None,
                   source: ScheduleSource | None = None,
-                  clock: Callable[[], float] = time.time,
-                  **kwargs: Any) -> TransitService:
+                  clock: Clock | None = None, **kwargs: Any) -> TransitService:
     """Add bus tracking, predictions and accuracy to the bigdata app.
 
     Registers ``GET /v1/buses``, ``GET /v1/stops/{stop_id}/arrivals``, ``GET /v1/eta-accuracy``,
     a readiness check and a ``cleanup_ctx`` that loads the timetable (``source``, default
     ``TTI_GTFS``) in the background and then consumes positions and segment speeds. ``network``
     (or a function returning it once loaded) maps shapes to road segments for live speeds.
+    ``clock`` (default: the configured one) is the time of tracking, predictions and
+    housekeeping.
     """
+    clock = clock or config.make_clock()
     svc = TransitService(config, bus, source=source or schedule_source_from(config),
-                         network=network, clock=clock, **kwargs)
+                         network=network, clock=clock.time, sleep=clock.sleep, **kwargs)
     app[TRANSIT] = svc
 
     async def transit_ctx(app: web.Application) -> AsyncIterator[None]:
