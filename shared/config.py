@@ -34,6 +34,7 @@ class Config:
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     bigdata_url: str = "http://127.0.0.1:8080/bigdata"
+    warning_url: str = "http://127.0.0.1:8080/warning"
     partitions: int = 16
     replica_index: int = 0
     replica_count: int = 1

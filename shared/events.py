@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -112,7 +113,13 @@ class SegmentSpeed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoadStatus:
-    """Congestion level of a segment (GB/T 33171 levels 1-5), as the warning service judges it."""
+    """Congestion level of a segment (GB/T 33171 levels 1-5), as the warning service grades it.
+
+    ``source`` ``profile``: no fresh live value, so the segment's usual speed at this time of
+    the week stands in (``sample_count`` 0, ``observed_at`` the start of the profile's bucket);
+    ``none``: neither, and the level is None. ``level_name`` / ``level_name_en`` come from
+    :mod:`shared.levels`, the one vocabulary; channels render them as sent.
+    """
 
     segment_id: str
     level: int | None
@@ -123,25 +130,280 @@ class RoadStatus:
     sample_count: int
     source: str
     tpi: float | None = None
+    level_name_en: str | None = None
+
+
+class WarningKind(StrEnum):
+    """What a warning is about."""
+
+    CONGESTION = "congestion"
+    INCIDENT = "incident"
+    VEHICLE_ALARM = "vehicle_alarm"
+    CLOSURE = "closure"
+    WEATHER = "weather"
+
+
+class WarningStatus(StrEnum):
+    """Where a warning is in its lifecycle (the departments' workflow; not CAP's vocabulary).
+
+    ``raised`` → ``updated`` (as its facts change) → ``acknowledged`` / ``assigned`` by a
+    department → ``resolved`` (the condition is over), then ``closed`` by a department;
+    ``cancelled``: it should not have been raised.
+    """
+
+    RAISED = "raised"
+    UPDATED = "updated"
+    ACKNOWLEDGED = "acknowledged"
+    ASSIGNED = "assigned"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the condition is still going on (raised, updated, acknowledged, assigned)."""
+        return self not in _OVER
+
+
+_OVER = frozenset({WarningStatus.RESOLVED, WarningStatus.CLOSED, WarningStatus.CANCELLED})
+
+
+class CapCategory(StrEnum):
+    """OASIS CAP 1.2 ``category``."""
+
+    GEO = "Geo"
+    MET = "Met"
+    SAFETY = "Safety"
+    SECURITY = "Security"
+    RESCUE = "Rescue"
+    FIRE = "Fire"
+    HEALTH = "Health"
+    ENV = "Env"
+    TRANSPORT = "Transport"
+    INFRA = "Infra"
+    CBRNE = "CBRNE"
+    OTHER = "Other"
+
+
+class CapSeverity(StrEnum):
+    """OASIS CAP 1.2 ``severity``."""
+
+    EXTREME = "Extreme"
+    SEVERE = "Severe"
+    MODERATE = "Moderate"
+    MINOR = "Minor"
+    UNKNOWN = "Unknown"
+
+
+class CapUrgency(StrEnum):
+    """OASIS CAP 1.2 ``urgency``."""
+
+    IMMEDIATE = "Immediate"
+    EXPECTED = "Expected"
+    FUTURE = "Future"
+    PAST = "Past"
+    UNKNOWN = "Unknown"
+
+
+class CapCertainty(StrEnum):
+    """OASIS CAP 1.2 ``certainty``."""
+
+    OBSERVED = "Observed"
+    LIKELY = "Likely"
+    POSSIBLE = "Possible"
+    UNLIKELY = "Unlikely"
+    UNKNOWN = "Unknown"
+
+
+class CapMsgType(StrEnum):
+    """OASIS CAP 1.2 ``msgType``: the first message is an Alert, later ones Update or Cancel."""
+
+    ALERT = "Alert"
+    UPDATE = "Update"
+    CANCEL = "Cancel"
+    ACK = "Ack"
+    ERROR = "Error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Area:
+    """Where a warning applies (CAP ``area``): a polygon, a circle, or both.
+
+    ``polygon`` is a closed ring of (lon, lat) pairs (first = last, WGS-84); ``circle`` is
+    (lon, lat, radius_m).
+    """
+
+    description: str
+    polygon: tuple[tuple[float, float], ...] = ()
+    circle: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Detour:
+    """The fastest way around what a warning blocks, between the roads before and after it."""
+
+    segment_ids: tuple[str, ...]
+    travel_time_s: float
+    length_m: float
+    usual_travel_time_s: float
+    """The same trip through the blocked stretch at its free-flow travel time."""
+    coords: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Impact:
+    """Who a warning affects: bus routes through it, and trips it slows down.
+
+    Over a fixed sample of origin–destination pairs, ``trips_affected`` counts those whose
+    fastest travel time rises by more than 20 % and more than 2 min with the blocked segments
+    closed (``trips_sampled`` pairs were tried).
+    """
+
+    bus_routes: tuple[str, ...]
+    trips_sampled: int
+    trips_affected: int
+    max_delay_s: float
+    computed_at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Warning:
-    """A warning for police, departments and citizens; the same id moves through its lifecycle."""
+    """A warning for police, departments and citizens; the same id moves through its lifecycle.
+
+    ``warning_id`` is deterministic from what the warning is about (kind, where, when it began),
+    so a redelivered or replayed event never makes a second one. ``version`` counts the
+    messages about it (1 for the Alert). CAP 1.2's vocabulary rides along as typed values; the
+    lifecycle ``status`` is kept apart from it. ``headline`` and ``description`` are rewritten
+    at every update so they stay true (Chinese, with ``*_en`` English versions).
+    """
 
     warning_id: str
-    kind: str
-    severity: str
-    status: str
-    segment_id: str | None
+    kind: WarningKind
+    status: WarningStatus
+    category: CapCategory
+    severity: CapSeverity
+    urgency: CapUrgency
+    certainty: CapCertainty
+    msg_type: CapMsgType
     started_at: datetime
     updated_at: datetime
     headline: str
+    cause: str
+    segment_ids: tuple[str, ...] = ()
+    area: Area | None = None
+    expected_end: datetime | None = None
+    ended_at: datetime | None = None
+    headline_en: str = ""
     description: str = ""
+    description_en: str = ""
+    road_names: tuple[str, ...] = ()
     level: int | None = None
     speed_kmh: float | None = None
     lon: float | None = None
     lat: float | None = None
+    version: int = 1
+    detour: Detour | None = None
+    impact: Impact | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        """Whether the condition is still going on."""
+        return self.status.is_active
+
+
+INCIDENT_STATUSES = ("suspected", "confirmed", "cleared")
+"""An incident is ``suspected`` on one source, ``confirmed`` by a second or by a reliable one,
+``cleared`` when its source says it is over."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incident:
+    """A traffic incident the warning service knows of (GB/T 29100 event classes).
+
+    ``kind`` is one of :data:`DETECTED_EVENT_KINDS`; ``sources`` name what reported it
+    (``detector:<id>``, ``citizen:<report id>`` …). The same ``incident_id`` follows it.
+    """
+
+    incident_id: str
+    kind: str
+    status: str
+    detected_at: datetime
+    updated_at: datetime
+    lon: float | None = None
+    lat: float | None = None
+    segment_ids: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    confidence: float | None = None
+    lane: int | None = None
+    description: str = ""
+    warning_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AreaIndex:
+    """Traffic performance index (GB/T 33171, 0-10) of an area over one window.
+
+    The index of an area is the vehicle-kilometre-weighted mean of its segments' TPI (length ×
+    vehicles seen, length alone for a profile value). ``area_id`` ``network`` is the whole road
+    network, ``group:<expressway|arterial|minor>`` a road group, ``cell:<x>:<y>`` a square of
+    the grid the warning README describes; ``bbox`` is its extent.
+    """
+
+    area_id: str
+    name: str
+    observed_at: datetime
+    tpi: float | None
+    level: int | None
+    level_name: str | None
+    level_name_en: str | None
+    speed_kmh: float | None
+    congested_share: float
+    """Share of the measured length at level 4 or 5."""
+    segment_count: int
+    measured_count: int
+    bbox: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentForecast:
+    """Expected state of a segment ``horizon_s`` ahead (``valid_at``), said at ``made_at``."""
+
+    segment_id: str
+    made_at: datetime
+    valid_at: datetime
+    horizon_s: float
+    speed_kmh: float | None
+    level: int | None
+    level_name: str | None
+    level_name_en: str | None
+    source: str
+    """``profile`` (the usual speed then), ``live+profile`` (today's deviation carried over)."""
+
+
+CITIZEN_REPORT_CHANNELS = ("app", "web", "wechat", "weibo", "hotline_12328", "hotline_12122")
+CITIZEN_REPORT_KINDS = ("congestion", "accident", "road_damage", "closure", "bus", "complaint",
+                        "suggestion", "enquiry", "help", "other")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CitizenReport:
+    """A report from a citizen or a hotline agent, accepted by the publisher.
+
+    The warning service owns reports: it stores and numbers them and answers their status.
+    ``report_id`` is deterministic from the channel and the channel's own message id, so a
+    resent report is one report.
+    """
+
+    report_id: str
+    channel: str
+    kind: str
+    reported_at: datetime
+    text: str = ""
+    lon: float | None = None
+    lat: float | None = None
+    segment_id: str | None = None
+    contact: str | None = None
     details: dict[str, object] = field(default_factory=dict)
 
 
@@ -265,6 +527,10 @@ TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, Tru
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
 ROAD_STATUS: Subject[RoadStatus] = Subject("tti.road.status", RoadStatus)
 WARNING: Subject[Warning] = Subject("tti.warning", Warning)
+INCIDENT: Subject[Incident] = Subject("tti.incident", Incident)
+AREA_INDEX: Subject[AreaIndex] = Subject("tti.area.index", AreaIndex)
+FORECAST: Subject[SegmentForecast] = Subject("tti.forecast", SegmentForecast)
+CITIZEN_REPORT: Subject[CitizenReport] = Subject("tti.citizen.report", CitizenReport)
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
 FEATURE_STATE: Subject[FeatureState] = Subject("tti.feature.state", FeatureState)
@@ -309,6 +575,10 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     SEGMENT_SPEED,
     ROAD_STATUS,
     WARNING,
+    INCIDENT,
+    AREA_INDEX,
+    FORECAST,
+    CITIZEN_REPORT,
     DETECTOR_READING,
     DETECTED_EVENT,
     FEATURE_STATE,

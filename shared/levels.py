@@ -1,54 +1,39 @@
-"""Congestion levels from segment speeds, after GB/T 33171-2016.
+"""The one vocabulary of congestion levels (GB/T 33171-2016), in Chinese and English.
 
-The standard grades a road's operating state in five levels by average travel speed, with
-thresholds per road class (expressway, arterial, secondary/branch), and maps its traffic
-performance index (TPI, 0-10) onto the same five bands of width 2. Shared by the warning service
-(live speeds) and the publisher (time-of-week profile speeds), which may not import each other.
+Levels are *graded* in one place, the warning service (``services/warning/levels.py``); every
+other part renders the ``level``, ``level_name`` and ``level_name_en`` it is sent, and may use
+this table only to name or list levels (a legend, an OpenAPI enum), never to grade a speed.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from types import MappingProxyType
+from typing import Final
 
-LEVEL_NAMES = {1: "畅通", 2: "基本畅通", 3: "轻度拥堵", 4: "中度拥堵", 5: "严重拥堵"}
-LEVEL_NAMES_EN = {1: "free flow", 2: "basically free", 3: "light congestion",
-                  4: "moderate congestion", 5: "severe congestion"}
+LEVELS: Final = (1, 2, 3, 4, 5)
+"""Level 1 is free flow, 5 severe congestion."""
 
-# Speed thresholds (km/h) between levels 5|4, 4|3, 3|2 and 2|1, per road-class group.
-_THRESHOLDS = {
-    "expressway": (20.0, 35.0, 50.0, 65.0),
-    "arterial": (15.0, 25.0, 35.0, 45.0),
-    "minor": (10.0, 15.0, 25.0, 35.0),
-}
+LEVEL_NAMES: Final = MappingProxyType({1: "畅通", 2: "基本畅通", 3: "轻度拥堵", 4: "中度拥堵",
+                                       5: "严重拥堵"})
+"""The standard's names of the five levels."""
 
-_GROUP = {
-    "motorway": "expressway", "motorway_link": "arterial", "trunk": "expressway",
-    "trunk_link": "arterial", "primary": "arterial", "primary_link": "arterial",
-}
+LEVEL_NAMES_EN: Final = MappingProxyType({1: "smooth", 2: "basically smooth",
+                                          3: "light congestion", 4: "moderate congestion",
+                                          5: "severe congestion"})
+"""English names of the five levels."""
 
-
-def road_group(road_class: str | None) -> str:
-    """GB/T 33171 road group of an OSM highway class: expressway, arterial or minor."""
-    return _GROUP.get(road_class or "", "minor")
+NO_DATA_NAME: Final = "无数据"
+NO_DATA_NAME_EN: Final = "no data"
+"""What a segment with neither a live value nor a profile says."""
 
 
-def level_for_speed(speed_kmh: float, road_class: str | None) -> int:
-    """Level 1 (畅通) … 5 (严重拥堵) for an average travel speed on a road of this class.
+def level_names(level: int | None) -> tuple[str | None, str | None]:
+    """(Chinese, English) names of a level; (None, None) for None."""
+    if level is None:
+        return None, None
+    return LEVEL_NAMES[level], LEVEL_NAMES_EN[level]
 
-    A speed exactly on a threshold takes the worse level.
-    """
-    return 5 - bisect_left(_THRESHOLDS[road_group(road_class)], speed_kmh)
 
-
-def tpi_for_speed(speed_kmh: float, road_class: str | None) -> float:
-    """Traffic performance index 0-10: level L spans [2(L-1), 2L], linear in speed inside."""
-    t = _THRESHOLDS[road_group(road_class)]
-    level = level_for_speed(speed_kmh, road_class)
-    if level == 5:
-        frac = 1.0 - max(0.0, speed_kmh) / t[0]
-    elif level == 1:
-        frac = 1.0 - (speed_kmh - t[3]) / t[3]
-    else:
-        lo, hi = t[4 - level], t[5 - level]
-        frac = (hi - speed_kmh) / (hi - lo)
-    return round(2.0 * (level - 1) + 2.0 * min(1.0, max(0.0, frac)), 2)
+def describe_levels() -> list[dict[str, object]]:
+    """The vocabulary as a list (``/api/v1/levels``): level, name, name_en."""
+    return [{"level": n, "name": LEVEL_NAMES[n], "name_en": LEVEL_NAMES_EN[n]} for n in LEVELS]

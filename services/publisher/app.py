@@ -14,16 +14,18 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from services.publisher.bigdata_client import BigdataClient
 from services.publisher.openapi import build_openapi
 from services.publisher.roads import Catalogue, parse_bbox, parse_min_level, road_feature
-from services.publisher.state import Publisher, utc_now
+from services.publisher.state import Publisher
 from services.publisher.warning_board import STATUS_FILTERS, warning_to_dict
 from shared.bus.base import EventBus
-from shared.codec import dumps
+from shared.clients.bigdata import BigdataClient
+from shared.clients.warning import WarningClient
 from shared.clock import Clock
+from shared.codec import dumps
 from shared.config import Config
 from shared.errors import BadRequest, NotFound, TransientError
+from shared.levels import describe_levels
 from shared.service import add_readiness_check, create_base_app, spawn
 
 PUBLISHER = web.AppKey("publisher", Publisher)
@@ -59,7 +61,9 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     the caller's to start and close.
     """
     app = create_base_app("publisher", config)
-    publisher = Publisher(config, bus, bigdata or BigdataClient(config.bigdata_url))
+    publisher = Publisher(config, bus, bigdata or BigdataClient(config.bigdata_url),
+                          warning=WarningClient(config.warning_url),
+                          clock=clock or config.make_clock())
     app[PUBLISHER] = publisher
     app[OPENAPI_JSON] = dumps(build_openapi())
     # Outermost, so it sees the status the error middleware turned exceptions into.
@@ -73,16 +77,20 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     app.router.add_get("/api/v1/roads/{segment_id}", _get_road)
     app.router.add_get("/api/v1/warnings", _list_warnings)
     app.router.add_get("/api/v1/region", _get_region)
+    app.router.add_get("/api/v1/levels", _list_levels)
+    app.router.add_get("/api/v1/route", _get_route)
     app.cleanup_ctx.append(_bigdata_ctx)
     app.cleanup_ctx.append(_feeds_ctx)
     return app
 
 
 async def _bigdata_ctx(app: web.Application) -> AsyncIterator[None]:
-    client = app[PUBLISHER].bigdata
-    await client.start()
+    publisher = app[PUBLISHER]
+    await publisher.bigdata.start()
+    await publisher.warning.start()
     yield
-    await client.close()
+    await publisher.warning.close()
+    await publisher.bigdata.close()
 
 
 async def _feeds_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -92,7 +100,6 @@ async def _feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     # very server, which starts listening only after startup has finished.
     spawn(app, publisher.keep_catalogue(), name="publisher-catalogue")
     spawn(app, publisher.housekeeping(), name="publisher-housekeeping")
-    spawn(app, publisher.keep_profiles(), name="publisher-profiles")
     yield
     await publisher.unsubscribe()
 
@@ -160,7 +167,7 @@ async def _list_roads(request: web.Request) -> web.Response:
     if min_level is None and len(segments) > publisher.max_features:
         raise BadRequest(f"the request selects {len(segments)} roads, more than "
                          f"{publisher.max_features}: pass a smaller bbox or a min_level")
-    now = utc_now()
+    now = request.app[PUBLISHER].clock.now()
     features = []
     for segment in segments:
         status = publisher.road_status(segment, now)
@@ -184,7 +191,7 @@ async def _get_road(request: web.Request) -> web.Response:
         segment = await publisher.bigdata.find_segment(segment_id)
         if segment is None:
             raise NotFound(f"unknown road segment {segment_id!r}")
-    status = publisher.road_status(segment, utc_now())
+    status = publisher.road_status(segment, request.app[PUBLISHER].clock.now())
     return _json(road_feature(segment, status, detail=True), content_type="application/geo+json")
 
 
@@ -194,7 +201,7 @@ async def _list_warnings(request: web.Request) -> web.Response:
         raise BadRequest(f"status must be one of {', '.join(STATUS_FILTERS)}")
     warnings = request.app[PUBLISHER].warnings.list_warnings(status)
     return _json({"warnings": [warning_to_dict(w) for w in warnings], "count": len(warnings),
-                  "generated_at": utc_now()})
+                  "generated_at": request.app[PUBLISHER].clock.now()})
 
 
 async def _get_region(request: web.Request) -> web.Response:
@@ -203,4 +210,31 @@ async def _get_region(request: web.Request) -> web.Response:
     if region is None:
         raise TransientError("the region is not known yet", code="catalogue_loading")
     return _json({"name": region.name, "bbox": region.bbox, "segment_count": region.segment_count,
-                  "generated_at": utc_now()})
+                  "generated_at": request.app[PUBLISHER].clock.now()})
+
+
+async def _list_levels(request: web.Request) -> web.Response:
+    return _json({"levels": describe_levels()})
+
+
+_POINT_RE = re.compile(r"^\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*$")
+
+
+def _point(raw: str | None, name: str) -> tuple[float, float]:
+    if raw is None or not _POINT_RE.match(raw):
+        raise BadRequest(f"{name} must be LON,LAT (WGS-84 degrees)")
+    lon, lat = (float(v) for v in raw.split(","))
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise BadRequest(f"{name} must be a WGS-84 longitude and latitude")
+    return lon, lat
+
+
+async def _get_route(request: web.Request) -> web.Response:
+    q = request.query
+    origin, destination = _point(q.get("from"), "from"), _point(q.get("to"), "to")
+    raw = q.get("alternatives", "0")
+    if not raw.isdigit() or int(raw) > 3:
+        raise BadRequest("alternatives must be an integer from 0 to 3")
+    answer = await request.app[PUBLISHER].warning.route(origin, destination,
+                                                        alternatives=int(raw))
+    return _json(answer)

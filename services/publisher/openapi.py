@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.publisher.roads import LEVEL_NAMES, LEVEL_NAMES_EN
 from shared.events import SPEED_SOURCES
-
-TIME_NOTE = ("RFC 3339 date-time in UTC with a 'Z' suffix "
-             "(Beijing time is UTC+8; convert for display).")
-
-_TIME = {"type": "string", "format": "date-time", "description": TIME_NOTE}
-_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time", "description": TIME_NOTE}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+from shared.schemas import NULLABLE_TIME as _NULLABLE_TIME
+from shared.schemas import TIME as _TIME
+from shared.schemas import contract_schemas, level_properties
+from shared.schemas import ref as _ref
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -31,6 +24,28 @@ def _error(name: str) -> dict[str, Any]:
 
 
 _SCHEMAS: dict[str, Any] = {
+    **contract_schemas(),
+    "Levels": {
+        "type": "object", "required": ["levels"],
+        "properties": {"levels": {"type": "array", "items": {
+            "type": "object", "required": ["level", "name", "name_en"],
+            "properties": {"level": {"type": "integer", "minimum": 1, "maximum": 5},
+                           "name": {"type": "string"}, "name_en": {"type": "string"}}}}},
+    },
+    "RouteList": {
+        "type": "object", "required": ["routes", "as_of", "time_zone"],
+        "properties": {
+            "routes": {"type": "array", "items": {
+                "type": "object",
+                "required": ["travel_time_s", "length_m", "segment_ids", "geometry"],
+                "properties": {"travel_time_s": {"type": "number"},
+                               "length_m": {"type": "number"},
+                               "segment_ids": {"type": "array", "items": {"type": "string"}},
+                               "geometry": _ref("LineString")}}},
+            "as_of": _NULLABLE_TIME,
+            "time_zone": {"const": "UTC"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -77,11 +92,7 @@ _SCHEMAS: dict[str, Any] = {
                                 "description": "Only on the single-road view"},
             "oneway": {"type": "boolean", "description": "Only on the single-road view"},
             "length_m": {"type": "number", "description": "Only on the single-road view"},
-            "level": {"type": ["integer", "null"], "minimum": 1, "maximum": 5,
-                      "description": "GB/T 33171 congestion level, 1 smooth … 5 severe; "
-                                     "null when there is no live data"},
-            "level_name": {"enum": [*LEVEL_NAMES.values(), None]},
-            "level_name_en": {"enum": [*LEVEL_NAMES_EN.values(), None]},
+            **level_properties(),
             "speed_kmh": {"type": ["number", "null"], "description": "Live speed, km/h"},
             "tpi": {"type": ["number", "null"], "minimum": 0, "maximum": 10,
                     "description": "GB/T 33171 traffic performance index 0-10, when known"},
@@ -111,29 +122,6 @@ _SCHEMAS: dict[str, Any] = {
             "generated_at": _TIME,
             "count": {"type": "integer", "minimum": 0},
             "features": {"type": "array", "items": _ref("RoadFeature")},
-        },
-    },
-    "Warning": {
-        "type": "object",
-        "required": ["warning_id", "kind", "severity", "status", "segment_id", "started_at",
-                     "updated_at", "headline", "description", "level", "speed_kmh", "lon",
-                     "lat", "details", "active"],
-        "properties": {
-            "warning_id": {"type": "string", "description": "Stable across the lifecycle"},
-            "kind": {"type": "string", "examples": ["congestion", "incident"]},
-            "severity": {"type": "string", "examples": ["minor", "moderate", "severe"]},
-            "status": {"type": "string", "examples": ["active", "acknowledged", "cleared"]},
-            "active": {"type": "boolean", "description": "False once the warning is cleared"},
-            "segment_id": {"type": ["string", "null"]},
-            "started_at": _TIME,
-            "updated_at": _TIME,
-            "headline": {"type": "string"},
-            "description": {"type": "string"},
-            "level": {"type": ["integer", "null"], "minimum": 1, "maximum": 5},
-            "speed_kmh": {"type": ["number", "null"]},
-            "lon": {"type": ["number", "null"], "description": "WGS-84 longitude"},
-            "lat": {"type": ["number", "null"], "description": "WGS-84 latitude"},
-            "details": {"type": "object", "additionalProperties": True},
         },
     },
     "WarningList": {
@@ -202,6 +190,7 @@ _PARAMETERS: dict[str, Any] = {
     },
     "status": {
         "name": "status", "in": "query", "required": False,
+        "description": "active, cleared (resolved, closed or cancelled) or all",
         "schema": {"enum": ["active", "cleared", "all"], "default": "active"},
     },
     "filename": {
@@ -263,6 +252,33 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("WarningList"), "Warnings matching the status filter"),
                     "400": _error("BadRequest"),
+                },
+            }},
+            "/api/v1/levels": {"get": {
+                "tags": ["roads"],
+                "operationId": "listLevels",
+                "summary": "The five GB/T 33171 congestion levels and their names",
+                "responses": {"200": _json(_ref("Levels"), "Levels 1 (smooth) to 5")},
+            }},
+            "/api/v1/route": {"get": {
+                "tags": ["roads"],
+                "operationId": "getRoute",
+                "summary": "Fastest route between two points under live traffic, and others",
+                "parameters": [
+                    {"name": "from", "in": "query", "required": True,
+                     "description": "Origin LON,LAT (WGS-84)",
+                     "schema": {"type": "string", "examples": ["114.405,30.505"]}},
+                    {"name": "to", "in": "query", "required": True,
+                     "description": "Destination LON,LAT (WGS-84)",
+                     "schema": {"type": "string", "examples": ["114.42,30.51"]}},
+                    {"name": "alternatives", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 3, "default": 0}},
+                ],
+                "responses": {
+                    "200": _json(_ref("RouteList"), "Routes, fastest first"),
+                    "400": _error("BadRequest"),
+                    "404": _error("NotFound"),
+                    "503": unavailable,
                 },
             }},
             "/api/v1/region": {"get": {

@@ -2,9 +2,10 @@
 
 The catalogue is an immutable snapshot (segments plus a shapely STRtree) swapped whole on each
 reload, so readers never see a half-built index. Live values are the latest
-:class:`~shared.events.RoadStatus` per segment; a segment without one shows its time-of-week
-profile (``source: "profile"``, ``sample_count`` 0) when bigdata has one, and otherwise says
-``source: "none"`` with nulls rather than pretending to flow freely.
+:class:`~shared.events.RoadStatus` per segment, as the warning service graded it (live, its
+time-of-week profile with ``source: "profile"``, or ``source: "none"``); a segment the warning
+service has said nothing about says ``source: "none"`` with nulls rather than pretending to flow
+freely. The publisher grades nothing itself.
 """
 
 from __future__ import annotations
@@ -18,17 +19,12 @@ from datetime import UTC, datetime, timedelta
 from shapely import STRtree, box
 from shapely.geometry import LineString
 
-from services.publisher.bigdata_client import Region, Segment
+from shared.clients.bigdata import Region, Segment
 from shared.errors import BadRequest, DecodeError
 from shared.events import SPEED_SOURCES, RoadStatus
-from shared.levels import LEVEL_NAMES
+from shared.levels import level_names
 
 BBox = tuple[float, float, float, float]
-
-
-LEVEL_NAMES_EN = {1: "smooth", 2: "basically smooth", 3: "light congestion",
-                  4: "moderate congestion", 5: "severe congestion"}
-"""English subtitles of :data:`LEVEL_NAMES`."""
 
 
 def parse_bbox(raw: str | None) -> BBox | None:
@@ -163,12 +159,14 @@ def live_properties(status: RoadStatus | None) -> dict[str, object]:
     if status is None or status.source == "none":
         return {"level": None, "level_name": None, "level_name_en": None, "speed_kmh": None,
                 "tpi": None, "observed_at": None, "sample_count": 0, "source": "none"}
-    # A source with too few samples to judge may send no level; its speed still stands.
+    # A source with too few samples to judge may send no level; its speed still stands. The
+    # names are the warning service's, as sent (an older producer sent only the Chinese one).
     level = status.level
+    name, name_en = level_names(level)
     return {
         "level": level,
-        "level_name": None if level is None else LEVEL_NAMES[level],
-        "level_name_en": None if level is None else LEVEL_NAMES_EN[level],
+        "level_name": status.level_name or name,
+        "level_name_en": status.level_name_en or name_en,
         "speed_kmh": None if status.speed_kmh is None else round(float(status.speed_kmh), 1),
         "tpi": None if status.tpi is None else round(float(status.tpi), 2),
         "observed_at": status.observed_at,

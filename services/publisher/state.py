@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from prometheus_client import Counter, Gauge
 
-from services.publisher.bigdata_client import BigdataClient, ProfileSnapshot, Region, Segment
 from services.publisher.roads import Catalogue, RoadStatusBoard
 from services.publisher.warning_board import WarningBoard
 from shared.bus.base import EventBus, Subscription
+from shared.clients.bigdata import BigdataClient, Region, Segment
+from shared.clients.warning import WarningClient
+from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config
 from shared.errors import TtiError
 from shared.events import ROAD_STATUS, WARNING, RoadStatus, Warning
-from shared.levels import LEVEL_NAMES, level_for_speed, tpi_for_speed
 
 log = logging.getLogger("tti.publisher")
 
@@ -33,16 +34,8 @@ EVENTS = Counter("tti_publisher_events_total", "Bus events the publisher consume
 CATALOGUE_LOADS = Counter("tti_publisher_catalogue_loads_total",
                           "Attempts to load the segment catalogue from bigdata, by result",
                           ["result"])
-PROFILE_LOADS = Counter("tti_publisher_profile_loads_total",
-                        "Attempts to load time-of-week profile speeds from bigdata, by result",
-                        ["result"])
 SEGMENTS_REJECTED = Counter("tti_publisher_segments_rejected_total",
                             "Segment records from bigdata skipped as malformed, by kind", ["kind"])
-
-
-def utc_now() -> datetime:
-    """The current time as an aware UTC datetime."""
-    return datetime.now(UTC)
 
 
 class Publisher:
@@ -51,10 +44,13 @@ class Publisher:
     The tunables are plain attributes so a test (or the CLI) can set them before the app starts.
     """
 
-    def __init__(self, config: Config, bus: EventBus, bigdata: BigdataClient) -> None:
+    def __init__(self, config: Config, bus: EventBus, bigdata: BigdataClient, *,
+                 warning: WarningClient, clock: Clock) -> None:
         self.config = config
         self.bus = bus
         self.bigdata = bigdata
+        self.warning = warning
+        self.clock = clock
         self.catalogue: Catalogue | None = None
         self.roads = RoadStatusBoard()
         self.warnings = WarningBoard()
@@ -64,8 +60,6 @@ class Publisher:
         self.refresh_s = 600.0
         self.housekeeping_s = 60.0
         self.warn_after_s = 10.0
-        self.profile_refresh_s = 300.0
-        self.profiles: ProfileSnapshot | None = None
         self.last_load_error: str | None = None
         self._subscriptions: list[Subscription] = []
 
@@ -142,7 +136,6 @@ class Publisher:
 
     async def keep_catalogue(self) -> None:
         """Load the catalogue, retrying with backoff until bigdata answers; then refresh it."""
-        loop = asyncio.get_running_loop()
         delay = self.retry_initial_s
         failing_since: float | None = None
         warned = False
@@ -153,7 +146,7 @@ class Publisher:
                 CATALOGUE_LOADS.labels("failed").inc()
                 self.last_load_error = str(exc) or type(exc).__name__
                 expected = isinstance(exc, TtiError | _EmptyCatalogue)
-                now = loop.time()
+                now = self.clock.monotonic()
                 # Log when it starts failing and once more if it persists, not on every try.
                 # The first miss is routine in the embedded run: bigdata is served by this very
                 # server, which is not listening yet when the first attempt goes out.
@@ -168,7 +161,7 @@ class Publisher:
                                 "still retrying", self.bigdata.base_url, now - failing_since,
                                 self.last_load_error)
                 if self.catalogue is None:
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    await self.clock.sleep(delay * random.uniform(0.8, 1.2))
                     delay = min(delay * 2, self.retry_max_s)
                     continue
             else:
@@ -178,7 +171,7 @@ class Publisher:
                 failing_since, warned = None, False
                 self.last_load_error = None
                 delay = self.retry_initial_s
-            await asyncio.sleep(self.refresh_s)
+            await self.clock.sleep(self.refresh_s)
 
     def catalogue_readiness(self) -> tuple[bool, str]:
         """Readiness: true once a catalogue is loaded."""
@@ -190,70 +183,17 @@ class Publisher:
         """Readiness: the bus is connected."""
         return (True, "connected") if self.bus.connected else (False, "bus disconnected")
 
-    # -- road status with profile fallback ---------------------------------------------------
+    # -- road status -------------------------------------------------------------------------
 
     def road_status(self, segment: Segment, now: datetime) -> RoadStatus | None:
-        """The segment's live status; without one, its time-of-week profile (``source: profile``).
-
-        A profile value is graded like a live one (GB/T 33171, :mod:`shared.levels`), carries
-        the time it was computed as ``observed_at`` and ``sample_count`` 0: it is the usual
-        speed at this time of the week, not an observation. Neither gives None.
-        """
-        status = self.roads.find(segment.segment_id, now)
-        if status is not None and status.source != "none":
-            return status
-        snapshot = self.profiles
-        # A snapshot is kept a little past its bucket while the next one is being fetched.
-        if snapshot is None or now >= snapshot.valid_until + timedelta(
-                seconds=self.profile_refresh_s):
-            return status
-        profile = snapshot.speeds.get(segment.segment_id)
-        if profile is None:
-            return status
-        level = level_for_speed(profile.speed_kmh, segment.road_class)
-        return RoadStatus(segment_id=segment.segment_id, level=level,
-                          level_name=LEVEL_NAMES[level], speed_kmh=profile.speed_kmh,
-                          free_flow_kmh=segment.free_flow_kmh, observed_at=profile.updated_at,
-                          sample_count=0, source="profile",
-                          tpi=tpi_for_speed(profile.speed_kmh, segment.road_class))
-
-    async def load_profiles(self, now: datetime | None = None) -> ProfileSnapshot:
-        """Fetch the profile speeds of the current time-of-week bucket from bigdata."""
-        snapshot = await self.bigdata.get_profiles(now or utc_now())
-        self.profiles = snapshot
-        return snapshot
-
-    async def keep_profiles(self) -> None:
-        """Refresh the profile speeds every ``profile_refresh_s`` and when the bucket turns.
-
-        Profiles are a fallback: failures are logged once per outage and the last snapshot
-        is used until it expires.
-        """
-        failing = False
-        while True:
-            delay = self.profile_refresh_s
-            try:
-                snapshot = await self.load_profiles()
-            except Exception as exc:
-                PROFILE_LOADS.labels("failed").inc()
-                if not failing:
-                    failing = True
-                    log.info("profile speeds not loaded from %s: %s; retrying",
-                             self.bigdata.base_url, exc or type(exc).__name__,
-                             exc_info=not isinstance(exc, TtiError))
-                delay = min(delay, 60.0)
-            else:
-                PROFILE_LOADS.labels("ok").inc()
-                failing = False
-                until_next = (snapshot.valid_until - utc_now()).total_seconds() + 1.0
-                delay = min(delay, max(1.0, until_next))
-            await asyncio.sleep(delay)
+        """The segment's status as the warning service graded it (live, profile or none)."""
+        return self.roads.find(segment.segment_id, now)
 
     # -- housekeeping ------------------------------------------------------------------------
 
     def prune(self, now: datetime | None = None) -> None:
         """Expire old road statuses and long-cleared warnings; refresh the gauges."""
-        now = now or utc_now()
+        now = now or self.clock.now()
         self.roads.prune(now)
         self.warnings.prune(now)
         ROAD_STATUS_HELD.set(len(self.roads))
@@ -262,7 +202,7 @@ class Publisher:
     async def housekeeping(self) -> None:
         """Prune periodically, forever."""
         while True:
-            await asyncio.sleep(self.housekeeping_s)
+            await self.clock.sleep(self.housekeeping_s)
             self.prune()
 
 

@@ -1,8 +1,9 @@
 """Warnings as the publisher holds them: one entry per ``warning_id``, updated in place.
 
-The warning service owns the lifecycle; the publisher only mirrors its latest word. Cleared
-warnings are kept for a while (citizens ask "is it over?") and then expire; the whole board is
-capped so a flood of warnings cannot exhaust memory.
+The warning service owns the lifecycle; the publisher only mirrors its latest word (the highest
+``version``). Ended warnings (resolved, closed, cancelled) are kept for a while (citizens ask
+"is it over?") and then expire; the whole board is capped so a flood of warnings cannot exhaust
+memory.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ from datetime import UTC, datetime, timedelta
 from shared.errors import DecodeError
 from shared.events import Warning
 
-CLEARED_STATUSES = frozenset({"cleared", "closed", "cancelled", "expired", "resolved"})
-"""Warning statuses that mean "over"; any other status (active, acknowledged, …) is active."""
-
 STATUS_FILTERS = ("active", "cleared", "all")
 """Values of the ``status`` filter of ``GET /api/v1/warnings``."""
 
 
 def is_cleared(warning: Warning) -> bool:
-    """Whether the warning is over."""
-    return warning.status.lower() in CLEARED_STATUSES
+    """Whether the warning is over (resolved, closed or cancelled)."""
+    return not warning.active
 
 
 def _utc(dt: datetime) -> datetime:
@@ -60,7 +58,8 @@ class WarningBoard:
         warning = dataclasses.replace(warning, started_at=_utc(warning.started_at),
                                       updated_at=_utc(warning.updated_at))
         held = self._by_id.get(warning.warning_id)
-        if held is not None and held.updated_at > warning.updated_at:
+        if held is not None and (held.version, held.updated_at) > (warning.version,
+                                                                   warning.updated_at):
             return False  # redelivered or late: never roll a warning back to an older state
         self._by_id[warning.warning_id] = warning
         if len(self._by_id) > self.max_entries:

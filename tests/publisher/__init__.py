@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.publisher.app import PUBLISHER, create_app
-from services.publisher.bigdata_client import BigdataClient
 from services.publisher.state import Publisher
 from shared.bus import EventBus, bus_from_url
+from shared.clients.bigdata import BigdataClient
 from shared.config import Config
 
 

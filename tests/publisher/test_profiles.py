@@ -1,4 +1,9 @@
-"""Profile fallback: a road without live data shows its time-of-week profile, never free flow."""
+"""Profile fallback across services: the warning service grades a road's time-of-week profile
+when it has no live data, the publisher shows it as sent — never free flow, never its own grade.
+
+The publisher and the warning service run on one real memory bus, both reading a bigdata
+stand-in (its HTTP contract) for segments and profiles.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.publisher.app import PUBLISHER, create_app
-from services.publisher.bigdata_client import BigdataClient, parse_profiles
 from services.publisher.state import Publisher
+from services.warning.api.public import SERVICE
+from services.warning.app import create_app as create_warning_app
 from shared.bus import bus_from_url
+from shared.clients.bigdata import BigdataClient, parse_profiles
 from shared.config import Config
 from shared.errors import TransientError
 from shared.events import ROAD_STATUS, RoadStatus
@@ -51,14 +58,20 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     config = Config(bigdata_url=str(bigdata_server.make_url("/")))
     app = create_app(config, bus=bus, bigdata=BigdataClient(config.bigdata_url))
     app[PUBLISHER].retry_initial_s = 0.02
+    warning = create_warning_app(config, bus=bus)
+    w: TestClient[Any, Any] = TestClient(TestServer(warning))
+    await w.start_server()
     c: TestClient[Any, Any] = TestClient(TestServer(app))
     await c.start_server()
     try:
         await wait_for(lambda: is_ready(c))
-        await wait_for(lambda: app[PUBLISHER].profiles is not None)
+        await wait_for(lambda: warning[SERVICE].ready.is_set())
+        await wait_for(lambda: app[PUBLISHER].roads.find("101:1:2", datetime.now(UTC))
+                       is not None)
         yield c
     finally:
         await c.close()
+        await w.close()
         await bus.close()
         await bigdata_server.close()
 
@@ -75,9 +88,9 @@ async def test_profile_without_live_data_and_probe_with_it(client: TestClient[An
     assert props["source"] == "profile"
     assert props["speed_kmh"] == 12.0
     assert props["sample_count"] == 0
-    assert props["observed_at"] == "2024-05-01T03:00:00Z"
     # primary = arterial group: 12 km/h is below 15, level 5, as the warning service grades it.
     assert props["level"] == 5 and props["level_name"] == "严重拥堵"
+    assert props["level_name_en"] == "severe congestion"
     assert props["tpi"] is not None and 8.0 <= props["tpi"] <= 10.0
     trunk = await _props(client, "202:3:4")
     assert trunk["source"] == "profile" and trunk["level"] == 1
@@ -98,23 +111,19 @@ async def test_profile_without_live_data_and_probe_with_it(client: TestClient[An
     props = await _props(client, "101:1:2")
     assert props["speed_kmh"] == 38.0 and props["sample_count"] == 6 and props["level"] == 2
 
-    # A live "none" status does not hide the profile.
-    await publisher.bus.publish(ROAD_STATUS, RoadStatus(
-        segment_id="202:3:4", level=None, level_name=None, speed_kmh=None, free_flow_kmh=50.0,
-        observed_at=datetime.now(UTC), sample_count=0, source="none"))
-    await wait_for(lambda: publisher.roads.find("202:3:4", datetime.now(UTC)) is not None)
-    assert (await _props(client, "202:3:4"))["source"] == "profile"
-
     listing = await client.get("/api/v1/roads?min_level=4")
     ids = [f["id"] for f in (await listing.json(content_type=None))["features"]]
     assert ids == []  # 101:1:2 is live level 2 now; 202:3:4's profile is level 1
 
-    # An expired snapshot (bigdata unreachable for long) is not used.
-    assert publisher.profiles is not None
-    later = publisher.profiles.valid_until + timedelta(seconds=publisher.profile_refresh_s)
-    segment = publisher.catalogue.find("202:3:4")  # type: ignore[union-attr]
-    assert segment is not None and publisher.road_status(segment, later) is not None
-    assert publisher.road_status(segment, later).source == "none"  # type: ignore[union-attr]
+
+async def test_the_page_and_api_name_levels_as_the_warning_service(
+        client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/api/v1/levels")
+    levels = (await resp.json())["levels"]
+    from shared.levels import LEVEL_NAMES, LEVEL_NAMES_EN
+
+    assert [(x["name"], x["name_en"]) for x in levels] == [
+        (LEVEL_NAMES[n], LEVEL_NAMES_EN[n]) for n in range(1, 6)]
 
 
 def test_malformed_profiles_answer_is_a_transient_error() -> None:

@@ -20,7 +20,19 @@ from services.publisher.warning_board import WarningBoard
 from shared.bus import bus_from_url
 from shared.config import Config
 from shared.errors import DecodeError
-from shared.events import ROAD_STATUS, WARNING, RoadStatus, Warning
+from shared.events import (
+    ROAD_STATUS,
+    WARNING,
+    CapCategory,
+    CapCertainty,
+    CapMsgType,
+    CapSeverity,
+    CapUrgency,
+    RoadStatus,
+    Warning,
+    WarningKind,
+    WarningStatus,
+)
 from tests.publisher import (
     EXTRA,
     REGION,
@@ -57,11 +69,15 @@ def _warning(warning_id: str, *, status: str = "active", headline: str = "珞喻
              started_at: datetime | None = None, updated_at: datetime | None = None,
              severity: str = "moderate") -> Warning:
     started = started_at or datetime.now(UTC) - timedelta(minutes=5)
-    return Warning(warning_id=warning_id, kind="congestion", severity=severity, status=status,
-                   segment_id="101:1:2", started_at=started,
-                   updated_at=updated_at or started, headline=headline,
-                   description="Luoyu Road congested", level=4, speed_kmh=12.0, lon=114.405,
-                   lat=30.5, details={"tpi": 6.5, "lanes_blocked": [1]})
+    return Warning(
+        warning_id=warning_id, kind=WarningKind.CONGESTION,
+        status=WarningStatus.RESOLVED if status == "cleared" else WarningStatus.RAISED,
+        category=CapCategory.TRANSPORT, severity=CapSeverity(severity.capitalize()),
+        urgency=CapUrgency.IMMEDIATE, certainty=CapCertainty.OBSERVED,
+        msg_type=CapMsgType.ALERT, cause="severe_congestion", segment_ids=("101:1:2",),
+        started_at=started, updated_at=updated_at or started, headline=headline,
+        description="Luoyu Road congested", level=4, speed_kmh=12.0, lon=114.405, lat=30.5,
+        details={"tpi": 6.5, "lanes_blocked": [1]})
 
 
 async def _roads(client: TestClient[Any, Any], query: str = "") -> dict[str, Any]:
@@ -280,7 +296,7 @@ async def test_warning_lifecycle_updates_in_place(env: Env) -> None:
     await env.bus.publish(WARNING, _warning("w1", started_at=start, severity="severe",
                                             headline="珞喻路严重拥堵",
                                             updated_at=start + timedelta(minutes=5)))
-    await wait_for(lambda: env.publisher.warnings.find("w1").severity == "severe")  # type: ignore[union-attr]
+    await wait_for(lambda: env.publisher.warnings.find("w1").severity == "Severe")  # type: ignore[union-attr]
     body = await _warnings(env.client)
     assert body["count"] == 1 and body["warnings"][0]["headline"] == "珞喻路严重拥堵"
 
@@ -291,7 +307,7 @@ async def test_warning_lifecycle_updates_in_place(env: Env) -> None:
     await env.bus.publish(WARNING, _warning("w1", started_at=start, status="cleared",
                                             headline="珞喻路恢复畅通",
                                             updated_at=start + timedelta(minutes=9)))
-    await wait_for(lambda: env.publisher.warnings.find("w1").status == "cleared")  # type: ignore[union-attr]
+    await wait_for(lambda: env.publisher.warnings.find("w1").status == "resolved")  # type: ignore[union-attr]
     assert (await _warnings(env.client))["count"] == 0
     cleared = await _warnings(env.client, "cleared")
     assert [w["headline"] for w in cleared["warnings"]] == ["珞喻路恢复畅通"]

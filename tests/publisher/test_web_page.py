@@ -42,7 +42,7 @@ async def _page(env: Env) -> str:
 
 async def test_page_is_served_with_map_legend_and_warning_list(env: Env) -> None:
     html = await _page(env)
-    for marker in ('<canvas id="map"', 'class="legend"', 'id="warnings"', "严重拥堵",
+    for marker in ('<canvas id="map"', 'class="legend"', 'id="warnings"', 'id="legend-levels"',
                    "/static/app.js", "/static/style.css"):
         assert marker in html
 
@@ -65,7 +65,7 @@ async def test_every_referenced_asset_is_served(env: Env) -> None:
 async def test_page_script_calls_only_publisher_endpoints(env: Env) -> None:
     script = await (await env.client.get("/static/app.js")).text()
     called = set(re.findall(r"[`\"'](/api/v1/[a-z]+)", script))
-    assert called == {"/api/v1/region", "/api/v1/roads", "/api/v1/warnings"}
+    assert called == {"/api/v1/region", "/api/v1/roads", "/api/v1/warnings", "/api/v1/levels"}
     assert "/bigdata" not in script
     for path in called:  # each is a real route of the app
         assert (await env.client.get(path)).status == 200, path

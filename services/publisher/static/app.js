@@ -5,9 +5,9 @@
 (() => {
   const POLL_MS = 10000;
   const LEVEL_COLORS = ["#a3a8ae", "#2e9e44", "#9ccc3c", "#f2b600", "#ee6a1f", "#a50f15"];
-  const LEVEL_NAMES = ["无数据", "畅通", "基本畅通", "轻度拥堵", "中度拥堵", "严重拥堵"];
-  const LEVEL_NAMES_EN = ["no data", "smooth", "basically smooth", "light congestion",
-    "moderate congestion", "severe congestion"];
+  // Level names are the server's (GET /api/v1/levels, the one vocabulary); 0 is "no data".
+  const LEVEL_NAMES = ["无数据"];
+  const LEVEL_NAMES_EN = ["no data"];
   const SOURCE_NAMES = {
     probe: "浮动车 probe vehicles", detector: "检测器 road detectors",
     "probe+detector": "浮动车+检测器 probe vehicles and detectors",
@@ -272,6 +272,20 @@
       minX, minY, maxX, maxY };
   }
 
+  async function loadLevels() {
+    const answer = await getJson("/api/v1/levels");
+    const items = [];
+    for (const { level, name, name_en: nameEn } of answer.levels) {
+      LEVEL_NAMES[level] = name;
+      LEVEL_NAMES_EN[level] = nameEn;
+      const li = el("li", "", null);
+      li.append(el("i", `swatch l${level}`), `${name} `, el("small", "", nameEn));
+      items.push(li);
+    }
+    const list = document.getElementById("legend-levels");
+    list.prepend(...items);
+  }
+
   async function loadRegion() {
     for (;;) {
       try {
@@ -336,7 +350,10 @@
       li.appendChild(el("div", "headline", w.headline));
       if (w.description) li.appendChild(el("div", "", w.description));
       const parts = [`${w.kind} · ${w.severity}`];
-      if (w.level) parts.push(`${LEVEL_NAMES[w.level]} ${LEVEL_NAMES_EN[w.level]}`);
+      if (w.level && LEVEL_NAMES[w.level]) {
+        parts.push(`${LEVEL_NAMES[w.level]} ${LEVEL_NAMES_EN[w.level]}`);
+      }
+      if (w.segment_ids && w.segment_ids.length > 1) parts.push(`${w.segment_ids.length} 段 segments`);
       if (w.speed_kmh != null) parts.push(`${Math.round(w.speed_kmh)} km/h`);
       parts.push(`开始 since ${fmtTime(w.started_at)}`);
       li.appendChild(el("div", "meta", parts.join(" · ")));
@@ -442,7 +459,7 @@
     document.getElementById("info-name-en").textContent = props.name_en || props.segment_id;
     const level = props.level || 0;
     const badge = el("span", `level-badge l${level}`,
-      `${props.level_name || LEVEL_NAMES[level]} ${props.level_name_en || LEVEL_NAMES_EN[level]}`);
+      `${props.level_name || LEVEL_NAMES[0]} ${props.level_name_en || LEVEL_NAMES_EN[0]}`);
     const rows = [
       ["路况 Level", badge],
       ["车速 Speed", props.speed_kmh != null ? `${props.speed_kmh} km/h` : "—"],
@@ -533,6 +550,7 @@
   async function main() {
     bindInput();
     await loadRegion();
+    await loadLevels();
     resize();
     fitRegion();
     await Promise.all([loadRoads(), loadWarnings()]);

@@ -1,4 +1,4 @@
-"""A small client of bigdata's internal HTTP API: the segment catalogue and the region.
+"""The client of bigdata's internal HTTP API: the segment catalogue, the region, profiles.
 
 Contract (bigdata implements it): ``GET /v1/segments[?bbox=…]``, ``GET /v1/segments/{id}``,
 ``GET /v1/region`` and ``GET /v1/profiles?at=…`` (time-of-week profile speeds of the bucket
@@ -13,14 +13,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
+from shared.clients.http import JsonClient
 from shared.errors import NotFound, TransientError
 
-log = logging.getLogger("tti.publisher.bigdata")
+log = logging.getLogger("tti.clients.bigdata")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,43 +202,10 @@ def parse_profiles(data: object) -> ProfileSnapshot:
                            rejected=rejected)
 
 
-class BigdataClient:
-    """Reads segments and the region from bigdata; ``start``/``close`` own the HTTP session."""
+class BigdataClient(JsonClient):
+    """Reads segments, the region and profile speeds from bigdata."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        """Open the HTTP session (idempotent)."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5.0),
-                headers={"Accept": "application/json"},
-            )
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        if self._session is None:
-            raise TransientError("bigdata client is not started", code="bigdata_unavailable")
-        url = self.base_url + path
-        try:
-            async with self._session.get(url, params=params) as resp:
-                if resp.status == 404:
-                    raise NotFound(f"bigdata has no {path}")
-                if resp.status != 200:
-                    raise TransientError(f"bigdata answered HTTP {resp.status} for {path}",
-                                         code="bigdata_unavailable")
-                return await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TransientError(f"bigdata unreachable at {url}: {exc or type(exc).__name__}",
-                                 code="bigdata_unavailable") from exc
+    service = "bigdata"
 
     async def list_segments(self, bbox: tuple[float, float, float, float] | None = None
                             ) -> SegmentBatch:
@@ -275,7 +240,43 @@ class BigdataClient:
         """The region's name, bbox and segment count."""
         return parse_region(await self._get("/v1/region"))
 
+    async def list_detectors(self) -> dict[str, DetectorSite]:
+        """The roadside detector and camera registry (id → site)."""
+        return parse_detectors(await self._get("/v1/features", {
+            "kinds": "detector", "limit": "5000", "geometry": "false"}))
+
     async def get_profiles(self, at: datetime) -> ProfileSnapshot:
         """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
         return parse_profiles(await self._get("/v1/profiles",
                                               {"at": at.astimezone(UTC).isoformat()}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectorSite:
+    """Where a roadside detector or camera is and which segment it watches (if one)."""
+
+    detector_id: str
+    lon: float
+    lat: float
+    segment_id: str | None
+    name: str | None = None
+
+
+def parse_detectors(data: object) -> dict[str, DetectorSite]:
+    """bigdata's ``/v1/features?kinds=detector`` answer → sites by id; malformed rows skipped."""
+    features = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(features, list):
+        raise TransientError("bigdata feature listing lacks 'features'", code="bigdata_bad_answer")
+    out: dict[str, DetectorSite] = {}
+    for f in features:
+        try:
+            attrs = f.get("attrs") or {}
+            lon, lat = (float(v) for v in f["center"])
+            segment_id = attrs.get("segment_id")
+            out[str(f["id"])] = DetectorSite(
+                detector_id=str(f["id"]), lon=lon, lat=lat,
+                segment_id=segment_id if isinstance(segment_id, str) and segment_id else None,
+                name=f.get("name") if isinstance(f.get("name"), str) else None)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return out

@@ -1,0 +1,491 @@
+"""The warning engine: the one writer of warning state.
+
+It consumes segment speeds and detected events in stream order and decides, deterministically,
+every road status the public sees (live, profile fallback, or none), every congestion queue and
+incident warning, and the area index. Everything it concludes goes out through an `Output`,
+which the app gates on the replica's lease: a standby replica runs the same engine on the same
+stream and so holds the same state, but publishes nothing until it takes over (then it
+republishes what is active, under the same deterministic ids and event ids, so JetStream drops
+what the old active replica had already sent).
+
+Time comes from the one clock (``shared/clock.py``); a window's own times come from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from services.warning import congestion, incidents
+from services.warning.area_index import AreaGrid, compute_index
+from services.warning.congestion import STALE_WINDOWS, Grade, grade
+from shared.clients.bigdata import DetectorSite, ProfileSnapshot
+from shared.clock import Clock
+from shared.codec import Envelope
+from shared.events import (
+    AREA_INDEX,
+    INCIDENT,
+    ROAD_STATUS,
+    WARNING,
+    AreaIndex,
+    CapCertainty,
+    CapMsgType,
+    CapSeverity,
+    CapUrgency,
+    DetectedEvent,
+    Detour,
+    Impact,
+    RoadStatus,
+    SegmentSpeed,
+    Subject,
+    Warning,
+    WarningKind,
+    WarningStatus,
+)
+from shared.roadnet import RoadNetwork
+
+log = logging.getLogger("tti.warning")
+
+T = TypeVar("T")
+
+STATUSES = Counter("tti_warning_road_status_total", "Road statuses graded, by level and source",
+                   ["level", "source"])
+WARNINGS = Counter("tti_warning_warnings_total", "Warning messages, by kind and status",
+                   ["kind", "status"])
+ACTIVE = Gauge("tti_warning_active_warnings", "Active warnings, by kind", ["kind"])
+IGNORED = Counter("tti_warning_inputs_ignored_total",
+                  "Inputs the engine did not apply, by reason", ["input", "reason"])
+
+MAX_ENDED = 5000
+"""Ended warnings kept for ``/v1/warnings?status=ended`` (newest kept)."""
+
+
+class Output(Protocol):
+    """Where the engine's conclusions go (the bus, gated by the lease)."""
+
+    async def publish(self, subject: Subject[T], payload: T, *, event_id: str) -> None:
+        """Hand one event over; ``event_id`` is deterministic (JetStream drops repeats)."""
+
+
+Analyst = Callable[[Warning], Awaitable[tuple[Detour | None, Impact | None]]]
+"""Computes a warning's detour and impact (routing); slow, so run beside the engine."""
+
+
+@dataclass(slots=True)
+class _Segment:
+    last: SegmentSpeed
+    grade: Grade
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class _Published:
+    """What was last published for a segment: (source, level, speed) to skip repeats."""
+
+    source: str
+    level: int | None
+
+
+class WarningEngine:
+    """Grades segments, tracks queues and incidents, and keeps every warning's lifecycle."""
+
+    def __init__(self, *, window_s: float, clock: Clock, output: Output,
+                 analyst: Analyst | None = None) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.output = output
+        self.analyst = analyst
+        self.network: RoadNetwork | None = None
+        self.grid: AreaGrid | None = None
+        self.segments: dict[str, _Segment] = {}
+        self.warnings: dict[str, Warning] = {}
+        self.ended: OrderedDict[str, Warning] = OrderedDict()
+        self.queues: dict[str, set[str]] = {}
+        self.incidents = incidents.IncidentBook()
+        self.detectors: Mapping[str, DetectorSite] = {}
+        self.profiles: ProfileSnapshot | None = None
+        self.index: dict[str, AreaIndex] = {}
+        self._published: dict[str, _Published] = {}
+        self._dirty = False
+        self._open_window: datetime | None = None
+        self._last_arrival = -1.0e18
+        self._analysis: dict[str, asyncio.Task[None]] = {}
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def set_network(self, network: RoadNetwork) -> None:
+        """The road graph queues are traced on (and the area grid drawn over)."""
+        self.network = network
+        self.grid = AreaGrid(network)
+
+    async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
+        """Bus handler for ``tti.segment.speed``: grade, publish the status, note the queue."""
+        await self.apply_speed(env.payload)
+
+    async def apply_speed(self, s: SegmentSpeed) -> None:
+        """Grade one window of one segment; queues are re-evaluated once the window is in."""
+        held = self.segments.get(s.segment_id)
+        if held is not None and s.window_start <= held.last.window_start:
+            IGNORED.labels("speed", "not_newer").inc()
+            return  # redelivered, or older than what is held: changes nothing
+        if self._open_window is not None and s.window_start > self._open_window and self._dirty:
+            await self.evaluate()  # the previous window is complete: trace its queues first
+        if self._open_window is None or s.window_start > self._open_window:
+            self._open_window = s.window_start
+        g = grade(s.speed_kmh, s.road_class)
+        self.segments[s.segment_id] = _Segment(s, g)
+        self._dirty = True
+        self._last_arrival = self.clock.monotonic()
+        await self._publish_status(RoadStatus(
+            segment_id=s.segment_id, level=g.level, level_name=g.names[0],
+            level_name_en=g.names[1], speed_kmh=s.speed_kmh, free_flow_kmh=s.free_flow_kmh,
+            observed_at=s.observed_at, sample_count=s.sample_count, source=s.source, tpi=g.tpi),
+            event_id=f"status:{s.segment_id}:{s.window_start.isoformat()}")
+
+    async def on_detected_event(self, env: Envelope[DetectedEvent]) -> None:
+        """Bus handler for ``tti.detector.event``: incidents and weather warnings."""
+        e = env.payload
+        site = self.detectors.get(e.detector_id)
+        change = self.incidents.apply(e, site, self._segment_level)
+        if change is None:
+            IGNORED.labels("detected_event", "not_newer").inc()
+            return
+        inc, warning = change
+        if inc is not None:
+            await self.output.publish(
+                INCIDENT, inc, event_id=f"{inc.incident_id}:{inc.updated_at.isoformat()}")
+        if warning is not None:
+            await self._put_warning(warning, analyse=warning.kind == WarningKind.INCIDENT)
+
+    def set_profiles(self, snapshot: ProfileSnapshot) -> None:
+        """The time-of-week profile speeds of the current bucket (the fallback)."""
+        self.profiles = snapshot
+
+    # --- time --------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Periodic work: a quiet window's queues, staleness, profile fallback, the index."""
+        now = self.clock.now()
+        settle_s = min(5.0, self.window_s / 4)
+        if self._dirty and self.clock.monotonic() - self._last_arrival >= settle_s:
+            await self.evaluate()
+        await self.expire_stale(now)
+
+    async def evaluate(self) -> None:
+        """Re-trace the queues from the held grades and publish the area index."""
+        self._dirty = False
+        if self.network is not None:
+            await self._trace_queues()
+        await self._publish_index(self.clock.now())
+
+    async def expire_stale(self, now: datetime) -> None:
+        """Segments without a window for STALE_WINDOWS windows fall back to their profile."""
+        limit = timedelta(seconds=self.window_s * STALE_WINDOWS)
+        changed = False
+        for sid, seg in self.segments.items():
+            if seg.stale or now - seg.last.observed_at < limit:
+                continue
+            seg.stale = True
+            changed = True
+            await self._publish_fallback(sid, seg.last.road_class, seg.last.free_flow_kmh, now)
+        if changed and self.network is not None:
+            await self._trace_queues(no_data_at=now)
+
+    async def refresh_profiles(self, snapshot: ProfileSnapshot) -> int:
+        """A new bucket's profiles: re-grade every segment without live data; returns how many."""
+        self.profiles = snapshot
+        if self.network is None:
+            return 0
+        now = self.clock.now()
+        count = 0
+        for seg in self.network:
+            held = self.segments.get(seg.segment_id)
+            if held is not None and not held.stale:
+                continue
+            if await self._publish_fallback(seg.segment_id, seg.road_class, seg.free_flow_kmh,
+                                            now):
+                count += 1
+        return count
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _segment_level(self, segment_id: str) -> int | None:
+        seg = self.segments.get(segment_id)
+        return None if seg is None or seg.stale else seg.grade.level
+
+    async def _publish_status(self, status: RoadStatus, *, event_id: str) -> None:
+        self._published[status.segment_id] = _Published(status.source, status.level)
+        STATUSES.labels(str(status.level or 0), status.source).inc()
+        await self.output.publish(ROAD_STATUS, status, event_id=event_id)
+
+    async def _publish_fallback(self, segment_id: str, road_class: str | None,
+                                free_flow_kmh: float | None, now: datetime) -> bool:
+        """Publish the profile status of a segment (or ``none``); False when nothing to say."""
+        snap = self.profiles
+        profile = None
+        if snap is not None and now < snap.valid_until + timedelta(seconds=self.window_s):
+            profile = snap.speeds.get(segment_id)
+        if profile is None:
+            prev = self._published.get(segment_id)
+            if prev is None or prev.source == "none":
+                return False  # nothing was said of it, or "no data" already was
+            g, source, speed = Grade(None, None), "none", None
+        else:
+            g, source, speed = grade(profile.speed_kmh, road_class), "profile", profile.speed_kmh
+        await self._publish_status(RoadStatus(
+            segment_id=segment_id, level=g.level, level_name=g.names[0],
+            level_name_en=g.names[1], speed_kmh=speed, free_flow_kmh=free_flow_kmh,
+            observed_at=now, sample_count=0, source=source, tpi=g.tpi),
+            event_id=f"status:{segment_id}:{source}:{now.isoformat()}")
+        return True
+
+    async def _publish_index(self, now: datetime) -> None:
+        if self.grid is None:
+            return
+        live = {sid: s for sid, s in self.segments.items() if not s.stale}
+        for area in compute_index(self.grid, live, now):
+            self.index[area.area_id] = area
+            await self.output.publish(AREA_INDEX, area,
+                                      event_id=f"index:{area.area_id}:{now.isoformat()}")
+
+    async def republish(self) -> None:
+        """Send what is active again (a standby that just took over, or a restarted consumer)."""
+        for w in list(self.warnings.values()):
+            await self.output.publish(WARNING, w, event_id=f"{w.warning_id}:{w.version}")
+        for inc in self.incidents.active():
+            await self.output.publish(INCIDENT, inc,
+                                      event_id=f"{inc.incident_id}:{inc.updated_at.isoformat()}")
+
+    # --- queues ------------------------------------------------------------------------------
+
+    async def _trace_queues(self, *, no_data_at: datetime | None = None) -> None:
+        network = self.network
+        assert network is not None
+        raising = {sid for sid, s in self.segments.items()
+                   if not s.stale and congestion.raises(s.last, s.grade.level)}
+        holding = {sid for sid, s in self.segments.items()
+                   if not s.stale and (s.grade.level or 0) >= congestion.HOLD_AT_OR_ABOVE}
+        plan = congestion.plan_queues(
+            network, raising=raising, holding=holding, queues=self.queues,
+            started=lambda wid: (self.warnings[wid].started_at, wid))
+        for wid, into in sorted(plan.merged.items()):
+            await self._end(wid, WarningStatus.RESOLVED, cause=f"merged into {into}",
+                            at=self._latest_at(self.queues[wid]))
+        for wid in sorted(plan.ended):
+            segs = self.queues[wid]
+            all_stale = all(self.segments[s].stale for s in segs if s in self.segments)
+            reason = "no_data" if all_stale else "recovered"
+            at = no_data_at if all_stale and no_data_at is not None else self._latest_at(segs)
+            await self._end(wid, WarningStatus.RESOLVED, cause=reason, at=at)
+        for wid, kept in sorted(plan.keep.items()):
+            await self._update_queue(wid, kept)
+        for new in plan.new:
+            await self._raise_queue(new)
+
+    def _latest_at(self, segment_ids: set[str] | list[str]) -> datetime:
+        times = [self.segments[s].last.observed_at for s in segment_ids if s in self.segments]
+        return max(times) if times else self.clock.now()
+
+    def _queue_facts(self, segs: list[str]) -> dict[str, Any]:
+        network = self.network
+        assert network is not None
+        ordered = congestion.upstream_order(network, segs)
+        length = sum(network.get_segment(s).length_m for s in ordered if s in network)
+        windows = [self.segments[s].last for s in ordered if s in self.segments]
+        dist = sum(network.get_segment(w.segment_id).length_m for w in windows
+                   if w.speed_kmh and w.segment_id in network)
+        hours = sum(network.get_segment(w.segment_id).length_m / 1000.0 / w.speed_kmh
+                    for w in windows if w.speed_kmh and w.segment_id in network)
+        speed = round(dist / 1000.0 / hours, 1) if hours > 0 else None
+        free = [w.free_flow_kmh for w in windows if w.free_flow_kmh]
+        levels = [self.segments[s].grade.level or 0 for s in ordered if s in self.segments]
+        head = network.get_segment(congestion.head_of(network, ordered))
+        names = [network.get_segment(s).name for s in ordered if s in network]
+        return {
+            "ordered": ordered, "length_m": length, "speed_kmh": speed,
+            "free_flow_kmh": round(sum(free) / len(free), 1) if free else None,
+            "vehicles": max((w.sample_count for w in windows), default=0),
+            "level": max(levels, default=None), "head": head,
+            "names": names, "observed_at": max(w.observed_at for w in windows),
+            "window_start": min(w.window_start for w in windows
+                                if self.segments[w.segment_id].grade.level == congestion.SEVERE)
+            if any(self.segments[w.segment_id].grade.level == congestion.SEVERE for w in windows)
+            else min(w.window_start for w in windows),
+        }
+
+    def _queue_fields(self, facts: dict[str, Any]) -> dict[str, Any]:
+        headline, headline_en, description, description_en = congestion.queue_text(
+            facts["names"], length_m=facts["length_m"], speed_kmh=facts["speed_kmh"],
+            free_flow_kmh=facts["free_flow_kmh"], vehicles=facts["vehicles"],
+            level=facts["level"])
+        network = self.network
+        assert network is not None
+        mid = facts["head"].coords[len(facts["head"].coords) // 2]
+        return {
+            "segment_ids": tuple(facts["ordered"]), "headline": headline,
+            "headline_en": headline_en, "description": description,
+            "description_en": description_en,
+            "road_names": tuple(n for n in dict.fromkeys(facts["names"]) if n),
+            "level": facts["level"], "speed_kmh": facts["speed_kmh"],
+            "lon": mid[0], "lat": mid[1],
+            "severity": CapSeverity.SEVERE if facts["level"] == congestion.SEVERE
+            else CapSeverity.MODERATE,
+            "area": incidents.area_of(network, facts["ordered"], facts["names"]),
+            "details": {"length_m": round(facts["length_m"], 1),
+                        "vehicles": facts["vehicles"],
+                        "free_flow_kmh": facts["free_flow_kmh"]},
+        }
+
+    async def _raise_queue(self, segs: list[str]) -> None:
+        facts = self._queue_facts(segs)
+        wid = congestion.queue_warning_id(facts["head"].segment_id, facts["window_start"])
+        if wid in self.warnings or wid in self.ended:
+            # The same queue seen again (a replay, or it ended and came back in the same
+            # window): continue under its id rather than making a second warning.
+            IGNORED.labels("queue", "known").inc()
+            prior = self.warnings.get(wid) or self.ended.pop(wid)
+            self.warnings[wid] = prior
+            self.queues[wid] = set(segs)
+            await self._update_queue(wid, list(segs))
+            return
+        w = Warning(
+            warning_id=wid, kind=WarningKind.CONGESTION, status=WarningStatus.RAISED,
+            category=incidents.CATEGORY[WarningKind.CONGESTION],
+            certainty=CapCertainty.OBSERVED, urgency=CapUrgency.IMMEDIATE,
+            msg_type=CapMsgType.ALERT, started_at=facts["window_start"],
+            updated_at=facts["observed_at"], cause="severe_congestion",
+            **self._queue_fields(facts))
+        self.queues[wid] = set(segs)
+        await self._put_warning(w, analyse=True)
+
+    async def _update_queue(self, wid: str, segs: list[str]) -> None:
+        old = self.warnings[wid]
+        facts = self._queue_facts(segs)
+        fields = self._queue_fields(facts)
+        moved = set(segs) != self.queues.get(wid, set())
+        self.queues[wid] = set(segs)
+        same = all(getattr(old, k) == v for k, v in fields.items())
+        if same:
+            return
+        status = old.status if old.status in (WarningStatus.ACKNOWLEDGED,
+                                              WarningStatus.ASSIGNED) else WarningStatus.UPDATED
+        w = replace(old, status=status, msg_type=CapMsgType.UPDATE,
+                    updated_at=max(old.updated_at, facts["observed_at"]),
+                    version=old.version + 1, **fields)
+        if moved:
+            w = replace(w, detour=None, impact=None)
+        await self._put_warning(w, analyse=moved)
+
+    async def _end(self, wid: str, status: WarningStatus, *, cause: str, at: datetime) -> None:
+        old = self.warnings.pop(wid, None)
+        self.queues.pop(wid, None)
+        if old is None:
+            return
+        task = self._analysis.pop(wid, None)
+        if task is not None:
+            task.cancel()
+        at = max(at, old.updated_at)
+        w = replace(old, status=status, msg_type=CapMsgType.UPDATE, urgency=CapUrgency.PAST,
+                    updated_at=at, ended_at=at, version=old.version + 1,
+                    details={**old.details, "ended_because": cause})
+        await self._emit(w)
+        self.ended[wid] = w
+        while len(self.ended) > MAX_ENDED:
+            self.ended.popitem(last=False)
+        self._count_active()
+        log.info("warning resolved", extra={"warning_id": wid, "because": cause})
+
+    # --- warnings ----------------------------------------------------------------------------
+
+    async def _put_warning(self, w: Warning, *, analyse: bool) -> None:
+        if not w.active:
+            self.warnings.pop(w.warning_id, None)
+            self.ended[w.warning_id] = w
+        else:
+            self.warnings[w.warning_id] = w
+        await self._emit(w)
+        self._count_active()
+        if analyse and w.active and self.analyst is not None and w.segment_ids:
+            self._schedule_analysis(w)
+
+    async def _emit(self, w: Warning) -> None:
+        WARNINGS.labels(w.kind.value, w.status.value).inc()
+        await self.output.publish(WARNING, w, event_id=f"{w.warning_id}:{w.version}")
+        if w.version == 1:
+            log.info("warning raised", extra={"warning_id": w.warning_id, "kind": w.kind.value,
+                                              "segments": len(w.segment_ids)})
+
+    def _count_active(self) -> None:
+        for kind in WarningKind:
+            ACTIVE.labels(kind.value).set(sum(1 for w in self.warnings.values()
+                                              if w.kind == kind))
+
+    def _schedule_analysis(self, w: Warning) -> None:
+        old = self._analysis.pop(w.warning_id, None)
+        if old is not None:
+            old.cancel()
+        analyst = self.analyst
+        assert analyst is not None
+        wid, segments = w.warning_id, w.segment_ids
+
+        async def run() -> None:
+            try:
+                detour, impact = await analyst(w)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("detour and impact of %s failed", wid)
+                return
+            finally:
+                if self._analysis.get(wid) is asyncio.current_task():
+                    del self._analysis[wid]
+            current = self.warnings.get(wid)
+            if current is None or current.segment_ids != segments:
+                return  # the warning moved on while we computed: a newer analysis follows
+            if current.detour == detour and current.impact == impact:
+                return
+            await self._put_warning(replace(current, detour=detour, impact=impact,
+                                            version=current.version + 1,
+                                            msg_type=CapMsgType.UPDATE), analyse=False)
+
+        self._analysis[wid] = asyncio.get_running_loop().create_task(run(),
+                                                                      name=f"analyse:{wid}")
+
+    async def stop(self) -> None:
+        """Cancel running analyses."""
+        tasks = list(self._analysis.values())
+        self._analysis.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def list_warnings(self, status: str = "active") -> list[Warning]:
+        """Active warnings (``active``), ended ones (``ended``) or both (``all``), newest first."""
+        items: list[Warning] = []
+        if status in ("active", "all"):
+            items.extend(self.warnings.values())
+        if status in ("ended", "all"):
+            items.extend(self.ended.values())
+        items.sort(key=lambda w: (w.started_at, w.updated_at, w.warning_id), reverse=True)
+        return items
+
+    def find_warning(self, warning_id: str) -> Warning | None:
+        """One warning by id (active or recently ended), or None."""
+        return self.warnings.get(warning_id) or self.ended.get(warning_id)
+
+
+def warning_json(w: Warning) -> dict[str, object]:
+    """A warning as the HTTP API shows it: every field, plus ``active``."""
+    out = {f.name: getattr(w, f.name) for f in dataclasses.fields(w)}
+    out["active"] = w.active
+    return out

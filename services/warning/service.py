@@ -1,0 +1,207 @@
+"""The warning service's moving parts around the engine: inputs, loops, the lease-gated output.
+
+Start-up, in the background: the road network from bigdata (retried until bigdata has one), the
+routing graph, the detector registry, the profiles of the current bucket; the bus handlers wait
+for that before they take their first event (JetStream keeps the events meanwhile). Then, on the
+one clock: a tick a few times per window (queues of a quiet window, staleness, the index), the
+routing weights once per window, the profiles when their bucket turns, the detector registry
+every few minutes.
+
+Scaling: every replica consumes every event through its own durable consumer into the same
+deterministic state; only the holder of the ``warning`` lease publishes (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from services.warning.engine import WarningEngine
+from services.warning.network import load_network
+from services.warning.routing import LiveRouting
+from shared.bus import EventBus
+from shared.bus.lease import Lease
+from shared.clients.bigdata import BigdataClient
+from shared.clock import Clock
+from shared.codec import Envelope
+from shared.config import Config
+from shared.events import DETECTED_EVENT, SEGMENT_SPEED, DetectedEvent, SegmentSpeed, Subject
+
+log = logging.getLogger("tti.warning.service")
+
+T = TypeVar("T")
+
+SUPPRESSED = Counter("tti_warning_standby_suppressed_total",
+                     "Events a standby replica computed but did not publish", ["subject"])
+ACTIVE_REPLICA = Gauge("tti_warning_active_replica", "1 on the replica that publishes")
+
+DETECTOR_REFRESH_S = 300.0
+
+
+class LeaseOutput:
+    """Publishes while this replica holds the lease; a standby computes the same, silently."""
+
+    def __init__(self, bus: EventBus, lease: Lease) -> None:
+        self.bus = bus
+        self.lease = lease
+
+    async def publish(self, subject: Subject[T], payload: T, *, event_id: str) -> None:
+        """Hand the event to the bus if active (JetStream drops a repeated event id)."""
+        if not self.lease.held:
+            SUPPRESSED.labels(subject.name).inc()
+            return
+        await self.bus.publish(subject, payload, event_id=event_id)
+
+
+class WarningService:
+    """Owns the engine's inputs and loops for one replica."""
+
+    def __init__(self, config: Config, *, bus: EventBus, clock: Clock, bigdata: BigdataClient,
+                 engine: WarningEngine, lease: Lease) -> None:
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self.bigdata = bigdata
+        self.engine = engine
+        self.lease = lease
+        self.routing: LiveRouting | None = None
+        self.ready = asyncio.Event()
+        self.state = "starting"
+        self._subs: list[Any] = []
+        self._weights_for: object = None
+
+    @property
+    def durable(self) -> str:
+        """Each replica consumes everything: its own durable consumer."""
+        if self.config.replica_count > 1:
+            return f"warning-{self.config.replica_index}"
+        return "warning"
+
+    async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
+        """Bus handler: wait for the network, then hand the window to the engine."""
+        await self.ready.wait()
+        await self.engine.on_speed(env)
+
+    async def on_detected_event(self, env: Envelope[DetectedEvent]) -> None:
+        """Bus handler: wait for the network, then hand the event to the engine."""
+        await self.ready.wait()
+        await self.engine.on_detected_event(env)
+
+    async def subscribe(self) -> None:
+        """Start consuming (handlers hold events until `prepare` is done)."""
+        self._subs.append(await self.bus.subscribe(SEGMENT_SPEED, self.on_speed,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(DETECTED_EVENT, self.on_detected_event,
+                                                   durable=self.durable))
+
+    async def unsubscribe(self) -> None:
+        """Stop consuming; in-flight events finish first."""
+        subs, self._subs = self._subs, []
+        self.ready.set()  # let waiting handlers through so the subscriptions can drain
+        for sub in subs:
+            try:
+                await sub.stop()
+            except Exception:
+                log.warning("stopping a warning subscription failed", exc_info=True)
+
+    async def prepare(self) -> None:
+        """Network, routing, detectors and profiles, retried until bigdata answers."""
+        delay = 0.5
+        while True:
+            try:
+                network = await load_network(self.bigdata)
+                break
+            except Exception as exc:
+                self.state = f"waiting for bigdata: {exc}"
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)
+        self.engine.set_network(network)
+        self.state = "building the routing graph"
+        self.routing = await LiveRouting.build(network, clock=self.clock)
+        self.engine.analyst = self.routing.analyse
+        await self._load_detectors()
+        await self._load_profiles()
+        self.state = f"{len(network)} segments"
+        self.ready.set()
+        log.info("warning service ready", extra={"segments": len(network)})
+
+    async def _load_detectors(self) -> None:
+        try:
+            self.engine.detectors = await self.bigdata.list_detectors()
+        except Exception as exc:
+            log.info("detector registry not loaded: %s", exc)
+
+    async def _load_profiles(self) -> float:
+        """Load the current bucket's profiles and re-grade; seconds until the bucket turns."""
+        try:
+            snapshot = await self.bigdata.get_profiles(self.clock.now())
+        except Exception as exc:
+            log.info("profile speeds not loaded: %s; retrying", exc)
+            return 60.0
+        count = await self.engine.refresh_profiles(snapshot)
+        log.info("profile fallback graded", extra={"segments": count,
+                                                   "bucket": snapshot.bucket})
+        return max(1.0, (snapshot.valid_until - self.clock.now()).total_seconds() + 1.0)
+
+    async def tick_loop(self) -> None:
+        """The engine's tick, and the routing weights once per window."""
+        await self.ready.wait()
+        interval = max(0.2, min(5.0, self.config.speed_window_s / 4))
+        last_weights = -1.0e18
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.engine.tick()
+                now = self.clock.monotonic()
+                if self.routing is not None and now - last_weights >= \
+                        self.config.speed_window_s:
+                    last_weights = now
+                    await self._refresh_weights()
+            except Exception:
+                log.exception("warning tick failed")
+
+    async def _refresh_weights(self) -> None:
+        assert self.routing is not None
+        live = {sid: s.last.speed_kmh for sid, s in self.engine.segments.items()
+                if not s.stale and s.last.speed_kmh is not None}
+        snap = self.engine.profiles
+        profile = {} if snap is None else {sid: p.speed_kmh for sid, p in snap.speeds.items()}
+        await self.routing.refresh(live, profile, self.clock.now())
+
+    async def profile_loop(self) -> None:
+        """Re-grade the no-data segments whenever the profile bucket turns."""
+        await self.ready.wait()
+        while True:
+            await self.clock.sleep(await self._next_profiles())
+
+    async def _next_profiles(self) -> float:
+        snap = self.engine.profiles
+        if snap is not None and self.clock.now() < snap.valid_until:
+            return max(1.0, (snap.valid_until - self.clock.now()).total_seconds() + 1.0)
+        return await self._load_profiles()
+
+    async def detector_loop(self) -> None:
+        """Reload the detector registry every few minutes."""
+        await self.ready.wait()
+        while True:
+            await self.clock.sleep(DETECTOR_REFRESH_S)
+            await self._load_detectors()
+
+    async def on_lease(self, held: bool) -> None:
+        """Lease callback: a replica that becomes active republishes what is active."""
+        ACTIVE_REPLICA.set(1 if held else 0)
+        if held:
+            log.info("this warning replica is now active")
+            if self.ready.is_set():
+                await self.engine.republish()
+        else:
+            log.warning("this warning replica lost the lease: standing by")
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once the network is loaded; says whether it is active or standby."""
+        role = "active" if self.lease.held else "standby"
+        return self.ready.is_set(), f"{self.state} ({role})"

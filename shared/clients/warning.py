@@ -1,0 +1,36 @@
+"""The client of the warning service's HTTP API: routes, warnings, incidents, the area index.
+
+Answers are handed over as the warning service's JSON (its OpenAPI document describes them);
+errors keep the warning service's own code (``no_route``, ``network_loading`` …).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.clients.http import JsonClient
+
+
+class WarningClient(JsonClient):
+    """Reads the warning service's ``/v1`` API."""
+
+    service = "warning"
+
+    async def route(self, origin: tuple[float, float], destination: tuple[float, float], *,
+                    alternatives: int = 0) -> dict[str, Any]:
+        """``GET /v1/route``: the fastest route and up to ``alternatives`` others."""
+        return dict(await self._get("/v1/route", {
+            "from": f"{origin[0]!r},{origin[1]!r}", "to": f"{destination[0]!r},{destination[1]!r}",
+            "alternatives": str(alternatives)}))
+
+    async def list_warnings(self, status: str = "active") -> dict[str, Any]:
+        """``GET /v1/warnings``."""
+        return dict(await self._get("/v1/warnings", {"status": status}))
+
+    async def list_incidents(self, status: str = "active") -> dict[str, Any]:
+        """``GET /v1/incidents``."""
+        return dict(await self._get("/v1/incidents", {"status": status}))
+
+    async def get_index(self) -> dict[str, Any]:
+        """``GET /v1/index``: the network's and every area's TPI."""
+        return dict(await self._get("/v1/index"))
