@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aiohttp import web
+
 from shared.events import SegmentSpeed, Subject
 from shared.roadnet import OsmWay, RoadNetwork
 
@@ -69,3 +71,33 @@ class Recorder:
     def of(self, subject: Subject[Any]) -> list[Any]:
         """Payloads published on one subject."""
         return [p for name, p, _ in self.events if name == subject.name]
+
+
+def bigdata_standin(network: RoadNetwork, *, profiles: dict[str, float] | None = None
+                    ) -> web.Application:
+    """bigdata's HTTP contract (segments, profiles, detectors) over a real network."""
+    records = [{
+        "segment_id": s.segment_id, "name": s.name, "name_en": s.name_en,
+        "road_class": s.road_class, "lanes": s.lanes, "speed_limit_kmh": s.speed_limit_kmh,
+        "free_flow_kmh": s.free_flow_kmh, "oneway": s.oneway, "bridge": s.bridge,
+        "tunnel": s.tunnel, "length_m": s.length_m, "coords": [list(c) for c in s.coords],
+    } for s in network]
+
+    async def segments(request: web.Request) -> web.Response:
+        return web.json_response({"segments": records, "count": len(records)})
+
+    async def profile(request: web.Request) -> web.Response:
+        at = datetime.fromisoformat(request.query["at"])
+        return web.json_response({
+            "bucket": 1, "valid_until": (at + timedelta(minutes=15)).isoformat(),
+            "profiles": [{"segment_id": sid, "speed_kmh": v, "updated_at": at.isoformat()}
+                         for sid, v in (profiles or {}).items()]})
+
+    async def features(request: web.Request) -> web.Response:
+        return web.json_response({"features": [], "count": 0})
+
+    app = web.Application()
+    app.router.add_get("/v1/segments", segments)
+    app.router.add_get("/v1/profiles", profile)
+    app.router.add_get("/v1/features", features)
+    return app
