@@ -5,9 +5,12 @@
 - `network`: `RoadNetwork`, immutable once built;
 - `search`: `ShortestPaths`, the one resumable, target-bounded Dijkstra (map matching,
   bounded shortest paths, the demo's bus routes);
+- `routing`: `RoutingGraph`, exact fastest routes under live `Weights` (ALT), with snapping
+  and alternatives.
 """
 
 from shared.roadnet.network import RoadNetwork
+from shared.roadnet.routing import NoRouteError, Route, RoutingGraph, Snap, Weights
 from shared.roadnet.search import ShortestPaths
 from shared.roadnet.segments import (
     DEFAULT_FREE_FLOW_KMH,
@@ -27,12 +30,17 @@ __all__ = [
     "DEFAULT_FREE_FLOW_KMH",
     "ROUTABLE_HIGHWAYS",
     "Candidate",
+    "NoRouteError",
     "OsmWay",
     "RoadNetwork",
     "RoadNetworkError",
     "RoadSegment",
+    "Route",
+    "RoutingGraph",
     "ShortestPaths",
+    "Snap",
     "UnknownSegmentError",
+    "Weights",
     "build_segments",
     "make_segment_id",
     "parse_maxspeed",
