@@ -36,6 +36,9 @@ class Config:
     bigdata_url: str = "http://127.0.0.1:8080/bigdata"
     warning_url: str = "http://127.0.0.1:8080/warning"
     partitions: int = 16
+    lease_ttl_s: float = 15.0
+    """A replica that holds a lease (the active warning replica) and stops renewing it is
+    replaced after this long (plus a poll): standbys take over within 30 s by default."""
     replica_index: int = 0
     replica_count: int = 1
     speed_window_s: float = 60.0

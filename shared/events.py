@@ -271,10 +271,12 @@ class Warning:
     """A warning for police, departments and citizens; the same id moves through its lifecycle.
 
     ``warning_id`` is deterministic from what the warning is about (kind, where, when it began),
-    so a redelivered or replayed event never makes a second one. ``version`` counts the
-    messages about it (1 for the Alert). CAP 1.2's vocabulary rides along as typed values; the
-    lifecycle ``status`` is kept apart from it. ``headline`` and ``description`` are rewritten
-    at every update so they stay true (Chinese, with ``*_en`` English versions).
+    so a redelivered or replayed event never makes a second one. ``version`` counts the changes
+    the stream decided (1 for the Alert), so every replica numbers them alike; the detour and
+    impact, computed beside the stream, arrive as a second message of the version they describe.
+    CAP 1.2's vocabulary rides along as typed values; the lifecycle ``status`` is kept apart
+    from it. ``headline`` and ``description`` are rewritten at every update so they stay true
+    (Chinese, with ``*_en`` English versions).
     """
 
     warning_id: str

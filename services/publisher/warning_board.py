@@ -61,6 +61,9 @@ class WarningBoard:
         if held is not None and (held.version, held.updated_at) > (warning.version,
                                                                    warning.updated_at):
             return False  # redelivered or late: never roll a warning back to an older state
+        if held is not None and held.version == warning.version and warning.detour is None \
+                and warning.impact is None and (held.detour or held.impact):
+            return False  # the same version again, without the analysis that came after it
         self._by_id[warning.warning_id] = warning
         if len(self._by_id) > self.max_entries:
             self._evict()

@@ -39,7 +39,9 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     async def on_change(held: bool) -> None:
         await service.on_lease(held)
 
-    lease = lease or lease_for_bus(bus, LEASE_NAME, holder, on_change=on_change)
+    ttl = config.lease_ttl_s
+    lease = lease or lease_for_bus(bus, LEASE_NAME, holder, on_change=on_change, ttl_s=ttl,
+                                   renew_s=ttl / 5, poll_s=min(2.0, ttl / 6))
     engine = WarningEngine(window_s=config.speed_window_s, clock=clock,
                            output=LeaseOutput(bus, lease))
     service = WarningService(config, bus=bus, clock=clock, bigdata=client, engine=engine,

@@ -405,20 +405,21 @@ class WarningEngine:
 
     # --- warnings ----------------------------------------------------------------------------
 
-    async def _put_warning(self, w: Warning, *, analyse: bool) -> None:
+    async def _put_warning(self, w: Warning, *, analyse: bool, event_suffix: str = "") -> None:
         if not w.active:
             self.warnings.pop(w.warning_id, None)
             self.ended[w.warning_id] = w
         else:
             self.warnings[w.warning_id] = w
-        await self._emit(w)
+        await self._emit(w, event_suffix)
         self._count_active()
         if analyse and w.active and self.analyst is not None and w.segment_ids:
             self._schedule_analysis(w)
 
-    async def _emit(self, w: Warning) -> None:
+    async def _emit(self, w: Warning, event_suffix: str = "") -> None:
         WARNINGS.labels(w.kind.value, w.status.value).inc()
-        await self.output.publish(WARNING, w, event_id=f"{w.warning_id}:{w.version}")
+        await self.output.publish(WARNING, w,
+                                  event_id=f"{w.warning_id}:{w.version}{event_suffix}")
         if w.version == 1:
             log.info("warning raised", extra={"warning_id": w.warning_id, "kind": w.kind.value,
                                               "segments": len(w.segment_ids)})
@@ -452,9 +453,10 @@ class WarningEngine:
                 return  # the warning moved on while we computed: a newer analysis follows
             if current.detour == detour and current.impact == impact:
                 return
-            await self._put_warning(replace(current, detour=detour, impact=impact,
-                                            version=current.version + 1,
-                                            msg_type=CapMsgType.UPDATE), analyse=False)
+            # Same version: versions count what the stream decided, so every replica numbers
+            # them alike; the analysis (timing-dependent) rides on the version it describes.
+            await self._put_warning(replace(current, detour=detour, impact=impact),
+                                    analyse=False, event_suffix=":analysis")
 
         self._analysis[wid] = asyncio.get_running_loop().create_task(run(),
                                                                       name=f"analyse:{wid}")

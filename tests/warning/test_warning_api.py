@@ -16,7 +16,7 @@ from shared.codec import Envelope
 from shared.config import Config
 from shared.events import SEGMENT_SPEED, WARNING, Warning
 from tests.publisher import wait_for
-from tests.warning.support import LON0, build_network, bigdata_standin, main_road, window
+from tests.warning.support import LON0, bigdata_standin, build_network, main_road, window
 
 NETWORK = build_network()
 
