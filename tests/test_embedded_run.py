@@ -118,7 +118,9 @@ def test_injected_incident_becomes_severe_level_and_warning(embedded: Embedded) 
 
     def warned() -> object:
         _, body = _get(embedded.base + "/api/v1/warnings")
-        return [w for w in body["warnings"] if w["segment_id"] == segment]  # type: ignore
+        # A warning lists its segments (``segment_ids``); older payloads named one.
+        return [w for w in body["warnings"]  # type: ignore[index]
+                if segment in (w.get("segment_ids") or [w.get("segment_id")])]
 
     warnings = _wait("a warning on the incident segment", warned, 150, embedded.proc)
     assert warnings[0]["kind"] == "congestion" and warnings[0]["status"] == "active"  # type: ignore

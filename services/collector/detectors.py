@@ -42,6 +42,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from shared.bus import EventBus
+from shared.clock import Clock
 from shared.config import Config
 from shared.errors import BadRequest, BusError, ConfigError, Unauthorized
 from shared.events import (
@@ -347,14 +348,14 @@ class DetectorIntake:
 
     def __init__(self, bus: EventBus, *, max_body: int = 1_048_576, max_items: int = 500,
                  tokens: Iterable[str] = (),
-                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 wall: Callable[[], datetime] | None = None) -> None:
         if max_body <= 0 or max_items <= 0:
             raise ConfigError("TTI_DETECTOR_MAX_BODY and TTI_DETECTOR_MAX_ITEMS must be positive")
         self.bus = bus
         self.max_body = max_body
         self.max_items = max_items
         self.tokens = frozenset(t for t in tokens if t)
-        self._wall = wall
+        self._wall = wall or Clock().now  # the collector passes its clock's ``now``
 
     def now(self) -> datetime:
         """The time records are checked against (the service's clock; UTC)."""
