@@ -13,11 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-import networkx as nx
-
 from shared.errors import BadRequest
 from shared.geo import bearing_deg, haversine_m
-from shared.roadnet import RoadNetwork, RoadSegment
+from shared.roadnet import RoadNetwork, RoadNetworkError, RoadSegment, RoutingGraph
 
 # Speed caps by vehicle class (km/h): Chinese rules for coaches and dangerous goods vehicles.
 CLASS_CAP_KMH = {"coach": 100.0, "tourist_bus": 100.0, "dangerous_goods": 80.0, "bus": 60.0,
@@ -168,9 +166,9 @@ class World:
         self.bus_stops = {k: dict(v) for k, v in (bus_stops or {}).items()}
         self.dwell_range_s = dwell_s
         self._nodes = list(network.graph.nodes)
-        # Trips prefer main roads: weight = travel time at free flow.
-        self._weight = {sid: s.length_m / (s.free_flow_kmh / 3.6)
-                        for sid, s in network.segments.items()}
+        # Trips prefer main roads: the fastest route at free flow.
+        self._router = RoutingGraph(network, landmarks=8)
+        self._free_flow = self._router.free_flow()
 
     # ---- fleet ---------------------------------------------------------------------------
     def make_fleet(self, n: int, *, phone_base: int = 13_800_000_000) -> list[Vehicle]:
@@ -206,16 +204,10 @@ class World:
     # ---- planning ------------------------------------------------------------------------
     def _path_segments(self, from_node: int, to_node: int) -> list[str]:
         try:
-            nodes = nx.shortest_path(self.network.graph, from_node, to_node,
-                                     weight=lambda u, v, d: min(
-                                         self._weight[k] for k in d))  # MultiDiGraph edges
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            route = self._router.fastest(from_node, to_node, self._free_flow)
+        except RoadNetworkError:  # a node not in the network
             return []
-        out = []
-        for u, v in pairwise(nodes):
-            keys = self.network.graph[u][v]
-            out.append(min(keys, key=self._weight.__getitem__))
-        return out
+        return [] if route is None else list(route.segment_ids)
 
     def _next_segments(self, vehicle: Vehicle, at_node: int | None) -> list[str]:
         if vehicle.route_segments:

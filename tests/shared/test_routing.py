@@ -123,7 +123,7 @@ def test_weights_are_clamped_to_free_flow_and_speeds_capped(graph: RoutingGraph,
 def test_weights_are_immutable(graph: RoutingGraph) -> None:
     w = graph.free_flow()
     with pytest.raises(AttributeError):
-        w.as_of = None  # type: ignore[misc]
+        w.as_of = None
     with pytest.raises(ValueError):
         w.array()[0] = 1.0
     seg_id = graph.network.get_segment(next(iter(graph.network.segments))).segment_id
