@@ -163,6 +163,7 @@ async def run_embedded(config: Config) -> None:
                     clock=clock)
     await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
     config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
+                            warning_url=f"http://127.0.0.1:{config.http_port}/warning",
                             vehicle_registry=config.vehicle_registry
                             or sim.config.registry_path,
                             # The collector polls the simulator's GTFS-rt feed unless told others,

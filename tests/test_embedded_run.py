@@ -118,12 +118,14 @@ def test_injected_incident_becomes_severe_level_and_warning(embedded: Embedded) 
 
     def warned() -> object:
         _, body = _get(embedded.base + "/api/v1/warnings")
-        # A warning lists its segments (``segment_ids``); older payloads named one.
         return [w for w in body["warnings"]  # type: ignore[index]
-                if segment in (w.get("segment_ids") or [w.get("segment_id")])]
+                if segment in w["segment_ids"]]
 
     warnings = _wait("a warning on the incident segment", warned, 150, embedded.proc)
-    assert warnings[0]["kind"] == "congestion" and warnings[0]["status"] == "active"  # type: ignore
+    w = warnings[0]  # type: ignore[index]
+    assert w["kind"] == "congestion" and w["active"] and w["status"] in ("raised", "updated")
+    assert w["severity"] == "Severe" and w["msg_type"] in ("Alert", "Update")
+    assert w["area"]["polygon"] and w["headline"]
     status, road = _get(f"{embedded.base}/api/v1/roads/{segment}")
     assert status == 200
     assert road["properties"]["level"] >= 4  # type: ignore[index]

@@ -14,12 +14,32 @@ from shared.events import (
     ALL_SUBJECTS,
     ROAD_STATUS,
     VEHICLE_POSITION,
+    WARNING,
+    Area,
+    AreaIndex,
     ArrivalPrediction,
     BusArrival,
+    CapCategory,
+    CapCertainty,
+    CapMsgType,
+    CapSeverity,
+    CapUrgency,
+    CitizenReport,
+    DetectedEvent,
+    DetectorReading,
+    Detour,
     FeatureState,
+    Impact,
+    Incident,
     RoadStatus,
+    SegmentForecast,
+    SegmentSpeed,
     SegmentSpeedPartial,
+    TerminalAlarm,
     VehiclePosition,
+    Warning,
+    WarningKind,
+    WarningStatus,
 )
 
 T = datetime(2026, 11, 28, 8, 30, 15, 250000, tzinfo=UTC)
@@ -28,22 +48,48 @@ SAMPLES: dict[str, object] = {
     "tti.position": VehiclePosition(vehicle_id="13800000001", lon=114.3, lat=30.55,
                                     observed_at=T, speed_kmh=42.0, heading_deg=90.0,
                                     vehicle_class="coach", received_at=T),
-    "tti.alarm": ALL_SUBJECTS[1].payload_type(
+    "tti.alarm": TerminalAlarm(
         vehicle_id="1", lon=114.0, lat=30.0, observed_at=T, alarms=("emergency", "overspeed"),
         alarm_bits=3),
-    "tti.segment.speed": ALL_SUBJECTS[2].payload_type(
+    "tti.segment.speed": SegmentSpeed(
         segment_id="1:2:3", window_start=T, observed_at=T, speed_kmh=None, sample_count=0),
     "tti.road.status": RoadStatus(segment_id="1:2:3", level=5, level_name="严重拥堵",
                                   speed_kmh=4.5, free_flow_kmh=60.0, observed_at=T,
-                                  sample_count=3, source="probe", tpi=9.4),
-    "tti.warning": ALL_SUBJECTS[4].payload_type(
-        warning_id="w1", kind="congestion", severity="severe", status="active",
-        segment_id="1:2:3", started_at=T, updated_at=T, headline="解放大道 严重拥堵",
+                                  sample_count=3, source="probe", tpi=9.4,
+                                  level_name_en="severe congestion"),
+    "tti.warning": Warning(
+        warning_id="cong-1", kind=WarningKind.CONGESTION, status=WarningStatus.UPDATED,
+        category=CapCategory.TRANSPORT, severity=CapSeverity.SEVERE,
+        urgency=CapUrgency.IMMEDIATE, certainty=CapCertainty.OBSERVED,
+        msg_type=CapMsgType.UPDATE, started_at=T, updated_at=T, expected_end=None,
+        headline="解放大道 严重拥堵", cause="severe_congestion", segment_ids=("1:2:3", "1:3:4"),
+        area=Area(description="解放大道", polygon=((114.0, 30.0), (114.1, 30.0), (114.0, 30.1),
+                                                  (114.0, 30.0))),
+        road_names=("解放大道",), version=3,
+        detour=Detour(segment_ids=("2:2:3",), travel_time_s=90.0, length_m=700.0,
+                      usual_travel_time_s=40.0, coords=((114.0, 30.0), (114.1, 30.0))),
+        impact=Impact(bus_routes=("R1",), trips_sampled=200, trips_affected=4,
+                      max_delay_s=300.0, computed_at=T),
         details={"sample_count": 3}),
-    "tti.detector.reading": ALL_SUBJECTS[5].payload_type(
+    "tti.incident": Incident(
+        incident_id="inc-1", kind="accident", status="confirmed", detected_at=T, updated_at=T,
+        lon=114.3, lat=30.5, segment_ids=("1:2:3",), sources=("detector:cam-7",),
+        confidence=0.9, lane=2, warning_id="inc-w-1"),
+    "tti.area.index": AreaIndex(
+        area_id="network", name="全路网 network", observed_at=T, tpi=4.2, level=3,
+        level_name="轻度拥堵", level_name_en="light congestion", speed_kmh=31.0,
+        congested_share=0.12, segment_count=100, measured_count=40,
+        bbox=(114.0, 30.0, 114.5, 30.6)),
+    "tti.forecast": SegmentForecast(
+        segment_id="1:2:3", made_at=T, valid_at=T, horizon_s=900.0, speed_kmh=22.0, level=3,
+        level_name="轻度拥堵", level_name_en="light congestion", source="profile"),
+    "tti.citizen.report": CitizenReport(
+        report_id="wechat:123", channel="wechat", kind="accident", reported_at=T,
+        text="光谷广场追尾", lon=114.4, lat=30.5),
+    "tti.detector.reading": DetectorReading(
         detector_id="cam-7", observed_at=T, interval_s=60, lane=2, vehicle_count=31,
         mean_speed_kmh=37.5, occupancy_pct=12.5, queue_length_m=0.0, source="mqtt"),
-    "tti.detector.event": ALL_SUBJECTS[6].payload_type(
+    "tti.detector.event": DetectedEvent(
         detector_id="cam-7", event_id="e1", kind="fog", observed_at=T, confidence=0.9,
         details={"visibility_m": 80}),
     "tti.feature.state": FeatureState(
@@ -100,3 +146,14 @@ def test_malformed_envelopes_raise_decode_error(raw: bytes) -> None:
 def test_payloads_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         SAMPLES["tti.position"].lat = 0.0  # type: ignore[attr-defined]
+
+
+def test_a_value_outside_an_enum_is_a_decode_error() -> None:
+    raw = orjson.loads(encode_envelope(Envelope.new(WARNING, SAMPLES["tti.warning"])))
+    raw["payload"]["severity"] = "apocalyptic"
+    with pytest.raises(DecodeError, match="severity"):
+        decode_envelope(WARNING, orjson.dumps(raw))
+
+
+def test_every_subject_has_a_sample() -> None:
+    assert {s.name for s in ALL_SUBJECTS} == set(SAMPLES)
