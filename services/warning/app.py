@@ -56,7 +56,7 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         spawn(app, service.prepare(), name="warning-prepare")
         spawn(app, service.tick_loop(), name="warning-tick")
         spawn(app, service.profile_loop(), name="warning-profiles")
-        spawn(app, service.detector_loop(), name="warning-detectors")
+        spawn(app, service.registry_loop(), name="warning-registries")
         yield
         await lease.stop()
         await service.unsubscribe()

@@ -124,6 +124,7 @@ class WarningService:
         self.routing = await LiveRouting.build(network, clock=self.clock)
         self.engine.analyst = self.routing.analyse
         await self._load_detectors()
+        await self._load_bus_routes()
         await self._load_profiles()
         self.state = f"{len(network)} segments"
         self.ready.set()
@@ -134,6 +135,16 @@ class WarningService:
             self.engine.detectors = await self.bigdata.list_detectors()
         except Exception as exc:
             log.info("detector registry not loaded: %s", exc)
+
+    async def _load_bus_routes(self) -> int:
+        """The bus routes' road segments (for impact); how many routes are known."""
+        if self.routing is None:
+            return 0
+        try:
+            self.routing.bus_routes = await self.bigdata.get_route_segments()
+        except Exception as exc:
+            log.info("bus route segments not loaded: %s", exc)
+        return len(self.routing.bus_routes)
 
     async def _load_profiles(self) -> float:
         """Load the current bucket's profiles and re-grade; seconds until the bucket turns."""
@@ -184,12 +195,23 @@ class WarningService:
             return max(1.0, (snap.valid_until - self.clock.now()).total_seconds() + 1.0)
         return await self._load_profiles()
 
-    async def detector_loop(self) -> None:
-        """Reload the detector registry every few minutes."""
+    async def registry_loop(self) -> None:
+        """Reload the detector registry and the bus routes' segments every few minutes.
+
+        bigdata maps bus shapes to roads after it has loaded its timetable, so until it knows
+        some routes they are asked for every half minute.
+        """
         await self.ready.wait()
+        since = 0.0
         while True:
-            await self.clock.sleep(DETECTOR_REFRESH_S)
-            await self._load_detectors()
+            routes = len(self.routing.bus_routes) if self.routing is not None else 0
+            step = 30.0 if routes == 0 else DETECTOR_REFRESH_S
+            await self.clock.sleep(step)
+            since += step
+            await self._load_bus_routes()
+            if since >= DETECTOR_REFRESH_S:
+                since = 0.0
+                await self._load_detectors()
 
     async def on_lease(self, held: bool) -> None:
         """Lease callback: a replica that becomes active republishes what is active."""

@@ -245,6 +245,16 @@ class BigdataClient(JsonClient):
         return parse_detectors(await self._get("/v1/features", {
             "kinds": "detector", "limit": "5000", "geometry": "false"}))
 
+    async def get_route_segments(self) -> dict[str, frozenset[str]]:
+        """Road segments each bus route runs on (``GET /v1/routes/segments``), by route id."""
+        data = await self._get("/v1/routes/segments")
+        routes = data.get("routes") if isinstance(data, dict) else None
+        if not isinstance(routes, dict):
+            raise TransientError("bigdata route segments lack 'routes'",
+                                 code="bigdata_bad_answer")
+        return {str(r): frozenset(s for s in segs if isinstance(s, str))
+                for r, segs in routes.items() if isinstance(segs, list)}
+
     async def get_profiles(self, at: datetime) -> ProfileSnapshot:
         """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
         return parse_profiles(await self._get("/v1/profiles",

@@ -384,3 +384,17 @@ async def test_broken_feed_is_reported_not_fatal(tmp_path: Path) -> None:
         resp = await client.get("/v1/stops/1/arrivals")
         assert resp.status == 503
     await bus.close()
+
+
+async def test_route_segments_name_the_roads_each_bus_route_runs_on(
+        harness: Harness, schedule: Schedule, network: RoadNetwork) -> None:
+    await wait_for(lambda: bool(harness.svc.route_segments()), within_s=60)
+    body = await harness.get("/v1/routes/segments")
+    routes = body["routes"]
+    assert body["count"] == len(routes) > 0
+    assert set(routes) <= {p.route_id for p in schedule.patterns}
+    for segments in routes.values():
+        assert segments and all(s in network for s in segments)
+    r1 = next(p for p in schedule.patterns if p.route_id == "R1")
+    mapped = ShapeSegments.from_network(r1.shape, network).ids
+    assert set(mapped) <= set(routes["R1"])

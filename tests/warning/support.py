@@ -73,9 +73,9 @@ class Recorder:
         return [p for name, p, _ in self.events if name == subject.name]
 
 
-def bigdata_standin(network: RoadNetwork, *, profiles: dict[str, float] | None = None
-                    ) -> web.Application:
-    """bigdata's HTTP contract (segments, profiles, detectors) over a real network."""
+def bigdata_standin(network: RoadNetwork, *, profiles: dict[str, float] | None = None,
+                    bus_routes: dict[str, list[str]] | None = None) -> web.Application:
+    """bigdata's HTTP contract (segments, profiles, detectors, bus routes) over a network."""
     records = [{
         "segment_id": s.segment_id, "name": s.name, "name_en": s.name_en,
         "road_class": s.road_class, "lanes": s.lanes, "speed_limit_kmh": s.speed_limit_kmh,
@@ -96,7 +96,11 @@ def bigdata_standin(network: RoadNetwork, *, profiles: dict[str, float] | None =
     async def features(request: web.Request) -> web.Response:
         return web.json_response({"features": [], "count": 0})
 
+    async def route_segments(request: web.Request) -> web.Response:
+        return web.json_response({"routes": bus_routes or {}, "count": len(bus_routes or {})})
+
     app = web.Application()
+    app.router.add_get("/v1/routes/segments", route_segments)
     app.router.add_get("/v1/segments", segments)
     app.router.add_get("/v1/profiles", profile)
     app.router.add_get("/v1/features", features)

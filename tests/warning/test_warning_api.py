@@ -23,7 +23,8 @@ NETWORK = build_network()
 
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus, list[Warning]]]:
-    bigdata = TestServer(bigdata_standin(NETWORK))
+    bigdata = TestServer(bigdata_standin(NETWORK, bus_routes={
+        "R7": main_road(NETWORK, 0, 11), "R9": [f"2:{100 + k}:{101 + k}" for k in range(12)]}))
     await bigdata.start_server()
     bus = MemoryBus(partitions=2)
     await bus.start()
@@ -94,6 +95,7 @@ async def test_a_queue_is_one_warning_with_its_detour_and_impact(env: Any) -> No
     assert any(s.startswith("2:") for s in detour["segment_ids"]), "over 和平大道"
     assert detour["travel_time_s"] > detour["usual_travel_time_s"]
     assert w["impact"]["trips_sampled"] > 0
+    assert w["impact"]["bus_routes"] == ["R7"], "R7 runs 解放大道, R9 the parallel road"
     one = await client.get(f"/v1/warnings/{w['warning_id']}")
     assert (await one.json())["warning_id"] == w["warning_id"]
     assert (await client.get("/v1/warnings/nope")).status == 404

@@ -207,6 +207,10 @@ class Predictor:
         self._segments[pattern.pattern_id] = mapped if mapped.ids else None
         return self._segments[pattern.pattern_id]
 
+    def mapped(self, pattern: Pattern) -> bool:
+        """Whether the pattern's mapping is known already (asking would not compute it)."""
+        return pattern.pattern_id in self._segments
+
     def map_all(self) -> int:
         """Map every pattern now (blocking: run it in a thread); returns how many mapped."""
         return sum(self.segments_of(p) is not None for p in self.schedule.patterns)

@@ -374,6 +374,18 @@ class TransitService:
                                 code="transit_unavailable")
         return self.schedule
 
+    def route_segments(self) -> dict[str, list[str]]:
+        """Road segments each bus route's shapes run on (patterns mapped so far), by route id."""
+        predictor = self.predictor
+        if predictor is None:
+            return {}
+        out: dict[str, dict[str, None]] = {}
+        for pattern in predictor.schedule.patterns:
+            mapped = predictor.segments_of(pattern) if predictor.mapped(pattern) else None
+            if mapped is not None:
+                out.setdefault(pattern.route_id, {}).update(dict.fromkeys(mapped.ids))
+        return {route: list(segs) for route, segs in sorted(out.items())}
+
     def buses(self, *, route_id: str | None = None) -> list[dict[str, Any]]:
         """Buses heard from recently: position, trip, next stop, occupancy."""
         schedule = self.require_schedule()
@@ -515,6 +527,11 @@ async def _arrivals(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _route_segments(request: web.Request) -> web.Response:
+    routes = request.app[TRANSIT].route_segments()
+    return web.json_response({"count": len(routes), "routes": routes})
+
+
 async def _accuracy(request: web.Request) -> web.Response:
     return web.json_response(request.app[TRANSIT].accuracy_report())
 
@@ -555,4 +572,5 @@ def setup_transit(app: web.Application, config: Config, bus: EventBus, *,
     app.router.add_get("/v1/buses", _buses)
     app.router.add_get("/v1/stops/{stop_id}/arrivals", _arrivals)
     app.router.add_get("/v1/eta-accuracy", _accuracy)
+    app.router.add_get("/v1/routes/segments", _route_segments)
     return svc
