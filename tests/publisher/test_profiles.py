@@ -56,11 +56,12 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     bus = bus_from_url("memory://", partitions=4)
     await bus.start()
     config = Config(bigdata_url=str(bigdata_server.make_url("/")))
-    app = create_app(config, bus=bus, bigdata=BigdataClient(config.bigdata_url))
-    app[PUBLISHER].retry_initial_s = 0.02
     warning = create_warning_app(config, bus=bus)
     w: TestClient[Any, Any] = TestClient(TestServer(warning))
     await w.start_server()
+    config = config.replace(warning_url=str(w.make_url("/")))
+    app = create_app(config, bus=bus, bigdata=BigdataClient(config.bigdata_url))
+    app[PUBLISHER].retry_initial_s = 0.02
     c: TestClient[Any, Any] = TestClient(TestServer(app))
     await c.start_server()
     try:
@@ -124,6 +125,20 @@ async def test_the_page_and_api_name_levels_as_the_warning_service(
 
     assert [(x["name"], x["name_en"]) for x in levels] == [
         (LEVEL_NAMES[n], LEVEL_NAMES_EN[n]) for n in range(1, 6)]
+
+
+async def test_routes_come_from_the_warning_service(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/api/v1/route", params={"from": "114.401,30.5001",
+                                                    "to": "114.409,30.5001"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    route = body["routes"][0]
+    assert route["segment_ids"] == ["101:1:2"] and 700 < route["length_m"] < 800
+    assert body["time_zone"] == "UTC"
+    far = await client.get("/api/v1/route", params={"from": "100.0,20.0", "to": "114.4,30.5"})
+    assert far.status == 400 and (await far.json())["error"]["message"]
+    bad = await client.get("/api/v1/route", params={"from": "east", "to": "114.4,30.5"})
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_request"
 
 
 def test_malformed_profiles_answer_is_a_transient_error() -> None:
