@@ -178,6 +178,7 @@ class WarningEngine:
         if self._dirty and self.clock.monotonic() - self._last_arrival >= settle_s:
             await self.evaluate()
         await self.expire_stale(now)
+        self.incidents.prune(now)
 
     async def evaluate(self) -> None:
         """Re-trace the queues from the held grades and publish the area index."""

@@ -16,7 +16,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shapely import MultiLineString
@@ -39,6 +39,8 @@ from shared.geo import EARTH_RADIUS_M
 from shared.roadnet import RoadNetwork
 
 CONFIRM_CONFIDENCE = 0.8
+KEEP_CLEARED_S = 86_400.0
+"""Cleared incidents are answered for a day, then forgotten."""
 CORROBORATE_S = 600.0
 WEATHER_KINDS = frozenset({"fog", "ice", "water"})
 LEFT_TO_SPEEDS = frozenset({"congestion"})
@@ -96,6 +98,17 @@ class IncidentBook:
     def __init__(self) -> None:
         self.by_id: dict[str, Incident] = {}
         self.warnings: dict[str, Warning] = {}
+
+    def prune(self, now: datetime, *, keep_s: float = KEEP_CLEARED_S) -> int:
+        """Forget incidents cleared more than ``keep_s`` ago (and their ended warnings)."""
+        cutoff = now - timedelta(seconds=keep_s)
+        old = [iid for iid, i in self.by_id.items()
+               if i.status == "cleared" and i.updated_at < cutoff]
+        for iid in old:
+            inc = self.by_id.pop(iid)
+            if inc.warning_id is not None:
+                self.warnings.pop(inc.warning_id, None)
+        return len(old)
 
     def active(self) -> list[Incident]:
         """Incidents not cleared, newest first."""

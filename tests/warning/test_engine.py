@@ -219,3 +219,16 @@ async def test_an_unsure_detection_stays_a_suspected_incident(network: RoadNetwo
         INCIDENT, event("stopped_vehicle", confidence=0.4)))  # type: ignore
     assert [i.status for i in out.of(INCIDENT)] == ["suspected"]
     assert out.of(WARNING) == []
+
+
+async def test_cleared_incidents_are_forgotten_after_a_day(network: RoadNetwork) -> None:
+    engine, _ = engine_on(network)
+    from shared.codec import Envelope
+
+    await engine.on_detected_event(Envelope.new(INCIDENT, event("accident")))  # type: ignore
+    await engine.on_detected_event(Envelope.new(
+        INCIDENT, event("accident", status="cleared", minutes=5)))  # type: ignore
+    assert engine.incidents.list_incidents("cleared")
+    assert engine.incidents.prune(T0 + timedelta(hours=2)) == 0
+    assert engine.incidents.prune(T0 + timedelta(hours=25)) == 1
+    assert engine.incidents.list_incidents("all") == [] and engine.incidents.warnings == {}
