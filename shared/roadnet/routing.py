@@ -716,30 +716,58 @@ class RoutingGraph:
 
         ``limit``: a cost some route is known to have; nodes beyond it are not explored.
         """
+        import scipy.sparse as sp
         from scipy.sparse.csgraph import dijkstra
 
         best, best_k = min(((c, k) for k, c in enumerate(direct)), default=(_INF, -1))
         if not seeds or not targets:
             return None if best == _INF else _Found(best, [], best_k, best_k, True)
-        nodes = sorted({n for n, _ in seeds})
-        dist, pred = dijkstra(whole[0], indices=nodes, return_predecessors=True, limit=limit)
-        dist, pred = np.atleast_2d(dist), np.atleast_2d(pred)
-        row_of = {n: i for i, n in enumerate(nodes)}
-        pick: tuple[int, int] | None = None
-        for si, (sn, sc) in enumerate(seeds):
-            row = dist[row_of[sn]]
+        if len(seeds) == 1:
+            sn, sc = seeds[0]
+            dist, pred = dijkstra(whole[0], indices=sn, return_predecessors=True,
+                                  limit=max(0.0, limit - sc))
+            pick: tuple[int, int] | None = None
             for ti, (tn, tc) in enumerate(targets):
-                total = sc + float(row[tn]) + tc
+                total = sc + float(dist[tn]) + tc
                 if total < best:
-                    best, pick = total, (si, ti)
+                    best, pick = total, (0, ti)
+            if best == _INF:
+                return None
+            if pick is None:
+                return _Found(best, [], best_k, best_k, True)
+            tn = targets[pick[1]][0]
+            return _Found(best, self._segments_from_pred(whole, pred, sn, tn), 0, pick[1])
+        # Several seeds (a road's two directions): one search from a virtual source joined to
+        # each seed by its starting cost, instead of one whole-graph search per seed.
+        matrix = whole[0]
+        n = matrix.shape[0]
+        cost_of: dict[int, float] = {}
+        for node, c in seeds:
+            cost_of[node] = min(c, cost_of.get(node, _INF))
+        cols = np.array(sorted(cost_of), dtype=np.int32)
+        data = np.array([max(cost_of[c], 1e-12) for c in cols.tolist()])
+        augmented = sp.csr_matrix(
+            (np.concatenate([matrix.data, data]), np.concatenate([matrix.indices, cols]),
+             np.concatenate([matrix.indptr, [matrix.indptr[-1] + len(cols)]]).astype(np.int32)),
+            shape=(n + 1, n + 1))
+        dist, pred = dijkstra(augmented, indices=n, return_predecessors=True, limit=limit)
+        pick = None
+        for ti, (tn, tc) in enumerate(targets):
+            total = float(dist[tn]) + tc
+            if total < best:
+                best, pick = total, (-1, ti)
         if best == _INF:
             return None
         if pick is None:
             return _Found(best, [], best_k, best_k, True)
-        si, ti = pick
-        sn, tn = seeds[si][0], targets[ti][0]
-        segs = self._segments_from_pred(whole, pred[row_of[sn]], sn, tn)
-        return _Found(best, segs, si, ti)
+        tn = targets[pick[1]][0]
+        first = tn
+        while int(pred[first]) != n:
+            first = int(pred[first])
+        segs = self._segments_from_pred(whole, pred, first, tn)
+        si = min((k for k, (node, _) in enumerate(seeds) if node == first),
+                 key=lambda k: seeds[k][1])
+        return _Found(best, segs, si, pick[1])
 
     def _driven(self, r: _Found, starts: list[Candidate], ends: list[Candidate]
                 ) -> list[tuple[int, float, float]]:
