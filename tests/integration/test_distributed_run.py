@@ -37,6 +37,16 @@ def _get(url: str) -> tuple[int, object]:
         return exc.code, orjson.loads(exc.read())
 
 
+def _route_query(osm: Path, segment_id: str) -> str:
+    """from/to a kilometre or so apart around the incident segment (points on the map)."""
+    from shared.roadnet import RoadNetwork
+
+    net = RoadNetwork.from_osm(osm)
+    seg = net.get_segment(segment_id)
+    (lon0, lat0), (lon1, lat1) = seg.coords[0], seg.coords[-1]
+    return f"from={lon0 - 0.005},{lat0}&to={lon1 + 0.005},{lat1}"
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[str, object]]:
     from shared.demo import generate_demo_region
@@ -50,7 +60,8 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
            "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": "4",
            "TTI_JT808_PORT": str(jt808), "TTI_OSM": str(region.osm_path),
            "TTI_GTFS": str(region.gtfs_path),
-           "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}", "TTI_LOG_FORMAT": "text",
+           "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}",
+           "TTI_WARNING_URL": f"http://127.0.0.1:{ports['warning']}", "TTI_LOG_FORMAT": "text",
            "TTI_HTTP_HOST": "127.0.0.1"}
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -81,8 +92,9 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
         [tti, "simulate", "--vehicles", "60", "--sim-interval-s", "1",
          "--incident", "demo@2+300:4"], env=sim_env, stdout=sim_log, stderr=subprocess.STDOUT))
     try:
-        yield {"ports": ports, "incident": region.incident_segment_id, "procs": procs,
-               "tmp": tmp_path}
+        seg = region.incident_segment_id
+        yield {"ports": ports, "incident": seg, "procs": procs, "tmp": tmp_path,
+               "route_query": _route_query(region.osm_path, seg)}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -114,13 +126,17 @@ def test_four_services_and_simulator_over_jetstream(cluster: dict[str, object]) 
     deadline = time.monotonic() + 150
     probe: list[object] = []
     warned: list[object] = []
-    while time.monotonic() < deadline and not (probe and warned):
+    routed: list[object] = []
+    while time.monotonic() < deadline and not (probe and warned and routed):
         _, roads = _get(base + "/api/v1/roads")
         probe = [f for f in roads["features"]  # type: ignore[index]
                  if f["properties"]["source"] == "probe"]
         _, body = _get(base + "/api/v1/warnings")
         warned = [w for w in body["warnings"]  # type: ignore[index]
-                  if w["segment_id"] == cluster["incident"]]
+                  if cluster["incident"] in w["segment_ids"]]
+        # A route through the publisher, answered by the warning service on its own port.
+        status, answer = _get(base + "/api/v1/route?" + cluster["route_query"])  # type: ignore
+        routed = answer["routes"] if status == 200 else []  # type: ignore[index]
         time.sleep(2)
     tmp: Path = cluster["tmp"]  # type: ignore[assignment]
 
@@ -130,6 +146,7 @@ def test_four_services_and_simulator_over_jetstream(cluster: dict[str, object]) 
 
     assert probe, logs()
     assert warned, logs()
+    assert routed and routed[0]["travel_time_s"] > 0, logs()  # type: ignore[index]
     # Every process drains and exits cleanly on SIGTERM.
     for p in cluster["procs"]:  # type: ignore[attr-defined]
         p.send_signal(signal.SIGTERM)
