@@ -10,17 +10,12 @@ below are generous: this is not a timing test.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.test_embedded_run import Embedded, _free_port, _get, _wait
+from tests.test_embedded_run import Embedded, _get, _wait, start_embedded
 
 pytestmark = pytest.mark.slow
 
@@ -29,30 +24,11 @@ RATE = 10.0
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
-    work = tmp_path_factory.mktemp("embedded-fast")
-    http, jt808 = _free_port(), _free_port()
-    tti = Path(sys.executable).with_name("tti")
-    env = {**os.environ, "TTI_LOG_FORMAT": "text"}
-    log = work / "run.log"
-    with log.open("wb") as out:
-        # Production timings (60 s windows, 5 s reports), on a clock ten times as fast.
-        proc = subprocess.Popen(
-            [str(tti), "run", "--http-port", str(http), "--jt808-port", str(jt808),
-             "--var-dir", str(work / "var"), "--clock-rate", str(RATE),
-             "--speed-window-s", "60", "--sim-interval-s", "5", "--vehicles", "80",
-             "--incident", "demo@30+3600:4"],
-            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
-    inst = Embedded(proc, http, jt808, log)
-    try:
-        yield inst
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    # Production timings (60 s windows, 5 s reports), on a clock ten times as fast.
+    yield from start_embedded(
+        tmp_path_factory.mktemp("embedded-fast"), "--clock-rate", str(RATE),
+        "--speed-window-s", "60", "--sim-interval-s", "5", "--vehicles", "80",
+        "--incident", "demo@30+3600:4")
 
 
 def _sim_time(inst: Embedded) -> float:

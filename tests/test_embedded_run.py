@@ -63,9 +63,8 @@ class Embedded:
         self.log = log
 
 
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
-    work = tmp_path_factory.mktemp("embedded")
+def start_embedded(work: Path, *args: str) -> Iterator[Embedded]:
+    """``tti run`` in ``work`` on free ports with ``args``; stopped (SIGTERM) afterwards."""
     http, jt808 = _free_port(), _free_port()
     tti = Path(sys.executable).with_name("tti")
     env = {**os.environ, "TTI_LOG_FORMAT": "text"}
@@ -73,8 +72,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(tti), "run", "--http-port", str(http), "--jt808-port", str(jt808),
-             "--var-dir", str(work / "var"), "--speed-window-s", "5", "--sim-interval-s", "1",
-             "--vehicles", "80", "--incident", "demo@4+300:4"],
+             "--var-dir", str(work / "var"), *args],
             cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
     inst = Embedded(proc, http, jt808, log)
     try:
@@ -87,6 +85,13 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    yield from start_embedded(
+        tmp_path_factory.mktemp("embedded"), "--speed-window-s", "5", "--sim-interval-s", "1",
+        "--vehicles", "80", "--incident", "demo@4+300:4")
 
 
 def test_ready_within_60_seconds(embedded: Embedded) -> None:

@@ -26,6 +26,7 @@ from shared.codec import dumps
 from shared.config import Config
 from shared.errors import BadRequest, NotFound, TransientError
 from shared.levels import describe_levels
+from shared.params import parse_alternatives, parse_point
 from shared.service import add_readiness_check, create_base_app, spawn
 
 PUBLISHER = web.AppKey("publisher", Publisher)
@@ -217,24 +218,9 @@ async def _list_levels(request: web.Request) -> web.Response:
     return _json({"levels": describe_levels()})
 
 
-_POINT_RE = re.compile(r"^\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*$")
-
-
-def _point(raw: str | None, name: str) -> tuple[float, float]:
-    if raw is None or not _POINT_RE.match(raw):
-        raise BadRequest(f"{name} must be LON,LAT (WGS-84 degrees)")
-    lon, lat = (float(v) for v in raw.split(","))
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        raise BadRequest(f"{name} must be a WGS-84 longitude and latitude")
-    return lon, lat
-
-
 async def _get_route(request: web.Request) -> web.Response:
     q = request.query
-    origin, destination = _point(q.get("from"), "from"), _point(q.get("to"), "to")
-    raw = q.get("alternatives", "0")
-    if not raw.isdigit() or int(raw) > 3:
-        raise BadRequest("alternatives must be an integer from 0 to 3")
-    answer = await request.app[PUBLISHER].warning.route(origin, destination,
-                                                        alternatives=int(raw))
+    origin, destination = parse_point(q.get("from"), "from"), parse_point(q.get("to"), "to")
+    answer = await request.app[PUBLISHER].warning.route(
+        origin, destination, alternatives=parse_alternatives(q.get("alternatives")))
     return _json(answer)

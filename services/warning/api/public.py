@@ -6,8 +6,6 @@ Times are UTC (RFC 3339, ``Z``). Bad parameters get HTTP 400 with ``{"error": {"
 
 from __future__ import annotations
 
-import math
-
 from aiohttp import web
 
 from services.warning.api.openapi import build_openapi
@@ -16,6 +14,7 @@ from services.warning.service import WarningService
 from shared.codec import dumps
 from shared.errors import BadRequest, NotFound, TransientError
 from shared.events import WarningKind
+from shared.params import parse_alternatives, parse_point
 from shared.roadnet.routing import Route
 
 SERVICE = web.AppKey("warning_service", WarningService)
@@ -30,23 +29,6 @@ def _json(data: object) -> web.Response:
     return web.Response(body=dumps(data), content_type="application/json")
 
 
-def parse_point(raw: str | None, name: str) -> tuple[float, float]:
-    """``LON,LAT`` → a WGS-84 point; :class:`BadRequest` when missing or malformed."""
-    if not raw:
-        raise BadRequest(f"{name} is required: {name}=LON,LAT")
-    parts = raw.split(",")
-    if len(parts) != 2:
-        raise BadRequest(f"{name} must be LON,LAT")
-    try:
-        lon, lat = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise BadRequest(f"{name} must be two numbers: LON,LAT") from None
-    if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180
-            and -90 <= lat <= 90):
-        raise BadRequest(f"{name} must be a WGS-84 longitude and latitude")
-    return lon, lat
-
-
 def route_json(route: Route) -> dict[str, object]:
     """One route as the API answers it."""
     return {"travel_time_s": round(route.travel_time_s, 1), "length_m": round(route.length_m, 1),
@@ -57,13 +39,7 @@ async def _route(request: web.Request) -> web.Response:
     q = request.query
     origin = parse_point(q.get("from"), "from")
     destination = parse_point(q.get("to"), "to")
-    raw = q.get("alternatives", "0")
-    try:
-        alternatives = int(raw)
-    except ValueError:
-        raise BadRequest("alternatives must be an integer from 0 to 3") from None
-    if not 0 <= alternatives <= MAX_ALTERNATIVES:
-        raise BadRequest("alternatives must be an integer from 0 to 3")
+    alternatives = parse_alternatives(q.get("alternatives"), most=MAX_ALTERNATIVES)
     routing = request.app[SERVICE].routing
     if routing is None:
         raise TransientError("the road network is still loading; retry shortly",
