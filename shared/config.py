@@ -58,6 +58,7 @@ class Config:
     jt808_max_frames_per_s: float = 100.0  # per connection; reading pauses beyond (burst 2 s)
     jt808_max_write_buffer: int = 65_536  # bytes of unsent replies before reading pauses
     jt808_resend_after_s: float = 10.0  # a split message stalled this long gets 0x8003
+    jt808_max_registrations_per_s: float = 50.0  # gateway-wide 0x0100 budget (burst 3 s)
     sim_vehicles: int = 120
     sim_interval_s: float = 5.0
     sim_seed: int = 1

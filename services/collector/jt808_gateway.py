@@ -8,12 +8,16 @@ acknowledged with 0x8001 only after the bus has taken the resulting ``VehiclePos
 the terminal gets result 1 and keeps the report. Replies echo the raw phone digits and the
 header layout of the frame they answer (a 2019 terminal gets 2019 replies).
 
-Bad input loses nothing else: a frame with a bad check code or body length gets 0x8001 result 2
-and the connection carries on; garbage, an oversize frame or a run of bad frames closes that
-connection only. Each connection is bounded: frames per second (token bucket; reading pauses
-when it runs dry), frames waiting for the bus (reading pauses), bytes waiting to be written to a
-terminal that does not read (reading pauses, then the connection is dropped), and split messages
-in reassembly. Silent connections are closed after ``heartbeat_s * idle_factor``.
+Bad input loses nothing else: a frame with a bad check code (a missing check byte included) or
+body length gets 0x8001 result 2, however often, and the connection carries on; garbage, an
+oversize frame or a run of frames whose header cannot be read closes that connection only. A
+report whose coordinates are encrypted (status bit 5) is acknowledged but not published as a
+position (its alarm bits still are). Registrations (0x0100) share one gateway-wide token
+bucket, so a flood of new connections cannot hammer the terminal store. Each connection is
+bounded: frames per second (token bucket; reading pauses when it runs dry), frames waiting for
+the bus (reading pauses), bytes waiting to be written to a terminal that does not read (reading
+pauses, then the connection is dropped), and split messages in reassembly. Silent connections
+are closed after ``heartbeat_s * idle_factor``.
 
 Time: every check and timer reads the gateway's clock (``shared/clock.py``): the future/stale
 time check of a report, the server time of 0x8004, idle and close timeouts, the frame budget,
@@ -97,6 +101,7 @@ KNOWN_IDS = frozenset(int(m) for m in MsgId)
 _FRAMES_BY_ID = {mid: FRAMES.labels(f"0x{mid:04X}") for mid in KNOWN_IDS}
 _FRAMES_OTHER = FRAMES.labels("other")
 _PUBLISHED = POSITIONS.labels("published")
+_ENCRYPTED = POSITIONS.labels("encrypted_position")
 _FRAMES_LOCATION = _FRAMES_BY_ID[MsgId.T_LOCATION]
 _ERRORS: dict[str, Any] = {}
 
@@ -110,7 +115,12 @@ def _error(kind: str) -> Any:
 
 
 MAX_CONSECUTIVE_ERRORS = 8
-"""Bad frames in a row before the connection is closed (a terminal that lost the plot)."""
+"""Frames in a row that could not be framed or whose header could not be read (so could not
+be answered) before the connection is closed: a peer that does not speak JT/T 808. A frame
+answered with result 2 (bad check code, body length or body) never counts: a real terminal
+module that drops the check byte whenever the XOR is below 0x10 must keep its link."""
+STATUS_ENCRYPTED = 1 << 5
+"""0x0200 status bit 5: latitude/longitude encrypted by the privacy plug-in (not WGS-84)."""
 MAX_JUNK_BYTES = 8192
 """Bytes outside any frame since the last good frame before the connection is closed."""
 MAX_BACKLOG_FRAMES = 256
@@ -443,7 +453,7 @@ class TerminalConnection(asyncio.Protocol):
                 # Hot path: an authenticated terminal's location report.
                 self._locations_seen += 1
                 r = cast(LocationReport, msg.body)
-                if not r.alarm:
+                if not r.alarm and not r.status & STATUS_ENCRYPTED:
                     try:
                         pos = self._position(phone, r)
                     except RejectedPosition as exc:
@@ -470,7 +480,11 @@ class TerminalConnection(asyncio.Protocol):
             return None
 
     def _position(self, vid: str, r: LocationReport) -> VehiclePosition | None:
-        """The position of a plain report; None when it has no fix (nothing to publish)."""
+        """The position of a plain report; None when it has no fix (nothing to publish).
+
+        Reports with encrypted coordinates never reach here (the hot path sends them on to
+        ``_locations``, which counts them).
+        """
         if not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
             return None
         gw = self.gateway
@@ -478,14 +492,21 @@ class TerminalConnection(asyncio.Protocol):
                          gw.clock.now())
 
     def _bad_frame(self, frame: bytes, exc: Jt808Error) -> None:
+        """Count a rejected frame; answer it when its header can be read, else count it
+        towards ``MAX_CONSECUTIVE_ERRORS``."""
         _error(exc.kind).inc()
-        self.errors += 1
         header = exc.header
         if header is None and exc.kind in ("length_mismatch", "bad_checksum"):
+            # A missing check byte makes the last body byte the "check code" and the body one
+            # byte short: the header is still there to answer.
             header = _lenient_header(frame)
         if header is not None and (self.phone is None or header.terminal_phone == self.phone):
+            self.errors = 0  # a JT/T 808 speaker, however garbled this frame
             self._reply(header, RESULT_UNSUPPORTED if exc.kind == "encrypted"
                         else RESULT_BAD_MESSAGE)
+        else:
+            # Unanswerable (no header, or another terminal's phone on this link).
+            self.errors += 1
 
     def _dispatch(self, msg: Message, body: object, body_bytes: bytes) -> _Action | None:
         header = msg.header
@@ -497,6 +518,12 @@ class TerminalConnection(asyncio.Protocol):
         elif mid == MsgId.T_BATCH_LOCATION and isinstance(body, BatchLocationUpload):
             return self._locations(header, msg.version, body.items, batch_item_bytes(body_bytes))
         elif mid == MsgId.T_REGISTER and isinstance(body, TerminalRegister):
+            if not self.gateway._take_registration():
+                # 0x8100 has no "try later" result (0-4 all say something false about the
+                # terminal): close without touching the store; the terminal reconnects later.
+                _error("registration_rate").inc()
+                self.close()
+                return None
             return self._register(msg, body)
         elif mid == MsgId.T_AUTH and isinstance(body, TerminalAuth):
             return self._authenticate(msg, body)
@@ -531,7 +558,11 @@ class TerminalConnection(asyncio.Protocol):
         impossible = False
         for r, raw in zip(reports, raws, strict=True):
             pos: VehiclePosition | None = None  # an alarm matters even without a position
-            if not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
+            if r.status & STATUS_ENCRYPTED:
+                # The privacy plug-in scrambled lat/lon (status bit 5): not a WGS-84 place.
+                # Received fine, so acknowledged; only its alarm (if any) is published.
+                _ENCRYPTED.inc()
+            elif not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
                 # Not positioned and no last known fix: (0, 0) is no place to put it.
                 POSITIONS.labels("not_positioned").inc()
             else:
@@ -838,10 +869,14 @@ class Jt808Gateway:
                  max_connections: int = 20_000, open_registration: bool = True,
                  resend_after_s: float = 10.0, subpacket_timeout_s: float = 120.0,
                  max_frames_per_s: float = 100.0, max_write_buffer: int = 64 * 1024,
-                 max_split_bytes: int = 256 * 1024, clock: Clock | None = None) -> None:
+                 max_split_bytes: int = 256 * 1024, max_registrations_per_s: float = 50.0,
+                 clock: Clock | None = None) -> None:
         if max_frames_per_s <= 0 or max_write_buffer < 1024 or heartbeat_s <= 0:
             raise ValueError("max_frames_per_s, max_write_buffer and heartbeat_s must be "
                              "positive (write buffer at least 1 KiB)")
+        if not max_registrations_per_s > 0:  # also refuses NaN
+            raise ValueError(f"max_registrations_per_s must be positive, not "
+                             f"{max_registrations_per_s!r}")
         self.bus = bus
         self.terminals = terminals
         self.registry = registry
@@ -859,6 +894,12 @@ class Jt808Gateway:
         self.frame_burst = max(2 * self.max_frames_per_s, 64.0)
         self.max_write_buffer = max_write_buffer
         self.max_split_bytes = max(max_split_bytes, MAX_FRAME_SIZE)
+        # One bucket for the whole gateway: each registration writes to the terminal store, and
+        # a flood of fresh connections registering once each passes every per-connection limit.
+        self.max_registrations_per_s = float(max_registrations_per_s)
+        self.registration_burst = max(3 * self.max_registrations_per_s, 1.0)
+        self._registration_tokens = self.registration_burst
+        self._registration_at = self._mono()
         self.sessions: dict[str, TerminalConnection] = {}
         """Authenticated connections by canonical terminal phone."""
         self.connections: set[TerminalConnection] = set()
@@ -907,6 +948,18 @@ class Jt808Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
+
+    def _take_registration(self) -> bool:
+        """Take one token from the gateway-wide registration bucket; False when it is empty."""
+        now = self._mono()
+        tokens = min(self.registration_burst, self._registration_tokens
+                     + (now - self._registration_at) * self.max_registrations_per_s)
+        self._registration_at = now
+        if tokens < 1.0:
+            self._registration_tokens = tokens
+            return False
+        self._registration_tokens = tokens - 1.0
+        return True
 
     def _forget(self, conn: TerminalConnection) -> None:
         if conn in self.connections:
