@@ -524,6 +524,48 @@ class FeatureState:
     source: str = "http"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatalogueEntry:
+    """One feature the geodatabase holds, with the bounds its live values must keep.
+
+    ``capacity``: a parking lot's number of spaces (``free_spaces`` may not exceed it), when
+    known. The rules that use these bounds are :mod:`shared.feature_rules`.
+    """
+
+    feature_id: str
+    capacity: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeatureCatalogue:
+    """One chunk of the features of one kind, as bigdata (their owner) holds them.
+
+    A kind's catalogue is ``chunks`` messages (chunk 0 … chunks-1, each well under JetStream's
+    1 MB payload limit) sharing one ``version``, a digest of the kind's whole content. A kind
+    with no feature is one chunk with none. The newest ``published_at`` wins: a replayed older
+    catalogue never replaces a newer one.
+    """
+
+    kind: str
+    version: str
+    published_at: datetime
+    chunk: int
+    chunks: int
+    features: tuple[CatalogueEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatalogueRequest:
+    """A consumer of the catalogue (a collector replica that just started) asks for it.
+
+    Bigdata answers by publishing the whole catalogue again, unless it began a publication after
+    ``requested_at`` (which the requester will receive anyway).
+    """
+
+    requested_by: str
+    requested_at: datetime
+
+
 VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
 TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
@@ -536,6 +578,10 @@ CITIZEN_REPORT: Subject[CitizenReport] = Subject("tti.citizen.report", CitizenRe
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
 FEATURE_STATE: Subject[FeatureState] = Subject("tti.feature.state", FeatureState)
+FEATURE_CATALOGUE: Subject[FeatureCatalogue] = Subject("tti.feature.catalogue",
+                                                      FeatureCatalogue)
+FEATURE_CATALOGUE_REQUEST: Subject[CatalogueRequest] = Subject("tti.feature.catalogue_request",
+                                                               CatalogueRequest)
 # Per-vehicle like positions: partitioned by vehicle id, so each replica publishes what its own
 # share of vehicles did, in order, and consumers can scale out the same way.
 BUS_ARRIVAL: Subject[BusArrival] = Subject("tti.bus.arrival", BusArrival, True)
@@ -584,6 +630,8 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     DETECTOR_READING,
     DETECTED_EVENT,
     FEATURE_STATE,
+    FEATURE_CATALOGUE,
+    FEATURE_CATALOGUE_REQUEST,
     BUS_ARRIVAL,
     ARRIVAL_PREDICTION,
     SEGMENT_SPEED_PARTIAL,

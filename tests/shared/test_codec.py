@@ -24,10 +24,13 @@ from shared.events import (
     CapMsgType,
     CapSeverity,
     CapUrgency,
+    CatalogueEntry,
+    CatalogueRequest,
     CitizenReport,
     DetectedEvent,
     DetectorReading,
     Detour,
+    FeatureCatalogue,
     FeatureState,
     Impact,
     Incident,
@@ -95,6 +98,13 @@ SAMPLES: dict[str, object] = {
     "tti.feature.state": FeatureState(
         kind="parking", feature_id="w4242", observed_at=T,
         values={"free_spaces": 37, "status": "open", "barrier_ok": True, "note": None}),
+    # Nested frozen dataclasses in a tuple: each entry must come back as a CatalogueEntry.
+    "tti.feature.catalogue": FeatureCatalogue(
+        kind="parking", version="3f2a9c0d1e4b5a67", published_at=T, chunk=1, chunks=3,
+        features=(CatalogueEntry(feature_id="w4242", capacity=300),
+                  CatalogueEntry(feature_id="n17"))),
+    "tti.feature.catalogue_request": CatalogueRequest(requested_by="collector-0",
+                                                      requested_at=T),
     "tti.bus.arrival": BusArrival(
         vehicle_id="13800000001", kind="departure", trip_id="R1_0_0800", route_id="R1",
         stop_id="1479", stop_sequence=2, observed_at=T, start_date="20261128", direction_id=0,

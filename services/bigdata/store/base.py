@@ -31,6 +31,7 @@ from typing import Any
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     AmbiguousIdError,
+    CatalogueEntry,
     Feature,
     NearbyFeature,
     SearchHit,
@@ -308,6 +309,14 @@ class GeoStore(abc.ABC):
     @abc.abstractmethod
     async def feature_counts(self) -> dict[str, int]:
         """Number of features per kind (kinds with none are left out)."""
+
+    @abc.abstractmethod
+    async def list_feature_catalogue(self) -> dict[str, list[CatalogueEntry]]:
+        """Every feature's id and bounds (:func:`catalogue_bounds`), per kind, by id.
+
+        Kinds with no feature are left out. This is what bigdata publishes as the
+        ``FeatureCatalogue`` for the collector's checks at the edge.
+        """
 
     # --- GTFS static ---
 

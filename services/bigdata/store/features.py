@@ -29,7 +29,9 @@ from shapely.geometry.base import BaseGeometry
 from shared.errors import TtiError
 from shared.events import (
     FEATURE_KINDS,  # every kind stored; shared: the collector takes live states
+    CatalogueEntry,
 )
+from shared.feature_rules import LiveValueError, bound_names, check_live_values
 
 if TYPE_CHECKING:
     from services.bigdata.store.base import GeoStore
@@ -195,8 +197,9 @@ def merge_live(kind: str, attrs: Mapping[str, Any], current: Mapping[str, Any] |
                update: Mapping[str, Any]) -> dict[str, Any]:
     """The new live state: ``update`` shallow-merged into ``current`` (None values delete keys).
 
-    Checks what would mislead a traveller: free parking spaces must be a whole number between 0
-    and the capacity (when known); numbers must be finite.
+    Checks what would mislead a traveller with the rules the collector applies at the edge
+    (:func:`shared.feature_rules.check_live_values`: e.g. free parking spaces a whole number
+    between 0 and the capacity); here they guard the merged state, defensively.
     """
     if not isinstance(update, Mapping):
         raise FeatureError("live state must be a JSON object")
@@ -210,14 +213,26 @@ def merge_live(kind: str, attrs: Mapping[str, Any], current: Mapping[str, Any] |
             merged.pop(key, None)
         else:
             merged[key] = value
-    if kind == "parking" and "free_spaces" in merged:
-        free = merged["free_spaces"]
-        if isinstance(free, bool) or not isinstance(free, int) or free < 0:
-            raise FeatureError("parking free_spaces must be a non-negative integer")
-        capacity = attrs.get("capacity")
-        if isinstance(capacity, int) and free > capacity:
-            raise FeatureError(f"parking free_spaces {free} exceeds capacity {capacity}")
-    return merged
+    try:
+        return check_live_values(kind, merged, bounds=catalogue_bounds(kind, attrs))
+    except LiveValueError as exc:
+        raise FeatureError(exc.message, code=exc.code) from exc
+
+
+def catalogue_entry(kind: str, feature_id: str, capacity: object) -> CatalogueEntry:
+    """A feature's catalogue entry from its stored ``capacity`` attribute (any JSON value)."""
+    return CatalogueEntry(feature_id=feature_id,
+                          capacity=catalogue_bounds(kind, {"capacity": capacity}).get("capacity"))
+
+
+def catalogue_bounds(kind: str, attrs: Mapping[str, Any]) -> dict[str, int | None]:
+    """The bounds in ``attrs`` the rules of ``kind`` use (the catalogue carries them too)."""
+    out: dict[str, int | None] = {}
+    for name in bound_names(kind):
+        value = attrs.get(name)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        out[name] = value if ok else None
+    return out
 
 
 # --- detector registry -------------------------------------------------------------------------

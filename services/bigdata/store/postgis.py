@@ -52,10 +52,12 @@ from services.bigdata.store.features import (
     FEATURE_KINDS,
     MATCH_NAMES,
     ROAD_KIND,
+    CatalogueEntry,
     Feature,
     FeatureError,
     NearbyFeature,
     SearchHit,
+    catalogue_entry,
     check_kinds,
     feature_search_text,
     merge_live,
@@ -710,6 +712,15 @@ class PostgisStore(GeoStore):
             rows = await conn.fetch(f"SELECT kind, COUNT(*) FROM features GROUP BY kind "
                                     f"ORDER BY kind {_C}")
         return {r[0]: int(r[1]) for r in rows}
+
+    async def list_feature_catalogue(self) -> dict[str, list[CatalogueEntry]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT kind, feature_id, attrs -> 'capacity' FROM features "
+                                    f"ORDER BY kind {_C}, feature_id {_C}")
+        out: dict[str, list[CatalogueEntry]] = {}
+        for kind, fid, capacity in rows:
+            out.setdefault(kind, []).append(catalogue_entry(kind, fid, capacity))
+        return out
 
     # --- GTFS static ---
 

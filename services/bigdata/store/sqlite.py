@@ -56,10 +56,12 @@ from services.bigdata.store.features import (
     FEATURE_KINDS,
     MATCH_NAMES,
     ROAD_KIND,
+    CatalogueEntry,
     Feature,
     FeatureError,
     NearbyFeature,
     SearchHit,
+    catalogue_entry,
     check_kinds,
     feature_search_text,
     merge_live,
@@ -807,6 +809,16 @@ class SqliteStore(GeoStore):
         def q(conn: sqlite3.Connection) -> dict[str, int]:
             return {k: n for k, n in conn.execute(
                 "SELECT kind, COUNT(*) FROM features GROUP BY kind ORDER BY kind")}
+        return await self._run(q)
+
+    async def list_feature_catalogue(self) -> dict[str, list[CatalogueEntry]]:
+        def q(conn: sqlite3.Connection) -> dict[str, list[CatalogueEntry]]:
+            out: dict[str, list[CatalogueEntry]] = {}
+            for kind, fid, capacity in conn.execute(
+                    "SELECT kind, feature_id, json_extract(attrs, '$.capacity') FROM features "
+                    "ORDER BY kind, feature_id"):
+                out.setdefault(kind, []).append(catalogue_entry(kind, fid, capacity))
+            return out
         return await self._run(q)
 
     # --- GTFS static ---
