@@ -7,86 +7,208 @@ same names as flags (``TTI_SPEED_WINDOW_S`` ↔ ``--speed-window-s``); flags win
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.clock import Clock
 from shared.errors import ConfigError
 
+T = TypeVar("T")
+
 SERVICE_PORTS = {"publisher": 8080, "collector": 8081, "bigdata": 8082, "warning": 8083}
 """HTTP port of each service under ``tti serve`` (health, metrics, its API)."""
+
+GENERAL, COLLECTOR, BIGDATA, WARNING, PUBLISHER, SIMULATOR = (
+    "general", "collector", "bigdata", "warning", "publisher", "simulator")
+GROUPS: dict[str, str] = {
+    GENERAL: "general: bus, database, HTTP, replicas, clock, logs",
+    COLLECTOR: "collector: JT/T 808 gateway, GTFS-rt feeds, roadside sensors, MQTT",
+    BIGDATA: "bigdata: geodatabase and speeds",
+    WARNING: "warning: congestion, incidents, warnings",
+    PUBLISHER: "publisher: citizen API and web page",
+    SIMULATOR: "simulator: demo city and virtual fleet (tti run, tti simulate)",
+}
+"""Setting groups in the order ``--help`` shows them, with their headings."""
+
+
+def setting(default: T, group: str, text: str, *, also: tuple[str, ...] = ()) -> T:
+    """A Config field with its group (the service that reads it) and one sentence of help.
+
+    ``also`` names other groups whose commands read it too (``tti serve <service> --help``
+    lists a setting of its own group, of ``general``, or naming the service in ``also``).
+    """
+    return field(default=default, metadata={"group": group, "help": text, "also": also})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    """All settings of every service; each field maps to ``TTI_<FIELD>``."""
+    """All settings of every service; each field maps to ``TTI_<FIELD>`` and ``--<field>``.
 
-    bus_url: str = "memory://"
-    bus_stream: str = "TTI"
-    bus_prefix: str = "tti"
-    db_url: str = "sqlite:///var/tti.db"
-    var_dir: str = "var"
-    http_host: str = "0.0.0.0"
-    http_port: int = 8080
-    bigdata_url: str = "http://127.0.0.1:8080/bigdata"
-    warning_url: str = "http://127.0.0.1:8080/warning"
-    partitions: int = 16
-    lease_ttl_s: float = 15.0
-    """A replica that holds a lease (the active warning replica) and stops renewing it is
-    replaced after this long (plus a poll): standbys take over within 30 s by default."""
-    replica_index: int = 0
-    replica_count: int = 1
-    speed_window_s: float = 60.0
-    clock_rate: float = 1.0
-    """Speed of the one clock every service reads (shared/clock.py): 10 runs ten times faster."""
-    clock_start: str = ""
-    """ISO 8601 time the clock starts at (a replay); empty: now."""
-    osm: str = ""
-    gtfs: str = ""
-    demo_size: int = 1
-    jt808_host: str = "0.0.0.0"
-    jt808_port: int = 6808
-    jt808_heartbeat_s: float = 60.0
-    jt808_idle_factor: float = 3.0
-    jt808_max_connections: int = 20_000
-    jt808_open_registration: bool = True
-    jt808_max_frames_per_s: float = 100.0  # per connection; reading pauses beyond (burst 2 s)
-    jt808_max_write_buffer: int = 65_536  # bytes of unsent replies before reading pauses
-    jt808_resend_after_s: float = 10.0  # a split message stalled this long gets 0x8003
-    jt808_max_registrations_per_s: float = 50.0  # gateway-wide 0x0100 budget (burst 3 s)
-    sim_vehicles: int = 120
-    sim_interval_s: float = 5.0
-    sim_seed: int = 1
-    sim_incidents: tuple[str, ...] = ()
-    sim_truth: str = ""
-    sim_host: str = "127.0.0.1"
-    sim_noise_m: float = 5.0
-    vehicle_registry: str = ""
-    log_level: str = "INFO"
-    log_format: str = "json"
-    department_tokens: tuple[str, ...] = field(default_factory=tuple)
-    sensor_tokens: tuple[str, ...] = ()
-    """Bearer tokens roadside sensors present on the collector's HTTP inputs (empty: open, for
-    the embedded run on one machine; set them in production)."""
-    # Bus feeds and roadside detectors (services/collector/gtfs_rt.py, detectors.py).
-    gtfs_rt_urls: tuple[str, ...] = ()  # "name=url" entries (a bare url is named after its host)
-    gtfs_rt_poll_s: float = 15.0
-    gtfs_rt_stale_s: float = 120.0  # no new data for this long = stale (also the startup grace)
-    gtfs_rt_timeout_s: float = 10.0
-    gtfs_rt_max_bytes: int = 10_000_000
-    detector_max_body: int = 1_048_576  # bytes of one HTTP body or MQTT message
-    detector_max_items: int = 500  # records in one body or message
-    mqtt_url: str = ""  # mqtt://[user:pass@]host[:port] or mqtts://…; empty = MQTT input off
-    mqtt_topic_prefix: str = "tti/detectors"
-    # Live feature state over MQTT: <prefix>/<kind>/<feature_id>/state
-    mqtt_features_prefix: str = "tti/features"
-    mqtt_share_group: str = "tti-collector"  # $share group so replicas split messages; "" = off
-    mqtt_client_id: str = ""  # set (per replica) for a persistent session; empty = clean session
+    Each field's metadata holds its group and one sentence of help (``--help``, the README).
+    """
+
+    # --- general: bus, database, HTTP, replicas, clock, logs ---
+    bus_url: str = setting(
+        "memory://", GENERAL,
+        "Event bus: memory:// inside one process, or nats://HOST:4222 (NATS JetStream).")
+    bus_stream: str = setting("TTI", GENERAL, "JetStream stream that holds every subject.")
+    bus_prefix: str = setting("tti", GENERAL, "Prefix of every bus subject (tti.position.<p>, …).")
+    db_url: str = setting(
+        "sqlite:///var/tti.db", GENERAL,
+        "Geodatabase, sqlite:///FILE or postgresql://…; when unset, tti run and the imports "
+        "keep one SQLite file per region under TTI_VAR_DIR.")
+    var_dir: str = setting(
+        "var", GENERAL,
+        "Folder for embedded data: per-region SQLite files, the demo city, simulator output.")
+    http_host: str = setting(
+        "127.0.0.1", GENERAL,
+        "Address the HTTP server listens on: 127.0.0.1 keeps it on this machine, 0.0.0.0 "
+        "opens it to the network (in a pod).")
+    http_port: int = setting(
+        8080, GENERAL,
+        "HTTP port (API, web page, /healthz, /readyz, /metrics); tti serve defaults to 8080 "
+        "publisher, 8081 collector, 8082 bigdata, 8083 warning.")
+    bigdata_url: str = setting(
+        "http://127.0.0.1:8080/bigdata", GENERAL,
+        "Base URL of bigdata's HTTP API, queried by the warning service and the publisher.")
+    partitions: int = setting(
+        16, GENERAL, "Per-vehicle bus partitions (tti.position.<p>); the same in every service.")
+    replica_index: int = setting(
+        0, GENERAL,
+        "This replica's number, 0 to TTI_REPLICA_COUNT-1, or auto (the StatefulSet ordinal "
+        "in the host name).")
+    replica_count: int = setting(1, GENERAL, "How many replicas of this service run.")
+    clock_rate: float = setting(
+        1.0, GENERAL,
+        "Speed of the one clock every service reads: 10 runs ten times faster (replays, "
+        "benchmarks).")
+    clock_start: str = setting(
+        "", GENERAL, "ISO 8601 time the clock starts at (a replay); empty: now.")
+    log_level: str = setting("INFO", GENERAL, "Log level: DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = setting(
+        "json", GENERAL, "Log format on stderr: json (one object a line) or text.")
+
+    # --- collector ---
+    jt808_host: str = setting(
+        "127.0.0.1", COLLECTOR,
+        "Address the JT/T 808 gateway listens on: 0.0.0.0 for terminals on the network.")
+    jt808_port: int = setting(
+        6808, COLLECTOR, "TCP port of the JT/T 808 gateway (tti simulate connects to it).",
+        also=(SIMULATOR,))
+    jt808_heartbeat_s: float = setting(
+        60.0, COLLECTOR, "Heartbeat interval the gateway expects from terminals, in seconds.")
+    jt808_idle_factor: float = setting(
+        3.0, COLLECTOR, "A link silent for this many heartbeat intervals is closed.")
+    jt808_max_connections: int = setting(
+        20_000, COLLECTOR, "Terminal connections one gateway accepts at most.")
+    jt808_open_registration: bool = setting(
+        True, COLLECTOR,
+        "Register any terminal that asks (0x0100); false admits only terminals already "
+        "known; tti serve refuses true unless TTI_ALLOW_OPEN_REGISTRATION=true.")
+    jt808_max_frames_per_s: float = setting(
+        100.0, COLLECTOR,
+        "Frames per second one connection may send; reading pauses beyond (burst 2 s).")
+    jt808_max_write_buffer: int = setting(
+        65_536, COLLECTOR, "Bytes of unsent replies to one terminal before reading pauses.")
+    jt808_resend_after_s: float = setting(
+        10.0, COLLECTOR, "A split message stalled this long is asked to resend (0x8003).")
+    jt808_max_registrations_per_s: float = setting(
+        50.0, COLLECTOR, "Registrations (0x0100) per second the whole gateway accepts (burst 3 s).")
+    vehicle_registry: str = setting(
+        "", COLLECTOR,
+        "CSV of vehicles (plate, terminal, class, operator, bus route); tti run writes the "
+        "simulated fleet's.", also=(BIGDATA,))
+    sensor_tokens: tuple[str, ...] = setting(
+        (), COLLECTOR,
+        "Bearer tokens roadside sensors present on the collector's HTTP inputs; tti serve "
+        "refuses to start without any unless TTI_ALLOW_OPEN_SENSORS=true.")
+    allow_open_sensors: bool = setting(
+        False, COLLECTOR,
+        "Let tti serve collector start without TTI_SENSOR_TOKENS: anyone who reaches the "
+        "port may post sensor data.")
+    allow_open_registration: bool = setting(
+        False, COLLECTOR,
+        "Let tti serve collector start with TTI_JT808_OPEN_REGISTRATION=true: any terminal "
+        "may register.")
+    gtfs_rt_urls: tuple[str, ...] = setting(
+        (), COLLECTOR,
+        "GTFS-realtime vehicle-position feeds to poll, name=url (a bare url is named after "
+        "its host).")
+    gtfs_rt_poll_s: float = setting(15.0, COLLECTOR, "Seconds between polls of each GTFS-rt feed.")
+    gtfs_rt_stale_s: float = setting(
+        120.0, COLLECTOR,
+        "A feed without new data for this long is stale (also the grace period at startup).")
+    gtfs_rt_timeout_s: float = setting(10.0, COLLECTOR, "Timeout of one GTFS-rt fetch, seconds.")
+    gtfs_rt_max_bytes: int = setting(
+        10_000_000, COLLECTOR, "Largest GTFS-rt response accepted, in bytes.")
+    detector_max_body: int = setting(
+        1_048_576, COLLECTOR, "Largest sensor HTTP body or MQTT message accepted, in bytes.")
+    detector_max_items: int = setting(
+        500, COLLECTOR, "Most records in one sensor HTTP body or MQTT message.")
+    mqtt_url: str = setting(
+        "", COLLECTOR,
+        "MQTT broker for detector and feature-state messages, mqtt://[user:pass@]host[:port] "
+        "or mqtts://…; empty: MQTT input off.")
+    mqtt_topic_prefix: str = setting(
+        "tti/detectors", COLLECTOR, "Topic prefix of detector readings.")
+    mqtt_features_prefix: str = setting(
+        "tti/features", COLLECTOR,
+        "Topic prefix of live feature state (<prefix>/<kind>/<feature_id>/state).")
+    mqtt_share_group: str = setting(
+        "tti-collector", COLLECTOR,
+        "MQTT $share group so replicas split the messages; empty: every replica gets all.")
+    mqtt_client_id: str = setting(
+        "", COLLECTOR,
+        "MQTT client id, one per replica, for a persistent session; empty: a clean session.")
+
+    # --- bigdata ---
+    osm: str = setting(
+        "", BIGDATA,
+        "OpenStreetMap file (.osm/.osm.pbf) of the region; tti run without it generates the "
+        "demo city.", also=(SIMULATOR,))
+    gtfs: str = setting(
+        "", BIGDATA, "GTFS static feed (.zip) imported at startup (tti run: the demo city's).")
+    speed_window_s: float = setting(
+        60.0, BIGDATA, "Length of one segment-speed window, in seconds.", also=(WARNING,))
+
+    # --- warning ---
+    lease_ttl_s: float = setting(
+        15.0, WARNING,
+        "A standby warning replica takes over this many seconds (plus a poll) after the "
+        "active one stops renewing its lease.")
+    department_tokens: tuple[str, ...] = setting(
+        (), WARNING, "Bearer tokens of the departments' warning API.")
+
+    # --- publisher ---
+    warning_url: str = setting(
+        "http://127.0.0.1:8080/warning", PUBLISHER,
+        "Base URL of the warning service's HTTP API (routes, index, incidents).")
+
+    # --- simulator ---
+    demo_size: int = setting(
+        1, SIMULATOR,
+        "Size of the generated demo city: about 2,100 directed road segments per unit.")
+    sim_vehicles: int = setting(120, SIMULATOR, "Simulated vehicles (also --vehicles).")
+    sim_interval_s: float = setting(
+        5.0, SIMULATOR, "Seconds between two position reports of one simulated vehicle.")
+    sim_seed: int = setting(1, SIMULATOR, "Random seed of the simulated fleet.")
+    sim_incidents: tuple[str, ...] = setting(
+        (), SIMULATOR,
+        "Slowdowns to simulate, SEGMENT_ID@START+DURATION:SPEED_KMH or demo (also --incident).")
+    sim_truth: str = setting(
+        "", SIMULATOR,
+        "JSON-lines file of the fleet's true positions (accuracy checks); empty: "
+        "sim/truth.jsonl under TTI_VAR_DIR.")
+    sim_host: str = setting(
+        "127.0.0.1", SIMULATOR, "Host of the collector's JT/T 808 gateway the fleet connects to.")
+    sim_noise_m: float = setting(
+        5.0, SIMULATOR, "Standard deviation of the simulated GPS noise, in metres.")
 
     @property
     def var_path(self) -> Path:
@@ -104,6 +226,57 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed."""
         return dataclasses.replace(self, **changes)
+
+    def region_key(self, osm: str | None = None) -> str:
+        """Name of the region ``osm`` (default: TTI_OSM) covers, for its folder under var_dir.
+
+        ``demo-<size>`` for the generated demo city; for a real map the file's name and a digest
+        of its absolute path (``osm-wuhan-1f3a9c02``), so two maps never share a folder and
+        an updated file of the same region keeps its data.
+        """
+        osm = self.osm if osm is None else osm
+        if not osm:
+            return f"demo-{self.demo_size}"
+        path = Path(osm).resolve()
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.name.split(".")[0]).strip("-") or "map"
+        return f"osm-{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+    def region_db_url(self, osm: str | None = None) -> str:
+        """The embedded database of one region: ``sqlite:///<var_dir>/<region_key>/tti.db``."""
+        return f"sqlite:///{self.var_path / self.region_key(osm) / 'tti.db'}"
+
+    def production_problems(self, service: str) -> list[str]:
+        """What makes these settings unsafe for ``tti serve <service>``, one sentence each.
+
+        Production refuses to start on any of them; each names the setting to change.
+        """
+        problems: list[str] = []
+        if service == COLLECTOR:
+            if not self.sensor_tokens and not self.allow_open_sensors:
+                problems.append("TTI_SENSOR_TOKENS is empty: sensors could post without "
+                                "credentials; set it, or TTI_ALLOW_OPEN_SENSORS=true to allow that")
+            if self.jt808_open_registration and not self.allow_open_registration:
+                problems.append("TTI_JT808_OPEN_REGISTRATION is true: any terminal could "
+                                "register; set it to false, or TTI_ALLOW_OPEN_REGISTRATION=true "
+                                "to allow that")
+        return problems
+
+
+def setting_group(f: dataclasses.Field[Any]) -> str:
+    """The group a Config field belongs to (``general`` when it declares none)."""
+    return str(f.metadata.get("group", GENERAL))
+
+
+def setting_help(f: dataclasses.Field[Any]) -> str:
+    """The field's sentence of help (empty when it declares none)."""
+    return str(f.metadata.get("help", ""))
+
+
+def settings_for(groups: Sequence[str]) -> list[dataclasses.Field[Any]]:
+    """Config fields a command of these groups reads: their own, or naming them in ``also``."""
+    wanted = set(groups)
+    return [f for f in dataclasses.fields(Config)
+            if setting_group(f) in wanted or wanted & set(f.metadata.get("also", ()))]
 
 
 def _convert(name: str, raw: str, default: object) -> object:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from shared.config import Config, load_config
+from shared.config import GROUPS, Config, load_config, setting_group, setting_help, settings_for
 from shared.errors import ConfigError
 
 
@@ -40,3 +43,47 @@ def test_replicas_split_partitions_without_overlap() -> None:
              for i in range(3)]
     assert sorted(p for ps in owned for p in ps) == list(range(16))
     assert owned[1] == [1, 4, 7, 10, 13]
+
+
+def test_listeners_are_closed_by_default() -> None:
+    cfg = load_config({})
+    assert cfg.http_host == "127.0.0.1" and cfg.jt808_host == "127.0.0.1"
+
+
+def test_every_setting_has_a_group_and_one_sentence_of_help() -> None:
+    for f in dataclasses.fields(Config):
+        assert setting_group(f) in GROUPS, f.name
+        text = setting_help(f)
+        assert text and text.endswith(".") and "\n" not in text, f.name
+
+
+def test_serve_settings_are_the_service_and_general_ones() -> None:
+    names = {f.name for f in settings_for(["general", "collector"])}
+    assert {"bus_url", "http_port", "jt808_port", "sensor_tokens"} <= names
+    assert not any(n.startswith("sim_") for n in names)
+    # speed_window_s belongs to bigdata, and the warning service reads it too.
+    assert "speed_window_s" in {f.name for f in settings_for(["general", "warning"])}
+
+
+def test_production_collector_needs_tokens_and_closed_registration() -> None:
+    problems = Config().production_problems("collector")
+    assert len(problems) == 2
+    assert problems[0].startswith("TTI_SENSOR_TOKENS is empty") and "TTI_ALLOW_OPEN_SENSORS" in \
+        problems[0]
+    assert problems[1].startswith("TTI_JT808_OPEN_REGISTRATION") and \
+        "TTI_ALLOW_OPEN_REGISTRATION" in problems[1]
+    assert Config(sensor_tokens=("s3cret",), jt808_open_registration=False
+                  ).production_problems("collector") == []
+    allowed = load_config({"TTI_ALLOW_OPEN_SENSORS": "true", "TTI_ALLOW_OPEN_REGISTRATION": "1"})
+    assert allowed.production_problems("collector") == []
+    assert Config().production_problems("bigdata") == []
+
+
+def test_each_region_has_its_own_embedded_database(tmp_path: Path) -> None:
+    cfg = Config(var_dir=str(tmp_path))
+    assert cfg.region_db_url() == f"sqlite:///{tmp_path}/demo-1/tti.db"
+    assert Config(var_dir=str(tmp_path), demo_size=4).region_key() == "demo-4"
+    wuhan = cfg.region_key(str(tmp_path / "a" / "wuhan.osm.pbf"))
+    assert wuhan.startswith("osm-wuhan-")
+    assert wuhan != cfg.region_key(str(tmp_path / "b" / "wuhan.osm.pbf"))
+    assert cfg.replace(osm=str(tmp_path / "a" / "wuhan.osm.pbf")).region_key() == wuhan
