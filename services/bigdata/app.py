@@ -22,6 +22,13 @@ their speeds: the values one replica fed every vehicle would give. Each replica 
 ``tti.segment.speed`` so that its API knows every segment's latest value. With one replica (the
 embedded run) windows close locally and no share goes on the bus.
 
+**Feature catalogue**: bigdata owns the geodatabase, so it tells the collector which features
+exist (ids per kind, and a parking lot's capacity) on ``tti.feature.catalogue``: after loading
+at start, whenever a check every 5 minutes finds it changed, every 30 minutes unchanged, and on
+a ``tti.feature.catalogue_request`` (a collector that just started). The collector checks live
+states against it at the edge; ``on_feature_state`` keeps a defensive check with the same rules
+(``shared/feature_rules.py``).
+
 At start it imports the configured OSM file (roads and features) and GTFS feed into the
 geodatabase (each a no-op when unchanged). Recomputes time-of-week speed profiles and learned
 free-flow speeds from the speed history at start and hourly (``profiles.py``). Serves the
@@ -30,7 +37,9 @@ internal geodatabase API under ``/v1`` (``api.py``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -65,11 +74,17 @@ from shared.config import Config
 from shared.errors import DecodeError, NotFound, TransientError, TtiError
 from shared.events import (
     DETECTOR_READING,
+    FEATURE_CATALOGUE,
+    FEATURE_CATALOGUE_REQUEST,
+    FEATURE_KINDS,
     FEATURE_STATE,
     SEGMENT_SPEED,
     SEGMENT_SPEED_PARTIAL,
     VEHICLE_POSITION,
+    CatalogueEntry,
+    CatalogueRequest,
     DetectorReading,
+    FeatureCatalogue,
     FeatureState,
     SegmentSpeed,
     SegmentSpeedPartial,
@@ -95,6 +110,39 @@ SEGMENTS = Gauge("tti_bigdata_segments", "Road segments in the loaded network")
 DETECTORS = Gauge("tti_bigdata_detectors", "Registered detectors that watch a road segment")
 FEATURE_STATES = Counter("tti_bigdata_feature_states_total",
                          "Live feature states by outcome (applied, or why dropped)", ["result"])
+CATALOGUES = Counter("tti_bigdata_feature_catalogues_total",
+                     "Feature catalogue publications, by what caused them", ["cause"])
+CATALOGUE_FEATURES = Gauge("tti_bigdata_catalogue_features",
+                           "Features in the catalogue last published")
+
+CATALOGUE_CHUNK_BYTES = 256 * 1024
+"""A catalogue chunk's JSON stays below this (JetStream's default max payload is 1 MB)."""
+_ENTRY_OVERHEAD = 40  # '{"feature_id":"","capacity":null},' around each id
+
+
+def catalogue_chunks(kind: str, entries: Sequence[CatalogueEntry], *, published_at: datetime,
+                     max_bytes: int = CATALOGUE_CHUNK_BYTES) -> list[FeatureCatalogue]:
+    """One kind's catalogue as messages of at most ``max_bytes`` of JSON each (≥ 1 message).
+
+    ``version`` is a digest of the kind's whole content: the same features give the same
+    version whoever publishes them, so a consumer can tell an unchanged catalogue at a glance.
+    """
+    digest = hashlib.sha256(kind.encode())
+    for e in entries:
+        digest.update(f"\x1f{e.feature_id}\x1e{e.capacity}".encode())
+    version = digest.hexdigest()[:16]
+    parts: list[list[CatalogueEntry]] = [[]]
+    size = 0
+    for e in entries:
+        n = len(e.feature_id.encode()) + _ENTRY_OVERHEAD
+        if parts[-1] and size + n > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(e)
+        size += n
+    return [FeatureCatalogue(kind=kind, version=version, published_at=published_at, chunk=i,
+                             chunks=len(parts), features=tuple(part))
+            for i, part in enumerate(parts)]
 
 _ReadingKey = tuple[str, int | None, datetime]  # detector, lane, end of interval
 
@@ -114,6 +162,11 @@ class Bigdata:
     """Shares are published on a replica's flush tick (≤ 5 s apart) and cross the bus: the
     merger waits this much longer than a replica holds its own windows."""
     DETECTOR_REFRESH_S = 60.0
+    CATALOGUE_CHECK_S = 300.0
+    """How often the stored catalogue is read again; it is published when it changed."""
+    CATALOGUE_REPUBLISH_S = 1800.0
+    """An unchanged catalogue is published again this often (its copy in the stream, kept for
+    ``stream_max_age``, stays fresh); requests get it at once."""
     MAX_DETECTORS = 1_000_000
     MAX_OUTBOX = 200_000
     PUBLISH_BATCH = 256
@@ -152,6 +205,10 @@ class Bigdata:
         self.partials_merged = 0
         self.latest: dict[str, SegmentSpeed] = {}
         self.gtfs_state = "not configured"
+        self._catalogue_lock = asyncio.Lock()
+        self._catalogue_version = ""
+        self.catalogue_checked_at = -math.inf
+        self.catalogue_published_at = -math.inf  # clock time the last publication began
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -243,6 +300,9 @@ class Bigdata:
         # The geodatabase is shared: replicas split the states between them (one durable).
         self._subs.append(await self.bus.subscribe(
             FEATURE_STATE, self.on_feature_state, durable="bigdata-features"))
+        # Any replica may answer a request: one shared durable.
+        self._subs.append(await self.bus.subscribe(
+            FEATURE_CATALOGUE_REQUEST, self.on_catalogue_request, durable="bigdata-catalogue"))
         self._position_sub = await self.bus.subscribe(
             VEHICLE_POSITION, self.on_position, durable="bigdata", partitions=owned)
 
@@ -347,6 +407,69 @@ class Bigdata:
             return
         newer = held.live_updated_at is not None and held.live_updated_at > state.observed_at
         FEATURE_STATES.labels("stale" if newer else "applied").inc()
+
+    # --- the feature catalogue ------------------------------------------------------------------
+
+    async def publish_catalogue(self, cause: str, *, only_if_changed: bool = False) -> bool:
+        """Read the stored catalogue and publish every kind of it (chunked); True if published.
+
+        ``only_if_changed``: skip when the content is what was last published (and that is not
+        older than ``CATALOGUE_REPUBLISH_S``). A kind with no feature goes out as one empty
+        chunk, so the collector knows it is empty rather than still loading. BusError when the
+        bus does not take it (the next check tries again).
+        """
+        async with self._catalogue_lock:
+            now = self.clock.time()
+            stored = await self.store.list_feature_catalogue()
+            self.catalogue_checked_at = now
+            published_at = self.clock.now()
+            messages = [m for kind in FEATURE_KINDS
+                        for m in catalogue_chunks(kind, stored.get(kind, ()),
+                                                  published_at=published_at)]
+            version = ",".join(dict.fromkeys(m.version for m in messages))
+            fresh = now - self.catalogue_published_at < self.CATALOGUE_REPUBLISH_S
+            if only_if_changed and version == self._catalogue_version and fresh:
+                return False
+            self.catalogue_published_at = now
+            self._catalogue_version = ""  # until every chunk is taken
+            stamp = int(published_at.timestamp() * 1000)
+            for m in messages:
+                # One id per publication: a republication answers a consumer that acked the
+                # last one before it restarted, and must not be dropped as its duplicate.
+                await self.bus.publish(FEATURE_CATALOGUE, m, event_id=(
+                    f"catalogue:{m.kind}:{m.version}:{m.chunk}:{stamp}"))
+            self._catalogue_version = version
+        CATALOGUES.labels(cause).inc()
+        CATALOGUE_FEATURES.set(sum(len(v) for v in stored.values()))
+        log.info("feature catalogue published (%s): %d features in %d messages", cause,
+                 sum(len(v) for v in stored.values()), len(messages))
+        return True
+
+    async def on_catalogue_request(self, env: Envelope[CatalogueRequest]) -> None:
+        """Publish the catalogue again for a consumer that may have missed it.
+
+        A request made before the last publication began is answered by that one (the requester
+        receives it); replayed old requests and a burst from many replicas cost one publication.
+        """
+        asked = env.payload.requested_at.timestamp()
+        if asked < self.catalogue_published_at:
+            return
+        try:
+            await self.publish_catalogue("request")
+        except TtiError as exc:
+            raise TransientError(f"catalogue not published: {exc.message}") from exc
+
+    async def catalogue_loop(self) -> None:
+        """Read the catalogue every ``CATALOGUE_CHECK_S``; publish it when it changed (an import
+        by ``tti import-osm`` or a new detector registry) or has not gone out for a while."""
+        while True:
+            await self.clock.sleep(self.CATALOGUE_CHECK_S)
+            try:
+                await self.publish_catalogue("refresh", only_if_changed=True)
+            except TtiError as exc:  # the bus or the database away: the next check retries
+                log.warning("feature catalogue not published: %s", exc.message)
+            except Exception:
+                log.exception("publishing the feature catalogue failed")
 
     async def on_partial(self, env: Envelope[SegmentSpeedPartial]) -> None:
         """Merge another replica's (or this one's) share of a segment window."""
@@ -522,7 +645,13 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None,
             await bd.load_gtfs()
             await bd.load_detectors()
             await bd.start()
+            try:
+                await bd.publish_catalogue("load")
+            except TtiError as exc:
+                log.warning("feature catalogue not published at start (%s); retrying every "
+                            "%.0f s", exc.message, bd.CATALOGUE_CHECK_S)
             spawn(app, bd.flush_loop(), name="bigdata-flush")
+            spawn(app, bd.catalogue_loop(), name="bigdata-catalogue")
             # Time-of-week profiles and learned free flow: at start, then hourly (profiles.py).
             spawn(app, keep_profiles(store, clock=clock), name="bigdata-profiles")
             yield

@@ -17,7 +17,11 @@ from services.collector.detectors import (
     add_detector_routes,
     openapi_paths,
 )
-from services.collector.feature_state import add_feature_state_routes
+from services.collector.feature_state import (
+    CatalogueFollower,
+    FeatureCatalogueView,
+    add_feature_state_routes,
+)
 from services.collector.feature_state import openapi_paths as feature_state_paths
 from services.collector.gtfs_rt import GtfsRtPoller
 from services.collector.jt808_gateway import Jt808Gateway
@@ -80,6 +84,7 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
 
 GTFS_RT = web.AppKey("gtfs_rt_poller", GtfsRtPoller)
 MQTT_DETECTORS = web.AppKey("mqtt_detectors", MqttDetectorInput)
+CATALOGUE = web.AppKey("feature_catalogue", FeatureCatalogueView)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -105,7 +110,14 @@ def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus
                             max_items=config.detector_max_items, tokens=config.sensor_tokens,
                             wall=clock.now)
     add_detector_routes(app, intake)
-    add_feature_state_routes(app, intake)
+    # The features bigdata holds, learnt over the bus: feature states are checked against it.
+    catalogue = FeatureCatalogueView()
+    app[CATALOGUE] = catalogue
+    follower = CatalogueFollower(bus, catalogue, clock=clock, replica_index=config.replica_index,
+                                 replica_count=config.replica_count)
+    app.cleanup_ctx.append(follower.cleanup_ctx)
+    add_readiness_check(app, "feature_catalogue", catalogue.readiness)
+    add_feature_state_routes(app, intake, catalogue)
     app.router.add_get("/openapi.json", _openapi)
     if config.gtfs_rt_urls:
         poller = GtfsRtPoller.from_config(config, bus=bus, clock=clock)
@@ -113,7 +125,7 @@ def _add_feeds_and_detectors(app: web.Application, config: Config, bus: EventBus
         app.cleanup_ctx.append(poller.cleanup_ctx)
         add_readiness_check(app, "gtfs_rt", poller.readiness)
     if config.mqtt_url:
-        mqtt = MqttDetectorInput.from_config(config, intake=intake)
+        mqtt = MqttDetectorInput.from_config(config, intake=intake, catalogue=catalogue)
         app[MQTT_DETECTORS] = mqtt
         app.cleanup_ctx.append(mqtt.cleanup_ctx)
         add_readiness_check(app, "mqtt", mqtt.readiness)

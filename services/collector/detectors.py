@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -52,6 +52,9 @@ from shared.events import (
     DetectedEvent,
     DetectorReading,
 )
+
+if TYPE_CHECKING:
+    from services.collector.feature_state import FeatureCatalogueView, OncePerSensorLog
 
 log = logging.getLogger("tti.collector.detectors")
 
@@ -649,6 +652,7 @@ class MqttDetectorInput:
                  prefix: str = "tti/detectors", features_prefix: str = "tti/features",
                  share_group: str = "tti-collector",
                  client_id: str = "", max_backoff_s: float = 60.0,
+                 catalogue: FeatureCatalogueView | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         prefix = prefix.strip("/")
         features_prefix = features_prefix.strip("/")
@@ -673,13 +677,22 @@ class MqttDetectorInput:
         self._started = monotonic()
         self._task: asyncio.Task[None] | None = None
         self._invalid_log = RateLimitedLog(log)
+        # Feature states: checked against bigdata's catalogue (None: values only, as while it
+        # is loading); refusals logged once per sensor and answered on …/state/rejected.
+        from services.collector.feature_state import OncePerSensorLog
+
+        self.catalogue = catalogue
+        self._state_log: OncePerSensorLog = OncePerSensorLog(log)
+        self._client_now: aiomqtt.Client | None = None
 
     @classmethod
-    def from_config(cls, config: Config, *, intake: DetectorIntake) -> MqttDetectorInput:
+    def from_config(cls, config: Config, *, intake: DetectorIntake,
+                    catalogue: FeatureCatalogueView | None = None) -> MqttDetectorInput:
         """The MQTT input ``TTI_MQTT_*`` describes."""
         return cls(intake, parse_mqtt_url(config.mqtt_url), prefix=config.mqtt_topic_prefix,
                    features_prefix=config.mqtt_features_prefix,
-                   share_group=config.mqtt_share_group, client_id=config.mqtt_client_id)
+                   share_group=config.mqtt_share_group, client_id=config.mqtt_client_id,
+                   catalogue=catalogue)
 
     def topic_filters(self) -> list[str]:
         """The subscriptions, as shared subscriptions when a group is configured."""
@@ -747,6 +760,7 @@ class MqttDetectorInput:
                 if manual:
                     paho.manual_ack_set(True)
                 async with client:
+                    self._client_now = client
                     for topic in self.topic_filters():
                         granted = await client.subscribe(topic, qos=1)
                         if any(_failed(g) for g in granted):
@@ -761,6 +775,8 @@ class MqttDetectorInput:
                 self._set_disconnected(f"{type(exc).__name__}: {exc}")
             except OSError as exc:
                 self._set_disconnected(f"{type(exc).__name__}: {exc}")
+            finally:
+                self._client_now = None
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(self.max_backoff_s, backoff * 2)
 
@@ -852,12 +868,15 @@ class MqttDetectorInput:
         # Imported here: feature_state builds on this module's HTTP helpers.
         from services.collector.feature_state import (
             ACCEPTED,
-            REJECTED,
+            check_state,
+            count_rejection,
             parse_state,
             publish_state,
         )
 
+        received_at = self.intake.now()
         parts = topic[len(self.features_prefix) + 1:].split("/")
+        kind, feature_id = (parts[0], parts[1]) if len(parts) == 3 else ("", "")
         try:
             if len(parts) != 3 or parts[2] != "state":
                 raise InvalidRecord("bad_topic", f"unexpected topic {topic!r}")
@@ -866,16 +885,39 @@ class MqttDetectorInput:
                                     "without the retain flag)")
             if len(payload) > self.intake.max_body:
                 raise InvalidRecord("too_large", f"message exceeds {self.intake.max_body} bytes")
-            state = parse_state(parts[0], parts[1], load_json(payload), now=self.intake.now(),
+            state = parse_state(kind, feature_id, load_json(payload), now=received_at,
                                 source="mqtt")
+            state, _ = check_state(state, self.catalogue)
         except InvalidRecord as exc:
-            REJECTED.labels(exc.code).inc()
-            self._invalid_log.warning(f"state-{exc.code}", "invalid MQTT feature state on %s: "
-                                      "%s: %s", topic, exc.code, exc.message)
+            count_rejection("mqtt", kind, exc.code)
+            if exc.code == "bad_topic":
+                # Not a sensor's topic: no sensor to name, no …/rejected topic to answer on.
+                self._invalid_log.warning("state-bad_topic", "MQTT feature state on unexpected "
+                                          "topic %r", topic)
+            else:
+                self._state_log.refused(kind, feature_id, exc.code, exc.message, topic)
+                await self._answer_rejection(topic, exc, received_at)
             return None
         await self._until_taken(lambda: publish_state(self.intake.bus, state))
         ACCEPTED.labels(state.kind).inc()
+        self._state_log.accepted(kind, feature_id)
         return IntakeResult(1, [])
+
+    async def _answer_rejection(self, topic: str, exc: InvalidRecord, received_at: datetime
+                                ) -> None:
+        """Publish why a state was refused on ``<topic>/rejected`` (MQTT has no reply).
+
+        Not retained, QoS 1; when the broker does not take it, the count and the log remain.
+        """
+        client = self._client_now
+        if client is None:
+            return
+        body = orjson.dumps({"reason": exc.message, "code": exc.code,
+                             "received_at": received_at}, option=orjson.OPT_UTC_Z)
+        try:
+            await client.publish(f"{topic}/rejected", body, qos=1, timeout=5)
+        except aiomqtt.MqttError as err:
+            log.debug("could not publish the rejection on %s/rejected: %s", topic, err)
 
     async def _publish_until_taken(self, records: Sequence[DetectorReading | DetectedEvent]
                                    ) -> None:

@@ -11,31 +11,49 @@ geodatabase (as ``GET /bigdata/v1/features/...`` shows it). ``observed_at`` (RFC
 :data:`MAX_VALUES` keys (``[a-z][a-z0-9_]*``, up to 40 characters), each a finite number, a
 string of at most :data:`MAX_STRING` characters, a boolean, or null (null deletes the key).
 
-Answers: 202 ``{"accepted": 1}`` once the bus took it; 400 with a JSON reason for anything
-invalid (nothing is published); 401 without a valid sensor token when tokens are configured
-(the same ``TTI_SENSOR_TOKENS`` as the detector inputs); 413 past ``detector_max_body`` bytes;
-415 for a body that is not JSON; 503 when the bus did not take it (a retry is safe: the event id
-is derived from the content). Bigdata merges the values into the feature's live state (older
-than what it holds: ignored; unknown feature or implausible values such as more free spaces
-than capacity: counted and dropped, see its README). Rejections are counted in
-``tti_feature_state_rejected_total{reason}``.
+**Closed by default.** The collector knows which features exist from bigdata's
+:class:`~shared.events.FeatureCatalogue` (kept by :class:`FeatureCatalogueView`, never read
+from bigdata's tables) and checks each state at the edge with the one set of rules
+(:mod:`shared.feature_rules`: free spaces a whole number from 0 to the lot's capacity …).
+
+Answers: 202 ``{"accepted": 1}`` once the bus took it; 400 for a malformed body or a value of
+the wrong type; 404 ``unknown_feature`` for an id the catalogue does not hold for that kind; 422
+``implausible_value`` for an impossible value, with the reason; 503 ``catalogue_loading`` (with
+``Retry-After``) until the catalogue has arrived; 401 without a valid sensor token when tokens
+are configured (the same ``TTI_SENSOR_TOKENS`` as the detector inputs); 413 past
+``detector_max_body`` bytes; 415 for a body that is not JSON; 503 ``bus_error`` when the bus did
+not take it (a retry is safe: the event id is derived from the content). Nothing refused is
+published. Refusals are counted in ``tti_feature_state_rejected_total{transport, kind,
+reason}`` (``kind`` ``unknown`` when it is not a feature kind).
 
 Over MQTT the same JSON goes to ``<TTI_MQTT_FEATURES_PREFIX>/<kind>/<feature_id>/state``
-(``tti/features``); the detectors' MQTT input (``detectors.MqttDetectorInput``) subscribes to it
-and handles it like this endpoint, acknowledging a message once the bus took it.
+(``tti/features``); the detectors' MQTT input (``detectors.MqttDetectorInput``) handles it with
+:func:`check_state` too. There is no reply, so a refused message is counted, logged once per
+sensor and kind (:class:`OncePerSensorLog`, at WARNING: it is the sender's mistake) and
+published on ``…/state/rejected`` as ``{"reason", "code", "received_at"}``. Before the catalogue
+has arrived an MQTT state is checked for its values only and passed on (bigdata checks the id):
+dropping it would lose data the sensor cannot resend.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import logging
 import math
 import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.collector.detectors import (
     DetectorIntake,
@@ -45,8 +63,24 @@ from services.collector.detectors import (
     read_sensor_request,
 )
 from shared.bus import EventBus
-from shared.errors import BadRequest
-from shared.events import FEATURE_KINDS, FEATURE_STATE, FeatureState
+from shared.bus.base import Subscription
+from shared.clock import Clock
+from shared.codec import Envelope
+from shared.errors import BadRequest, BusError, DecodeError, NotFound, TtiError
+from shared.events import (
+    FEATURE_CATALOGUE,
+    FEATURE_CATALOGUE_REQUEST,
+    FEATURE_KINDS,
+    FEATURE_STATE,
+    CatalogueEntry,
+    CatalogueRequest,
+    FeatureCatalogue,
+    FeatureState,
+)
+from shared.feature_rules import LiveValueError, check_live_values
+from shared.service import json_error
+
+log = logging.getLogger("tti.collector.features")
 
 MAX_VALUES = 32
 MAX_STRING = 200
@@ -55,7 +89,18 @@ VALUE_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 ACCEPTED = Counter("tti_feature_states_total", "Feature live states taken onto the bus", ["kind"])
 REJECTED = Counter("tti_feature_state_rejected_total", "Feature live states refused, by reason",
-                   ["reason"])
+                   ["transport", "kind", "reason"])
+CATALOGUE_SIZE = Gauge("tti_collector_catalogue_features",
+                       "Features in the catalogue the collector holds, by kind", ["kind"])
+
+HTTP_STATUS = {"unknown_feature": 404, "implausible_value": 422, "catalogue_loading": 503}
+"""HTTP status of a refusal by its code; any other code is a 400."""
+RETRY_AFTER_S = 5
+
+
+def count_rejection(transport: str, kind: str, reason: str) -> None:
+    """Count one refused state; a kind that is not a feature kind is ``unknown`` (bounded)."""
+    REJECTED.labels(transport, kind if kind in FEATURE_KINDS else "unknown", reason).inc()
 
 STATE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -125,26 +170,278 @@ async def publish_state(bus: EventBus, state: FeatureState) -> None:
     await bus.publish(FEATURE_STATE, state, event_id=state_event_id(state))
 
 
-async def _post_state(request: web.Request) -> web.Response:
-    intake = request.app[STATE_INTAKE]
-    raw = await read_sensor_request(request, intake, lambda code: REJECTED.labels(code).inc())
+# ---- the catalogue -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _HeldKind:
+    version: str
+    published_at: datetime
+    entries: dict[str, CatalogueEntry]
+
+
+@dataclass(slots=True)
+class _Assembly:
+    chunks: int
+    published_at: datetime
+    parts: dict[int, tuple[CatalogueEntry, ...]] = field(default_factory=dict)
+
+
+class FeatureCatalogueView:
+    """The newest feature catalogue bigdata published, per kind, assembled from its chunks.
+
+    A kind's features are replaced only by a complete catalogue published later than the one
+    held (a replayed older one never wins); chunks of a few versions at most are assembled at
+    once per kind. Fed by :meth:`on_catalogue` (a bus handler).
+    """
+
+    MAX_PENDING = 4
+    MAX_CHUNKS = 100_000
+    READY_GRACE_S = 30.0
+    """Readiness waits this long for the catalogue, then reports it without holding the
+    collector's other inputs (JT/T 808, detectors) out of service."""
+
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._kinds: dict[str, _HeldKind] = {}
+        self._pending: dict[str, OrderedDict[str, _Assembly]] = {}
+        self._monotonic = monotonic
+        self._started = monotonic()
+
+    def loaded(self, kind: str) -> bool:
+        """Whether the features of ``kind`` are known (an empty kind counts as known)."""
+        return kind in self._kinds
+
+    @property
+    def complete(self) -> bool:
+        """Whether every feature kind has arrived."""
+        return all(k in self._kinds for k in FEATURE_KINDS)
+
+    def find(self, kind: str, feature_id: str) -> CatalogueEntry | None:
+        """The catalogue entry of one feature, or None when it is not held."""
+        held = self._kinds.get(kind)
+        return held.entries.get(feature_id) if held else None
+
+    def __len__(self) -> int:
+        return sum(len(h.entries) for h in self._kinds.values())
+
+    async def on_catalogue(self, env: Envelope[FeatureCatalogue]) -> None:
+        """Bus handler of ``tti.feature.catalogue``."""
+        self.add(env.payload)
+
+    def add(self, c: FeatureCatalogue) -> bool:
+        """Take one chunk; True when it completed a newer catalogue of its kind.
+
+        DecodeError (the message is terminated, counted by the bus) for an impossible chunk.
+        """
+        if c.kind not in FEATURE_KINDS:
+            raise DecodeError(f"catalogue of unknown kind {c.kind!r}", code="bad_catalogue")
+        if not (1 <= c.chunks <= self.MAX_CHUNKS and 0 <= c.chunk < c.chunks):
+            raise DecodeError(f"catalogue chunk {c.chunk} of {c.chunks}", code="bad_catalogue")
+        held = self._kinds.get(c.kind)
+        if held is not None:
+            if c.version == held.version:  # the same content again: only fresher
+                held.published_at = max(held.published_at, c.published_at)
+                return False
+            if c.published_at <= held.published_at:
+                return False  # an older catalogue, replayed from the stream
+        pending = self._pending.setdefault(c.kind, OrderedDict())
+        assembly = pending.get(c.version)
+        if assembly is None or assembly.chunks != c.chunks:
+            assembly = pending[c.version] = _Assembly(c.chunks, c.published_at)
+            while len(pending) > self.MAX_PENDING:
+                pending.popitem(last=False)
+        assembly.parts[c.chunk] = c.features
+        assembly.published_at = max(assembly.published_at, c.published_at)
+        if len(assembly.parts) < assembly.chunks:
+            return False
+        del pending[c.version]
+        entries = {e.feature_id: e for i in range(assembly.chunks) for e in assembly.parts[i]}
+        self._kinds[c.kind] = _HeldKind(c.version, assembly.published_at, entries)
+        for version in [v for v, a in pending.items() if a.published_at <= assembly.published_at]:
+            del pending[version]
+        CATALOGUE_SIZE.labels(c.kind).set(len(entries))
+        log.info("feature catalogue of %s: %d features (version %s)", c.kind, len(entries),
+                 c.version, extra={"kind": c.kind, "features": len(entries)})
+        return True
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once every kind arrived, or past the grace (feature states then get 503)."""
+        if self.complete:
+            newest = max(h.published_at for h in self._kinds.values())
+            return True, (f"{len(self)} features of {len(self._kinds)} kinds, published "
+                          f"{newest:%Y-%m-%dT%H:%M:%SZ}")
+        missing = [k for k in FEATURE_KINDS if k not in self._kinds]
+        waited = self._monotonic() - self._started
+        return (waited >= self.READY_GRACE_S,
+                f"loading: no catalogue from bigdata yet for {len(missing)} kinds "
+                f"({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); feature "
+                "states are answered 503 catalogue_loading")
+
+
+class CatalogueFollower:
+    """Keeps a :class:`FeatureCatalogueView` fed from the bus while the app runs.
+
+    Every collector replica needs the whole catalogue: its own durable. It asks bigdata for the
+    catalogue when it starts (a bus that does not retain messages, like the embedded one, would
+    otherwise keep it waiting for the next periodic publication) and again every
+    ``REQUEST_EVERY_S`` until every kind has arrived.
+    """
+
+    REQUEST_EVERY_S = 30.0
+
+    def __init__(self, bus: EventBus, view: FeatureCatalogueView, *, clock: Clock,
+                 replica_index: int = 0, replica_count: int = 1) -> None:
+        self.bus = bus
+        self.view = view
+        self.clock = clock
+        self.replica_index = replica_index
+        self.durable = ("collector-catalogue" if replica_count <= 1
+                        else f"collector-catalogue-{replica_index}")
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def request(self) -> None:
+        """Ask bigdata to publish the catalogue (BusError when the bus does not take it)."""
+        await self.bus.publish(FEATURE_CATALOGUE_REQUEST, CatalogueRequest(
+            requested_by=f"collector-{self.replica_index}", requested_at=self.clock.now()))
+
+    async def _keep_asking(self) -> None:
+        while not self.view.complete:
+            try:
+                await self.request()
+            except BusError as exc:
+                log.info("feature catalogue request not sent (%s); retrying", exc.message)
+            await self.clock.sleep(self.REQUEST_EVERY_S)
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx`` entry: subscribe, ask, stop on the way out."""
+        self._sub = await self.bus.subscribe(FEATURE_CATALOGUE, self.view.on_catalogue,
+                                             durable=self.durable)
+        self._task = asyncio.create_task(self._keep_asking(), name="collector-catalogue")
+        try:
+            yield
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            await self._sub.stop()
+
+
+# ---- checking a state -----------------------------------------------------------------------
+
+
+def check_state(state: FeatureState, catalogue: FeatureCatalogueView | None
+                ) -> tuple[FeatureState, bool]:
+    """The state with its values as they may be stored, and whether the catalogue vouched for
+    the feature; InvalidRecord ``unknown_feature``, ``implausible_value`` or ``bad_type``.
+
+    Without the catalogue of the state's kind only the values are checked (without bounds).
+    """
+    entry = None
+    known = catalogue is not None and catalogue.loaded(state.kind)
+    if known and catalogue is not None:
+        entry = catalogue.find(state.kind, state.feature_id)
+        if entry is None:
+            raise InvalidRecord("unknown_feature", f"the geodatabase has no {state.kind} "
+                                f"{state.feature_id!r}")
     try:
-        state = parse_state(request.match_info["kind"], request.match_info["feature_id"],
-                            load_json(raw), now=intake.now())
+        values = check_live_values(state.kind, state.values,
+                                   bounds={"capacity": entry.capacity} if entry else None)
+    except LiveValueError as exc:
+        raise InvalidRecord(exc.code, exc.message) from exc
+    return dataclasses.replace(state, values=values), known
+
+
+class OncePerSensorLog:
+    """Logs a sensor's refused states once per (kind, feature id), not once per message.
+
+    A misconfigured sensor sending every second logs one WARNING (never ERROR: the mistake is
+    the sender's) and, once it sends a good state again, one INFO line saying so. At most
+    ``max_keys`` sensors are remembered (the oldest forgotten first).
+    """
+
+    def __init__(self, logger: logging.Logger, *, max_keys: int = 10_000) -> None:
+        self.logger = logger
+        self.max_keys = max_keys
+        self._failing: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def refused(self, kind: str, feature_id: str, code: str, message: str, where: str) -> bool:
+        """Note a refusal; True when it was logged (the first since the sensor was fine)."""
+        key = (kind, feature_id)
+        if key in self._failing:
+            self._failing[key] += 1
+            self._failing.move_to_end(key)
+            return False
+        self._failing[key] = 1
+        while len(self._failing) > self.max_keys:
+            self._failing.popitem(last=False)
+        self.logger.warning("feature state refused on %s: %s: %s (logged once until it is "
+                            "accepted again)", where, code, message,
+                            extra={"kind": kind, "feature_id": feature_id, "code": code})
+        return True
+
+    def accepted(self, kind: str, feature_id: str) -> None:
+        """The sensor sent a good state: log its recovery if it had been refused."""
+        refused = self._failing.pop((kind, feature_id), 0)
+        if refused:
+            self.logger.info("feature state of %s/%s accepted again after %d refused",
+                             kind, feature_id, refused)
+
+
+# ---- HTTP -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureStateIntake:
+    """What the HTTP endpoint needs: the detectors' intake (bus, limits, tokens) and the
+    catalogue."""
+
+    intake: DetectorIntake
+    catalogue: FeatureCatalogueView
+
+
+def _refusal(code: str, message: str) -> TtiError:
+    status = HTTP_STATUS.get(code, 400)
+    if status == 404:
+        return NotFound(message, code=code)
+    err = BadRequest(message, code=code)
+    err.http_status = status
+    return err
+
+
+async def _post_state(request: web.Request) -> web.Response:
+    ctx = request.app[STATE_INTAKE]
+    intake = ctx.intake
+    kind = request.match_info["kind"]
+    raw = await read_sensor_request(request, intake,
+                                    lambda code: count_rejection("http", kind, code))
+    try:
+        state = parse_state(kind, request.match_info["feature_id"], load_json(raw),
+                            now=intake.now())
+        state, known = check_state(state, ctx.catalogue)
     except InvalidRecord as exc:
-        REJECTED.labels(exc.code).inc()
-        raise BadRequest(exc.message, code=exc.code) from exc
+        count_rejection("http", kind, exc.code)
+        raise _refusal(exc.code, exc.message) from exc
+    if not known:
+        # Closed by default: an id cannot be vouched for yet, so the sensor retries shortly.
+        count_rejection("http", kind, "catalogue_loading")
+        resp = json_error(503, "catalogue_loading", "the feature catalogue has not arrived "
+                          f"from bigdata yet; retry in {RETRY_AFTER_S} s")
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
     await publish_state(intake.bus, state)
     ACCEPTED.labels(state.kind).inc()
     return web.json_response({"accepted": 1}, status=202)
 
 
-STATE_INTAKE = web.AppKey("feature_state_intake", DetectorIntake)
+STATE_INTAKE = web.AppKey("feature_state_intake", FeatureStateIntake)
 
 
-def add_feature_state_routes(app: web.Application, intake: DetectorIntake) -> None:
-    """``POST /api/v1/features/{kind}/{feature_id}/state``, with the detectors' limits, tokens."""
-    app[STATE_INTAKE] = intake
+def add_feature_state_routes(app: web.Application, intake: DetectorIntake,
+                             catalogue: FeatureCatalogueView) -> None:
+    """``POST /api/v1/features/{kind}/{feature_id}/state``, with the detectors' limits, tokens,
+    checked against ``catalogue``."""
+    app[STATE_INTAKE] = FeatureStateIntake(intake, catalogue)
     app.router.add_post("/api/v1/features/{kind}/{feature_id}/state", _post_state)
 
 
@@ -171,9 +468,13 @@ def openapi_paths() -> dict[str, Any]:
             "202": {"description": "taken onto the bus",
                     "content": {"application/json": {"schema": {
                         "type": "object", "properties": {"accepted": {"type": "integer"}}}}}},
-            "400": err("invalid state (nothing published)"),
+            "400": err("malformed body or a value of the wrong type (nothing published)"),
             "401": err("sensor token missing or wrong"),
+            "404": err("unknown_feature: the geodatabase has no such feature of this kind"),
             "413": err("body too large"),
             "415": err("not JSON"),
-            "503": err("the bus did not take it; retry"),
+            "422": err("implausible_value: an impossible value (e.g. negative or fractional "
+                       "free_spaces, more than the capacity), with the reason"),
+            "503": err("catalogue_loading (the collector just started; see Retry-After) or "
+                       "bus_error (the bus did not take it); retry"),
         }}}}
