@@ -25,11 +25,22 @@ from services.collector.detectors import (
     RateLimitedLog,
     parse_mqtt_url,
 )
+from services.collector.feature_state import FeatureCatalogueView
 from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
 from shared.config import Config
 from shared.errors import ConfigError
-from shared.events import DETECTED_EVENT, DETECTOR_READING, DetectedEvent, DetectorReading
+from shared.events import (
+    DETECTED_EVENT,
+    DETECTOR_READING,
+    FEATURE_KINDS,
+    FEATURE_STATE,
+    CatalogueEntry,
+    DetectedEvent,
+    DetectorReading,
+    FeatureCatalogue,
+    FeatureState,
+)
 from tests.conftest import MQTT_HOST, MQTT_PORT, FlakyBus, require_server
 
 pytestmark = pytest.mark.integration
@@ -311,10 +322,24 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
     assert msgs == ["bad 1", "other kind", "bad 9 (5 more like it since the last report)"]
 
 
+def feature_catalogue() -> FeatureCatalogueView:
+    """The catalogue as the collector assembles it from bigdata's chunks."""
+    view = FeatureCatalogueView()
+    features = {"parking": (CatalogueEntry(feature_id="w7", capacity=40),),
+                "weather_station": (CatalogueEntry(feature_id="n3"),)}
+    for kind in FEATURE_KINDS:
+        view.add(FeatureCatalogue(kind=kind, version=f"v-{kind}", published_at=datetime.now(UTC),
+                                  chunk=0, chunks=1, features=features.get(kind, ())))
+    return view
+
+
+def refused(reason: str, kind: str = "parking") -> float:
+    return REGISTRY.get_sample_value("tti_feature_state_rejected_total", {
+        "transport": "mqtt", "kind": kind, "reason": reason}) or 0.0
+
+
 async def test_feature_states_over_mqtt_arrive_and_bad_ones_are_counted(
         broker: tuple[str, int], unique_name: str) -> None:
-    from shared.events import FEATURE_STATE, FeatureState
-
     host, port = broker
     bus = MemoryBus()
     await bus.start()
@@ -324,16 +349,13 @@ async def test_feature_states_over_mqtt_arrive_and_bad_ones_are_counted(
         got.append(env.payload)
 
     await bus.subscribe(FEATURE_STATE, on_state, durable="t")
-
-    def refused(reason: str) -> float:
-        return REGISTRY.get_sample_value("tti_feature_state_rejected_total",
-                                         {"reason": reason}) or 0.0
-
-    before = {r: refused(r) for r in ("bad_topic", "bad_values", "bad_kind")}
+    before = {("bad_topic", "unknown"): refused("bad_topic", "unknown"),
+              ("bad_values", "parking"): refused("bad_values"),
+              ("bad_kind", "unknown"): refused("bad_kind", "unknown")}
     prefix = f"test/{unique_name}"
     inp = MqttDetectorInput(DetectorIntake(bus), MqttTarget(host, port),
                             prefix=f"{prefix}/detectors", features_prefix=f"{prefix}/features",
-                            share_group=unique_name)
+                            share_group=unique_name, catalogue=feature_catalogue())
     assert f"$share/{unique_name}/{prefix}/features/+/+/state" in inp.topic_filters()
     try:
         async with running(inp):
@@ -350,7 +372,7 @@ async def test_feature_states_over_mqtt_arrive_and_bad_ones_are_counted(
                     {"values": {"temperature_c": 3.5, "road_surface": "wet"}}), qos=1)
             await wait_for("two states", lambda: len(got) >= 2)
             await wait_for("two refusals", lambda: sum(
-                refused(r) - before[r] for r in before) >= 2)
+                refused(r, k) - before[(r, k)] for r, k in before) >= 2)
         # A topic under the features prefix that is not <kind>/<id>/state, as a broker with
         # a wider subscription would deliver it: refused, counted.
         assert await inp.handle(f"{prefix}/features/parking/state", b"{}") is None
@@ -359,5 +381,71 @@ async def test_feature_states_over_mqtt_arrive_and_bad_ones_are_counted(
     assert [(s.kind, s.feature_id, s.values, s.source) for s in got] == [
         ("parking", "w7", {"free_spaces": 12}, "mqtt"),
         ("weather_station", "n3", {"temperature_c": 3.5, "road_surface": "wet"}, "mqtt")]
-    assert {r: refused(r) - before[r] for r in before} == {
-        "bad_topic": 1, "bad_values": 1, "bad_kind": 1}
+    assert {key: refused(*key) - n for key, n in before.items()} == {
+        ("bad_topic", "unknown"): 1, ("bad_values", "parking"): 1, ("bad_kind", "unknown"): 1}
+
+
+async def test_a_refused_feature_state_is_answered_on_rejected_counted_and_logged_once(
+        broker: tuple[str, int], unique_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    host, port = broker
+    bus = MemoryBus()
+    await bus.start()
+    got: list[FeatureState] = []
+
+    async def on_state(env: Envelope[FeatureState]) -> None:
+        got.append(env.payload)
+
+    await bus.subscribe(FEATURE_STATE, on_state, durable="t")
+    prefix = f"test/{unique_name}"
+    inp = MqttDetectorInput(DetectorIntake(bus), MqttTarget(host, port),
+                            prefix=f"{prefix}/detectors", features_prefix=f"{prefix}/features",
+                            share_group=unique_name, catalogue=feature_catalogue())
+    before = {"implausible_value": refused("implausible_value"),
+              "unknown_feature": refused("unknown_feature")}
+    answers: list[tuple[str, dict[str, Any]]] = []
+    caplog.set_level(logging.INFO, logger="tti.collector")
+    try:
+        async with running(inp), aiomqtt.Client(host, port) as sub:
+            await sub.subscribe(f"{prefix}/features/+/+/state/rejected", qos=1)
+
+            async def listen() -> None:
+                async for message in sub.messages:
+                    assert isinstance(message.payload, bytes)
+                    answers.append((message.topic.value, orjson.loads(message.payload)))
+
+            listener = asyncio.create_task(listen())
+            async with aiomqtt.Client(host, port) as pub:
+                # A misconfigured sensor, sending the same impossible count again and again.
+                for _ in range(3):
+                    await pub.publish(f"{prefix}/features/parking/w7/state",
+                                      orjson.dumps({"values": {"free_spaces": -5}}), qos=1)
+                await pub.publish(f"{prefix}/features/parking/w404/state",
+                                  orjson.dumps({"values": {"free_spaces": 5}}), qos=1)
+                await pub.publish(f"{prefix}/features/parking/w7/state",
+                                  orjson.dumps({"values": {"free_spaces": 41}}), qos=1)
+                await pub.publish(f"{prefix}/features/parking/w7/state",
+                                  orjson.dumps({"values": {"free_spaces": 40}}), qos=1)
+                await wait_for("five answers and one state",
+                               lambda: len(answers) >= 5 and len(got) >= 1)
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+    finally:
+        await bus.close()
+    assert [s.values for s in got] == [{"free_spaces": 40}]
+    w7 = f"{prefix}/features/parking/w7/state/rejected"
+    assert [(t, a["code"]) for t, a in answers] == [
+        (w7, "implausible_value")] * 3 + [
+        (f"{prefix}/features/parking/w404/state/rejected", "unknown_feature"),
+        (w7, "implausible_value")]
+    assert "free_spaces -5 is below 0" in answers[0][1]["reason"]
+    assert "capacity of 40" in answers[4][1]["reason"]
+    assert datetime.fromisoformat(answers[0][1]["received_at"]).tzinfo is not None
+    assert {r: refused(r) - n for r, n in before.items()} == {
+        "implausible_value": 4, "unknown_feature": 1}
+    refusals = [r for r in caplog.records if "feature state refused" in r.getMessage()]
+    # Once per sensor: w7 (four refusals), w404; never at ERROR anywhere.
+    assert [r.feature_id for r in refusals] == ["w7", "w404"]  # type: ignore[attr-defined]
+    assert {r.levelno for r in refusals} == {logging.WARNING}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("accepted again after 4 refused" in r.getMessage() for r in caplog.records)
