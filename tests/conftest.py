@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -136,3 +139,32 @@ class ManualClock(Clock):
     def advance(self, seconds: float) -> None:
         """Move the clock on by ``seconds``."""
         self.at = self._at + seconds
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database(name: str) -> AsyncIterator[str]:
+    """DSN of a fresh, empty PostgreSQL database, dropped afterwards (fails in CI when down)."""
+    import asyncpg
+
+    parts = urlsplit(PG_DSN)
+    require_server(parts.hostname or "127.0.0.1", parts.port or 5432, "PostgreSQL")
+    admin = await asyncpg.connect(PG_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(PG_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def pg_dsn(unique_name: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    async with fresh_pg_database(unique_name) as dsn:
+        yield dsn

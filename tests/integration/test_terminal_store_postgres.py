@@ -3,9 +3,8 @@ and two gateways sharing auth codes through it. Fails in CI when PostgreSQL is m
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -13,29 +12,8 @@ from services.collector.terminals import PostgresTerminalStore
 from shared.jt808 import RESULT_OK, MsgId, RegisterResponse
 from tests.collector.jt808_support import Terminal, report_at, running_gateway
 from tests.collector.test_jt808_terminal_store import CONTRACT, StoreFactory
-from tests.conftest import PG_DSN, require_server
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pg_dsn(unique_name: str) -> AsyncIterator[str]:
-    """DSN of a fresh, empty database, dropped afterwards."""
-    import asyncpg
-
-    parts = urlsplit(PG_DSN)
-    require_server(parts.hostname or "127.0.0.1", parts.port or 5432, "PostgreSQL")
-    admin = await asyncpg.connect(PG_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{unique_name}"')
-    finally:
-        await admin.close()
-    yield urlunsplit(parts._replace(path=f"/{unique_name}"))
-    admin = await asyncpg.connect(PG_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{unique_name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.mark.parametrize("contract", CONTRACT, ids=lambda c: c.__name__)
