@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test lint bench clean
+.PHONY: help install run test lint bench fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ lint: $(STAMP)  ## ruff and mypy
 
 bench: $(STAMP)  ## run every benchmark in bench/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+fuzz: $(STAMP)  ## 10^6 mutated JT/T 808 frames and 10^5 HTTP bodies (SEED=n to vary)
+	$(BIN)/python -m tests.fuzz.run --frames 1000000 --bodies 100000 --seed $(or $(SEED),1)
 
 clean:  ## remove the virtual environment and embedded data
 	rm -rf $(VENV) var

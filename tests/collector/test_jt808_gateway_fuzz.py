@@ -143,3 +143,15 @@ async def test_after_the_storm_positions_still_flow(h: Harness, sentinel: Termin
     await sentinel.send(MsgId.T_LOCATION, report_at())
     assert (await sentinel.reply()).result == RESULT_OK
     assert (await h.wait_positions(1))[0].vehicle_id == "13700000000"
+
+
+async def test_ten_thousand_mutated_real_frames_through_the_gateway(tmp_path: Path) -> None:
+    """The ``make fuzz`` gateway run (``tests/fuzz/run.py``) at 10⁴ inputs: no internal error,
+    every frame not accepted counted, memory bounded, no connection left (it raises if not)."""
+    from tests.fuzz.run import fuzz_gateway
+    from tests.shared.jt808 import all_vectors
+
+    all_vectors()  # skip (or fail in CI) without the reference frames
+    report = await fuzz_gateway(10_000, seed=808, workdir=tmp_path)
+    assert report.inputs == 10_000 and report.accepted > 0 and report.rejected > 0
+    assert report.counted >= report.rejected

@@ -441,3 +441,14 @@ def test_out_of_range_values_raise_only_encode_errors(case: tuple[int, Body], ve
         encode_message(msg_id, body, phone_bcd=phone_bcd, serial=serial, version=version)
     except EncodeError as exc:
         assert exc.kind in ERROR_KINDS
+
+
+def test_ten_thousand_mutated_real_frames_through_the_decoders() -> None:
+    """The ``make fuzz`` decoder run (``tests/fuzz/run.py``) at 10⁴ inputs: only
+    ``Jt808Error`` with a known kind comes out, memory bounded (it raises if not)."""
+    from tests.fuzz.run import fuzz_decoders
+
+    all_vectors()  # skip (or fail in CI) without the reference frames
+    report = fuzz_decoders(10_000, seed=808)
+    assert report.inputs == 10_000 and report.accepted > 0 and report.rejected > 0
+    assert set(report.kinds) <= ERROR_KINDS
