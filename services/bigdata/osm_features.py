@@ -483,8 +483,7 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
         roads_changed = await store.import_segments(str(file), digest, file.stem,
                                                     network.segments.values())
         features_changed = False
-        counts = await store.feature_counts()
-        counts = {k: n for k, n in counts.items() if k in OSM_KINDS}
+        counts = await _imported_counts(store)
     else:
         say("features: extracting")
         features = await asyncio.to_thread(extract_features, file, progress=progress)
@@ -500,6 +499,17 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
                             segment_count=len(network), feature_counts=counts,
                             roads_changed=roads_changed, features_changed=features_changed,
                             elapsed_s=time.monotonic() - started)
+
+
+async def _imported_counts(store: GeoStore) -> dict[str, int]:
+    """Features per kind the OSM import wrote, without those of other sources.
+
+    GTFS feeds add ``bus_stop`` features and detector registries ``detector`` ones; a summary
+    of the unchanged OSM file must count only its own.
+    """
+    of_kinds = sum(n for k, n in (await store.feature_counts()).items() if k in OSM_KINDS)
+    features = await store.features_in_bbox(None, kinds=OSM_KINDS, limit=max(of_kinds, 1))
+    return dict(sorted(_count(f for f in features if f.source == OSM_FEATURE_SOURCE).items()))
 
 
 def _count(features: Iterable[Feature]) -> dict[str, int]:

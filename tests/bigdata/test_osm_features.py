@@ -240,6 +240,36 @@ async def test_demo_region_structures_found_by_name(store: GeoStore, demo: DemoR
     assert again.feature_counts == summary.feature_counts
 
 
+async def test_unchanged_reimport_counts_only_what_the_file_imported(store: GeoStore,
+                                                                      demo: DemoRegion) -> None:
+    from services.bigdata.gtfs_import import import_gtfs_file
+
+    first = await import_osm_file(store, demo.osm_path)
+    await import_gtfs_file(store, demo.gtfs_path)  # adds bus_stop features of its own
+    assert (await store.feature_counts())["bus_stop"] > first.feature_counts["bus_stop"]
+    again = await import_osm_file(store, demo.osm_path)
+    assert not again.changed
+    assert again.feature_counts == first.feature_counts
+    assert again.describe().split(" — ")[0] == first.describe().split(" — ")[0]
+
+
+def test_cli_imports_default_to_the_region_database(run_cli: Any, demo: DemoRegion,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Without TTI_DB_URL the OSM file's region gets its own file, the one `tti run --osm` uses;
+    # the GTFS feed goes to the region --osm names.
+    monkeypatch.delenv("TTI_DB_URL", raising=False)
+    var = tmp_path / "var"
+    assert run_cli(["import-osm", str(demo.osm_path), "--var-dir", str(var)]) == 0
+    assert run_cli(["import-gtfs", str(demo.gtfs_path), "--var-dir", str(var),
+                    "--osm", str(demo.osm_path)]) == 0
+    capsys.readouterr()
+    dbs = sorted(var.glob("*/tti.db"))
+    assert [d.parent.name for d in dbs] == [cli.load_config({}).region_key(str(demo.osm_path))]
+    assert _state(f"sqlite:///{dbs[0]}")[1]["bus_stop"] > 0
+
+
 async def test_wuhan_extract_imports_and_finds_gaoxin_avenue(store: GeoStore,
                                                              shared_data: Path) -> None:
     path = shared_data / "osm" / "wuhan_optics_valley.osm"
