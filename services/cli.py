@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -26,9 +28,17 @@ from aiohttp import web
 
 from shared.bus import EventBus, bus_from_url
 from shared.clock import Clock
-from shared.config import SERVICE_PORTS, Config, load_config
+from shared.config import (
+    GROUPS,
+    SERVICE_PORTS,
+    Config,
+    load_config,
+    setting_group,
+    setting_help,
+    settings_for,
+)
 from shared.errors import TtiError
-from shared.service import READINESS, configure_logging
+from shared.service import READINESS, configure_logging, listen_socket, make_runner
 
 if TYPE_CHECKING:
     from services.bigdata.store import GeoStore
@@ -40,35 +50,84 @@ log = logging.getLogger("tti.cli")
 SERVICES = ("collector", "bigdata", "warning", "publisher")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """One flag per Config field (``--speed-window-s`` ↔ ``TTI_SPEED_WINDOW_S``)."""
-    for f in dataclasses.fields(Config):
-        if only is not None and f.name not in only:
+SERVICE_HELP = {
+    "collector": "JT/T 808 gateway, GTFS-rt polling and sensor inputs (HTTP 8081, TCP 6808)",
+    "bigdata": "geodatabase, map matching, segment speeds, bus arrivals (HTTP 8082)",
+    "warning": "congestion levels, incidents, warnings, routing (HTTP 8083)",
+    "publisher": "citizen API and web page (HTTP 8080)",
+}
+
+_METAVARS = {bool: "BOOL", int: "N", float: "NUM", str: "TEXT", tuple: "A,B"}
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {raw!r} (true or false)")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser,
+                      fields: Sequence[dataclasses.Field[Any]]) -> dict[str, Any]:
+    """One flag per setting (``--speed-window-s`` ↔ ``TTI_SPEED_WINDOW_S``), grouped by service.
+
+    Returns the argument groups by name, so commands can add their own flags beside them.
+    """
+    groups: dict[str, Any] = {}
+    for name, title in GROUPS.items():
+        mine = [f for f in fields if setting_group(f) == name]
+        if not mine:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else ()
-        if isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, action="append", default=None,
-                                help=f"repeatable (env TTI_{f.name.upper()}, comma-separated)")
-        elif isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, default=None,
-                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                                help=f"true/false (env TTI_{f.name.upper()}, default {default})")
-        else:
-            parser.add_argument(flag, dest=f.name, default=None, type=type(default),
-                                help=f"env TTI_{f.name.upper()} (default {default!r})")
+        group = groups[name] = parser.add_argument_group(title)
+        for f in mine:
+            default = f.default
+            env = f"TTI_{f.name.upper()}"
+            if isinstance(default, tuple):
+                where = f"{env}, comma-separated; the flag is repeatable"
+            elif default in ("", None) or not f.metadata.get("show_default", True):
+                where = env
+            else:
+                where = f"{env}, default {default}"
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None,
+                                      "metavar": _METAVARS.get(type(default), "X"),
+                                      "help": f"{setting_help(f)} [{where}]"}
+            if isinstance(default, tuple):
+                kwargs["action"] = "append"
+            elif isinstance(default, bool):
+                kwargs["type"] = _bool
+            else:
+                kwargs["type"] = type(default)
+            group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    return groups
 
 
-def _config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+def _explicit(args: argparse.Namespace, name: str) -> bool:
+    """Whether a setting was given, as a flag or a TTI_* variable (not left at its default)."""
+    return getattr(args, name, None) is not None or f"TTI_{name.upper()}" in os.environ
+
+
+def _config_from_args(args: argparse.Namespace, *, region_db: bool = False,
+                      region_osm: str | None = None, **extra: Any) -> Config:
+    """Settings from TTI_* variables and flags, then the command's defaults.
+
+    ``region_db``: without an explicit TTI_DB_URL, use the region's own SQLite file (the
+    region of ``region_osm``, else of TTI_OSM, else the demo city), so two regions never mix.
+    """
     names = {f.name for f in dataclasses.fields(Config)}
     overrides: dict[str, Any] = {}
     for k, v in vars(args).items():
         if k in names and v is not None:
-            overrides[k] = tuple(v) if isinstance(v, list) else v
+            # A repeated flag may also carry comma-separated values, like its variable.
+            overrides[k] = (tuple(p.strip() for item in v for p in str(item).split(",")
+                                  if p.strip()) if isinstance(v, list) else v)
     # Service defaults (a port per service) yield to explicit flags and TTI_* variables.
     overrides.update({k: v for k, v in extra.items()
                       if k not in overrides and f"TTI_{k.upper()}" not in os.environ})
-    return load_config(**overrides)
+    config = load_config(**overrides)
+    if region_db and not _explicit(args, "db_url"):
+        config = config.replace(db_url=config.region_db_url(region_osm))
+    return config
 
 
 def make_bus(config: Config, clock: Clock) -> EventBus:
@@ -100,25 +159,43 @@ def ensure_demo(config: Config) -> tuple[Config, Any]:
             region)
 
 
-async def _serve_until_signal(runner: web.AppRunner, sites: list[web.BaseSite],
+async def _serve_until_signal(runner: web.AppRunner, socks: list[socket.socket],
                               after_start: Callable[[], Awaitable[None]] | None = None,
                               before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Start the app, serve on the bound sockets until SIGINT/SIGTERM, then drain and clean up.
+
+    Cleanup runs whatever failed: an app whose startup raised (a JT/T 808 port in use) still
+    closes what it opened, so the error is the last thing printed.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    for site in sites:
-        await site.start()
+    set_up = False
     try:
+        await runner.setup()
+        set_up = True
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
         if after_start is not None:
             await after_start()
         await stop.wait()
         log.info("shutting down (draining)")
     finally:
-        if before_stop is not None:
-            await before_stop()
-        await runner.cleanup()
+        try:
+            if before_stop is not None:
+                await before_stop()
+            if not set_up:
+                # aiohttp skips the shutdown hooks (which cancel background tasks) when startup
+                # failed; run them, or those tasks outlive their sessions. The app freezes
+                # (signals become sendable) only after a successful startup.
+                runner.app.freeze()
+                await runner.shutdown()
+            await runner.cleanup()
+        finally:
+            for sock in socks:  # those never handed to a site
+                sock.close()
 
 
 def build_embedded(config: Config, bus: EventBus, clock: Clock
@@ -148,6 +225,15 @@ def build_embedded(config: Config, bus: EventBus, clock: Clock
 
 async def run_embedded(config: Config) -> None:
     """``tti run``: everything in one process until SIGINT/SIGTERM."""
+    # Bound first: a port in use fails at once, before the demo city or an import.
+    http_sock = listen_socket(config.http_host, config.http_port)
+    try:
+        await _run_embedded(config, http_sock)
+    finally:
+        http_sock.close()
+
+
+async def _run_embedded(config: Config, http_sock: socket.socket) -> None:
     from services.simulator.fleet import Simulator, add_incident_routes, sim_config_from
     from services.simulator.gtfs_rt_feed import (
         FEED_PATH,
@@ -180,9 +266,7 @@ async def run_embedded(config: Config) -> None:
     timetable = await asyncio.to_thread(load_timetable, config.gtfs) if demo is not None else None
     add_gtfs_rt_feed_route(root, SimGtfsRtFeed(sim.bus_fixes, timetable=timetable,
                                                refresh_s=config.sim_interval_s, clock=clock))
-    runner = web.AppRunner(root, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.http_host, config.http_port)
+    runner = make_runner(root)
 
     async def start_sim() -> None:
         await sim.start()
@@ -192,13 +276,25 @@ async def run_embedded(config: Config) -> None:
                                         "clock": repr(clock)})
 
     try:
-        await _serve_until_signal(runner, [site], after_start=start_sim, before_stop=sim.stop)
+        await _serve_until_signal(runner, [http_sock], after_start=start_sim,
+                                  before_stop=sim.stop)
     finally:
         await bus.close()
 
 
 async def serve_one(service: str, config: Config) -> None:
-    """``tti serve <service>``: one service, its own HTTP port, the configured bus and store."""
+    """``tti serve <service>``: one service, its own HTTP port, the configured bus and store.
+
+    The caller checks :meth:`Config.production_problems` first (``main`` refuses to start).
+    """
+    http_sock = listen_socket(config.http_host, config.http_port)
+    try:
+        await _serve_one(service, config, http_sock)
+    finally:
+        http_sock.close()
+
+
+async def _serve_one(service: str, config: Config, http_sock: socket.socket) -> None:
     clock = config.make_clock()
     bus = make_bus(config, clock)
     await bus.start()
@@ -218,11 +314,8 @@ async def serve_one(service: str, config: Config) -> None:
         from services.publisher.app import create_app as publisher_app
 
         app = publisher_app(config, bus=bus, clock=clock)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     try:
-        await _serve_until_signal(runner, [web.TCPSite(runner, config.http_host,
-                                                       config.http_port)])
+        await _serve_until_signal(make_runner(app), [http_sock])
     finally:
         await bus.close()
 
@@ -315,42 +408,97 @@ def _install_uvloop() -> None:
         uvloop.install()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tti`` console script."""
-    parser = argparse.ArgumentParser(prog="tti", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the whole system in one process (embedded)")
-    _add_config_flags(p_run)
-    p_run.add_argument("--incident", dest="sim_incidents", action="append",
-                       help="SEGMENT_ID@START+DURATION:SPEED_KMH or 'demo' (repeatable)")
-    p_run.add_argument("--vehicles", dest="sim_vehicles", type=int)
-    p_serve = sub.add_parser("serve", help="run one service")
-    p_serve.add_argument("service", choices=SERVICES)
-    _add_config_flags(p_serve)
-    p_sim = sub.add_parser("simulate", help="run the fleet simulator against a collector")
-    _add_config_flags(p_sim)
-    p_sim.add_argument("--incident", dest="sim_incidents", action="append",
-                       help="SEGMENT_ID@START+DURATION:SPEED_KMH or 'demo' (repeatable)")
-    p_sim.add_argument("--vehicles", dest="sim_vehicles", type=int)
+_IMPORT_SETTINGS = ("db_url", "var_dir", "osm", "demo_size", "log_level", "log_format")
+
+
+def _only(*names: str) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Config) if f.name in names]
+
+
+def _add_sim_aliases(groups: dict[str, Any]) -> None:
+    sim = groups["simulator"]
+    sim.add_argument("--incident", dest="sim_incidents", action="append", metavar="INCIDENT",
+                     help="same as --sim-incidents: SEGMENT_ID@START+DURATION:SPEED_KMH or "
+                          "demo (repeatable)")
+    sim.add_argument("--vehicles", dest="sim_vehicles", type=int, metavar="N",
+                     help="same as --sim-vehicles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tti`` command line: each command lists the settings it reads, by service."""
+    parser = argparse.ArgumentParser(
+        prog="tti", description=__doc__.split("\n\n")[0],
+        epilog="Every setting is also an environment variable TTI_<NAME>; flags win.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_run = sub.add_parser(
+        "run", usage="tti run [SETTINGS]", help="run the whole system in one process (embedded)",
+        description="Everything in one process: the four services on HTTP --http-port (8080), "
+                    "JT/T 808 on --jt808-port (6808), the demo city (or --osm FILE) and the "
+                    "simulated fleet. Listens on 127.0.0.1 unless --http-host/--jt808-host say "
+                    "otherwise.")
+    _add_sim_aliases(_add_config_flags(p_run, dataclasses.fields(Config)))
+    p_serve = sub.add_parser("serve", help="run one service (production)",
+                             description="One service in its own process, with the bus and "
+                                         "database the settings select.")
+    serve_sub = p_serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for name in SERVICES:
+        p_one = serve_sub.add_parser(name, help=SERVICE_HELP[name],
+                                     usage=f"tti serve {name} [SETTINGS]",
+                                     description=f"tti serve {name}: {SERVICE_HELP[name]}. "
+                                                 "Shows the general settings and this "
+                                                 "service's.")
+        _add_config_flags(p_one, settings_for(["general", name]))
+    p_sim = sub.add_parser("simulate", usage="tti simulate [SETTINGS]",
+                           help="run the fleet simulator against a collector",
+                           description="Virtual JT/T 808 terminals driving the demo city (or "
+                                       "--osm FILE), against the collector at --sim-host and "
+                                       "--jt808-port.")
+    _add_sim_aliases(_add_config_flags(p_sim, settings_for(["general", "simulator"])))
     p_imp = sub.add_parser("import-osm", help="import an OpenStreetMap .osm/.osm.pbf file")
     p_imp.add_argument("file")
-    _add_config_flags(p_imp, only=["db_url", "log_level", "log_format"])
-    p_gtfs = sub.add_parser("import-gtfs", help="import a GTFS static feed (.zip)")
+    _add_config_flags(p_imp, _only("db_url", "var_dir", "log_level", "log_format"))
+    p_gtfs = sub.add_parser("import-gtfs", help="import a GTFS static feed (.zip)",
+                            description="Without --db-url the feed goes to the database of the "
+                                        "region --osm names (default: the demo city's).")
     p_gtfs.add_argument("file")
     p_gtfs.add_argument("--feed-id", dest="feed_id", default=None,
                         help="feed id (default: the file name without extension)")
-    _add_config_flags(p_gtfs, only=["db_url", "log_level", "log_format"])
+    _add_config_flags(p_gtfs, _only(*_IMPORT_SETTINGS))
     p_det = sub.add_parser("import-detectors",
-                           help="import the roadside detector and camera registry (.csv)")
+                           help="import the roadside detector and camera registry (.csv)",
+                           description="Without --db-url the registry goes to the database of "
+                                       "the region --osm names (default: the demo city's).")
     p_det.add_argument("file")
-    _add_config_flags(p_det, only=["db_url", "log_level", "log_format"])
-    args = parser.parse_args(argv)
+    _add_config_flags(p_det, _only(*_IMPORT_SETTINGS))
+    return parser
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError that ends a command, with the setting to change when we know it."""
+    text = exc.strerror or str(exc)  # asyncio puts the address in strerror; skip "[Errno 98]"
+    if exc.filename is not None:
+        text = f"{text}: {exc.filename}"
+    if exc.errno == errno.EADDRINUSE:
+        text += "; choose other ports (TTI_HTTP_PORT, TTI_JT808_PORT)"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tti`` console script."""
+    args = build_parser().parse_args(argv)
 
     try:
         if args.command == "serve":
             config = _config_from_args(args, http_port=SERVICE_PORTS[args.service])
+            problems = config.production_problems(args.service)
+            for problem in problems:
+                print(f"tti: error: {problem}", file=sys.stderr)
+            if problems:
+                return 2
+        elif args.command == "import-osm":
+            config = _config_from_args(args, region_db=True, region_osm=args.file)
         else:
-            config = _config_from_args(args)
+            config = _config_from_args(args, region_db=args.command != "simulate")
         configure_logging(config.log_level, config.log_format)
         _install_uvloop()
         if args.command == "run":
@@ -369,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tti: error: {exc.message}", file=sys.stderr)
         return 2
     except OSError as exc:  # a port in use, a folder we may not write: say so, no traceback
-        print(f"tti: error: {exc}", file=sys.stderr)
+        print(f"tti: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

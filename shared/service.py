@@ -3,24 +3,30 @@
 Every service's ``create_app`` starts from :func:`create_base_app`, which wires ``/healthz``
 (the process is alive), ``/readyz`` (every registered input is primed; details per check),
 ``/metrics`` (Prometheus text) and one middleware mapping :class:`~shared.errors.TtiError` to a
-JSON body with a stable ``code``.
+JSON body with a stable ``code``. :func:`make_runner` serves such an app so that even requests
+aiohttp's HTTP parser rejects (before any middleware runs) get the same JSON errors, and
+:func:`listen_socket` binds a port up front with one clear error when it is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError, LineTooLong
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from shared.config import Config
-from shared.errors import TtiError
+from shared.errors import ConfigError, TtiError
 
 log = logging.getLogger("tti.service")
 
@@ -57,8 +63,8 @@ def error_middleware(service: str) -> Any:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-                exc.status, "http_error")
+            code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                    413: "too_large"}.get(exc.status, "http_error")
             HTTP_ERRORS.labels(service, code).inc()
             return json_error(exc.status, code, exc.reason)
         except asyncio.CancelledError:
@@ -69,6 +75,112 @@ def error_middleware(service: str) -> Any:
             return json_error(500, "internal", "internal error")
 
     return middleware
+
+
+def _client_error_text(exc: BaseException | None, message: str | None) -> str:
+    """A short sentence for a request the HTTP parser rejected (its own text quotes the bytes)."""
+    if isinstance(exc, LineTooLong):
+        return f"the request line or a header is longer than {exc.args[1]} bytes"
+    if isinstance(exc, InvalidURLError):
+        return "invalid character in the URL: percent-encode non-ASCII text (UTF-8)"
+    if isinstance(exc, BadHttpMethod):
+        return "not an HTTP request (HTTPS, or another protocol, on an HTTP port?)"
+    text = exc.message if isinstance(exc, HttpProcessingError) else message
+    first = str(text or "bad request").strip().splitlines()[0].rstrip(":")
+    return first[:200]
+
+
+class _JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's HTTP protocol, answering what its parser rejects with our JSON errors.
+
+    aiohttp writes those answers in ``handle_error`` (text/plain) and logs each at ERROR with a
+    traceback, before any middleware runs; it has no hook for them (aio-libs/aiohttp#3287), so
+    this overrides that one method. A client's mistake is one INFO line; our own faults (500,
+    504) stay at ERROR.
+    """
+
+    __slots__ = ("service",)
+    service: str  # the metrics label, set by the server that makes this handler
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # too late for another response: aiohttp raises
+            return super().handle_error(request, status, exc, message)
+        if 400 <= status < 500:
+            code, text = "bad_request", _client_error_text(exc, message)
+            # Scanners and TLS clients on the HTTP port are noise, not news.
+            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+            log.log(level, "rejected a malformed request from %s: %s", request.remote, text,
+                    extra={"status": status})
+        else:
+            code = "timeout" if status == 504 else "internal"
+            text = "request timed out" if status == 504 else "internal error"
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        HTTP_ERRORS.labels(self.service, code).inc()
+        resp = json_error(status, code, text)
+        resp.force_close()  # the parser's state is unknown after a bad message
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    """The protocol factory of :class:`ServiceRunner`: one handler per connection."""
+
+    def __init__(self, *args: Any, service: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service = service
+
+    def __call__(self) -> web.RequestHandler:
+        handler = _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.service = self.service
+        return handler
+
+
+class ServiceRunner(web.AppRunner):
+    """An AppRunner whose connections answer malformed requests with JSON errors."""
+
+    async def _make_server(self) -> web.Server:
+        # AppRunner starts the app and builds aiohttp's Server; we keep its settings (handler,
+        # request factory, handler_args) and swap only the protocol class.
+        server = await super()._make_server()
+        return _JsonErrorServer(server.request_handler, request_factory=server.request_factory,
+                                handler_cancellation=server.handler_cancellation,
+                                loop=asyncio.get_running_loop(),
+                                service=self.app.get(SERVICE_NAME, "http"), **server._kwargs)
+
+
+def make_runner(app: web.Application) -> ServiceRunner:
+    """The runner every service is served with (signals and access log are ours)."""
+    return ServiceRunner(app, handle_signals=False, access_log=None)
+
+
+def listen_socket(host: str, port: int, *, host_setting: str = "TTI_HTTP_HOST",
+                  port_setting: str = "TTI_HTTP_PORT") -> socket.socket:
+    """A TCP socket bound to ``host:port`` (for :class:`aiohttp.web.SockSite`).
+
+    Binding before the app starts means a port in use fails at once, before any import or
+    connection, with one line naming the setting to change (a :class:`ConfigError`).
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{host_setting}={host!r} is not an address here: {exc.strerror}"
+                          ) from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart despite TIME_WAIT
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{host}:{port} is already in use (another tti?); choose another "
+                              f"port with {port_setting}") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({host_setting}, {port_setting}): "
+                          f"{exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
 
 
 async def _healthz(request: web.Request) -> web.Response:
