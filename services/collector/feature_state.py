@@ -206,6 +206,7 @@ class FeatureCatalogueView:
         self._pending: dict[str, OrderedDict[str, _Assembly]] = {}
         self._monotonic = monotonic
         self._started = monotonic()
+        self._announced = False
 
     def loaded(self, kind: str) -> bool:
         """Whether the features of ``kind`` are known (an empty kind counts as known)."""
@@ -260,8 +261,12 @@ class FeatureCatalogueView:
         for version in [v for v, a in pending.items() if a.published_at <= assembly.published_at]:
             del pending[version]
         CATALOGUE_SIZE.labels(c.kind).set(len(entries))
-        log.info("feature catalogue of %s: %d features (version %s)", c.kind, len(entries),
-                 c.version, extra={"kind": c.kind, "features": len(entries)})
+        log.debug("feature catalogue of %s: %d features (version %s)", c.kind, len(entries),
+                  c.version)
+        if not self._announced and self.complete:
+            self._announced = True
+            log.info("feature catalogue from bigdata: %d features of %d kinds", len(self),
+                     len(self._kinds))
         return True
 
     def readiness(self) -> tuple[bool, str]:
