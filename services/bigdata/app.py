@@ -53,7 +53,6 @@ from services.bigdata.api import ApiContext, add_routes
 from services.bigdata.gtfs_import import import_gtfs_file
 from services.bigdata.matching import MatchGraph, OnlineMatcher
 from services.bigdata.osm_features import import_osm_file
-from services.bigdata.outbox import Outbox, Outgoing
 from services.bigdata.profiles import keep_profiles
 from services.bigdata.speeds import (
     FusedSpeed,
@@ -68,6 +67,7 @@ from services.bigdata.store import GeoStore, SpeedRecord, store_from_url
 from services.bigdata.transit import setup_transit
 from shared.bus import EventBus
 from shared.bus.base import Subscription
+from shared.bus.outbox import Outbox, Outgoing
 from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config

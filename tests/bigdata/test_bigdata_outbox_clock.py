@@ -104,7 +104,7 @@ async def test_speeds_closed_while_the_bus_refuses_are_delivered_once_it_is_back
             run.clock.at = t
             await bus.publish(subject, payload, key=key)
         await run.settle()
-        retried = counter("tti_bigdata_outbox_total", subject="tti.segment.speed",
+        retried = counter("tti_bus_outbox_total", subject="tti.segment.speed",
                           result="retried")
 
         bus.down = True
@@ -122,7 +122,7 @@ async def test_speeds_closed_while_the_bus_refuses_are_delivered_once_it_is_back
 
         run.clock.advance(5.0)
         assert await bd.flush(run.clock.at) == []  # still refused: kept, not closed again
-        assert counter("tti_bigdata_outbox_total", subject="tti.segment.speed",
+        assert counter("tti_bus_outbox_total", subject="tti.segment.speed",
                        result="retried") >= retried + 2 * len(closed)
 
         bus.down = False
@@ -155,14 +155,14 @@ async def test_the_outbox_is_bounded_and_counts_what_it_drops(
             run.clock.at = t
             await bus.publish(subject, payload, key=key)
         await run.settle()
-        dropped = counter("tti_bigdata_outbox_total", subject="tti.segment.speed",
+        dropped = counter("tti_bus_outbox_total", subject="tti.segment.speed",
                           result="dropped")
         bus.down = True
         run.clock.advance(10 * bd.window_s)
         closed = await bd.flush(run.clock.at, final=True)
         assert len(closed) > 5
         assert len(bd.speeds_out) == 5
-        assert counter("tti_bigdata_outbox_total", subject="tti.segment.speed",
+        assert counter("tti_bus_outbox_total", subject="tti.segment.speed",
                        result="dropped") == dropped + len(closed) - 5
         bus.down = False
         await bd.flush(run.clock.at)

@@ -1,10 +1,11 @@
-"""Events bigdata owes the bus, kept until the bus takes them.
+"""Events a service owes the bus, kept until the bus takes them (the one outbox).
 
-A value computed once (a closed speed window, a replica's share of one) must not be lost because
-the bus refused it for a while: it waits here and is sent again on the next flush. Each event
+A value computed once (a closed speed window, a replica's share of one, a warning message) must
+not be lost because the bus refused it for a while: it waits here and is sent again on the next
+``send``. Each event
 carries a deterministic id, so a resend of one the bus did take after all (a PubAck lost on the
 way) is dropped by JetStream as a duplicate. The outbox is bounded: past ``limit`` the oldest
-events are dropped and counted (``tti_bigdata_outbox_total{result="dropped"}``).
+events are dropped and counted (``tti_bus_outbox_total{result="dropped"}``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from shared.bus import EventBus
+from shared.bus.base import EventBus
 from shared.events import Subject
 
-log = logging.getLogger("tti.bigdata.outbox")
+log = logging.getLogger("tti.bus.outbox")
 
-OUTBOX = Counter("tti_bigdata_outbox_total",
-                 "Events bigdata owes the bus, by subject and outcome (published, retried: "
+OUTBOX = Counter("tti_bus_outbox_total",
+                 "Events a service owes the bus, by subject and outcome (published, retried: "
                  "refused and kept for the next flush, dropped: over the bound, expired)",
                  ["subject", "result"])
 
@@ -39,7 +40,7 @@ class Outgoing:
     subject: Subject[Any]
     payload: Any
     key: str | None
-    bucket: int
+    bucket: int = 0
 
 
 class Outbox:
