@@ -48,14 +48,15 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
     clock = clock or config.make_clock()
     app = create_base_app("collector", config)
     store = terminals or terminal_store_from_url(config.db_url, clock=clock)
-    gateway = Jt808Gateway(clock=clock,
-        bus=bus, terminals=store, registry=registry or VehicleRegistry(),
+    gateway = Jt808Gateway(
+        clock=clock, bus=bus, terminals=store, registry=registry or VehicleRegistry(),
         heartbeat_s=config.jt808_heartbeat_s, idle_factor=config.jt808_idle_factor,
         max_connections=config.jt808_max_connections,
         open_registration=config.jt808_open_registration,
         max_frames_per_s=config.jt808_max_frames_per_s,
         max_write_buffer=config.jt808_max_write_buffer,
-        resend_after_s=config.jt808_resend_after_s)
+        resend_after_s=config.jt808_resend_after_s,
+        max_registrations_per_s=config.jt808_max_registrations_per_s)
     app[GATEWAY] = gateway
     started: list[bool] = []
 
