@@ -63,3 +63,17 @@ class BusError(TtiError):
 
     code = "bus_error"
     http_status = 503
+
+
+class Conflict(TtiError):
+    """The request conflicts with the current state (a closed warning acknowledged: HTTP 409)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class Forbidden(TtiError):
+    """Authenticated, but this role may not do that (HTTP 403)."""
+
+    code = "forbidden"
+    http_status = 403

@@ -566,6 +566,34 @@ class CatalogueRequest:
     requested_at: datetime
 
 
+DEPARTMENT_ROLES = ("police", "transport", "safety", "hotline", "admin")
+"""Roles of department users (who may see and act on what: services/warning/workflow)."""
+
+WARNING_ACTIONS = ("raise", "ack", "assign", "note", "close", "cancel")
+"""What a department user may do with a warning."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarningAction:
+    """A department user's action on a warning, applied by every warning replica in order.
+
+    ``action_id`` is unique (the HTTP request's); ``raise`` carries the new warning's facts in
+    ``details`` (kind, headline, segments, area …) and ``warning_id`` is derived from the
+    ``action_id``, so every replica makes the same warning.
+    """
+
+    action_id: str
+    action: str
+    warning_id: str
+    user: str
+    role: str
+    at: datetime
+    note: str = ""
+    assignee: str | None = None
+    address: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 VEHICLE_POSITION: Subject[VehiclePosition] = Subject("tti.position", VehiclePosition, True)
 TERMINAL_ALARM: Subject[TerminalAlarm] = Subject("tti.alarm", TerminalAlarm, True)
 SEGMENT_SPEED: Subject[SegmentSpeed] = Subject("tti.segment.speed", SegmentSpeed)
@@ -575,6 +603,7 @@ INCIDENT: Subject[Incident] = Subject("tti.incident", Incident)
 AREA_INDEX: Subject[AreaIndex] = Subject("tti.area.index", AreaIndex)
 FORECAST: Subject[SegmentForecast] = Subject("tti.forecast", SegmentForecast)
 CITIZEN_REPORT: Subject[CitizenReport] = Subject("tti.citizen.report", CitizenReport)
+WARNING_ACTION: Subject[WarningAction] = Subject("tti.warning.action", WarningAction)
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
 FEATURE_STATE: Subject[FeatureState] = Subject("tti.feature.state", FeatureState)
@@ -627,6 +656,7 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     AREA_INDEX,
     FORECAST,
     CITIZEN_REPORT,
+    WARNING_ACTION,
     DETECTOR_READING,
     DETECTED_EVENT,
     FEATURE_STATE,

@@ -16,21 +16,28 @@ from aiohttp import web
 from services.warning.api.public import ENGINE, SERVICE, add_routes
 from services.warning.engine import WarningEngine
 from services.warning.service import LeaseOutput, WarningService
+from services.warning.workflow.store import WorkflowStore
 from shared.bus import EventBus
 from shared.bus.lease import Lease, lease_for_bus
 from shared.clients.bigdata import BigdataClient
 from shared.clock import Clock
 from shared.config import Config
+from shared.db import Database, database_from_url
 from shared.service import add_readiness_check, create_base_app, spawn
 
 LEASE_NAME = "warning"
 
 
 def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
-               bigdata: BigdataClient | None = None, lease: Lease | None = None
-               ) -> web.Application:
-    """Wire the warning service (no I/O here); everything starts in ``cleanup_ctx``."""
+               bigdata: BigdataClient | None = None, lease: Lease | None = None,
+               db: Database | None = None) -> web.Application:
+    """Wire the warning service (no I/O here); everything starts in ``cleanup_ctx``.
+
+    ``db`` is the deployment's database (default ``TTI_DB_URL``): the departments' workflow
+    store lives there.
+    """
     app = create_base_app("warning", config)
+    store = WorkflowStore(db or database_from_url(config.db_url))
     clock = clock or config.make_clock()
     client = bigdata or BigdataClient(config.bigdata_url)
     holder = f"warning-{config.replica_index}@{socket.gethostname()}"
@@ -42,14 +49,15 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     ttl = config.lease_ttl_s
     lease = lease or lease_for_bus(bus, LEASE_NAME, holder, on_change=on_change, ttl_s=ttl,
                                    renew_s=ttl / 5, poll_s=min(2.0, ttl / 6))
-    engine = WarningEngine(window_s=config.speed_window_s, clock=clock,
-                           output=LeaseOutput(bus, lease))
+    output = LeaseOutput(bus, lease, store)
+    engine = WarningEngine(window_s=config.speed_window_s, clock=clock, output=output)
     service = WarningService(config, bus=bus, clock=clock, bigdata=client, engine=engine,
-                             lease=lease)
+                             lease=lease, store=store, output=output)
     app[ENGINE] = engine
     app[SERVICE] = service
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
         await client.start()
         await service.subscribe()
         await lease.start()
@@ -57,11 +65,15 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         spawn(app, service.tick_loop(), name="warning-tick")
         spawn(app, service.profile_loop(), name="warning-profiles")
         spawn(app, service.registry_loop(), name="warning-registries")
+        spawn(app, service.upkeep_loop(), name="warning-upkeep")
         yield
-        await lease.stop()
         await service.unsubscribe()
         await engine.stop()
+        if lease.held:
+            await output.retry()  # what is still owed goes out before the hand-over
+        await lease.stop()
         await client.close()
+        await store.close()
 
     app.cleanup_ctx.append(resources)
     add_readiness_check(app, "engine", service.readiness)

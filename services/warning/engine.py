@@ -27,9 +27,12 @@ from prometheus_client import Counter, Gauge
 from services.warning import congestion, incidents
 from services.warning.area_index import AreaGrid, compute_index
 from services.warning.congestion import STALE_WINDOWS, Grade, grade
+from services.warning.workflow import roles
+from services.warning.workflow.actions import apply_action, raised_warning
 from shared.clients.bigdata import DetectorSite, ProfileSnapshot
 from shared.clock import Clock
 from shared.codec import Envelope
+from shared.errors import Forbidden, NotFound, TtiError
 from shared.events import (
     AREA_INDEX,
     INCIDENT,
@@ -47,6 +50,7 @@ from shared.events import (
     SegmentSpeed,
     Subject,
     Warning,
+    WarningAction,
     WarningKind,
     WarningStatus,
 )
@@ -118,6 +122,10 @@ class WarningEngine:
         self._open_window: datetime | None = None
         self._last_arrival = -1.0e18
         self._analysis: dict[str, asyncio.Task[None]] = {}
+        # Congestion warnings a department closed or cancelled while the queue goes on: their
+        # segments stay claimed, silently, so the queue does not come back as a "new" warning.
+        self.silenced: dict[str, Warning] = {}
+        self._actions: dict[str, asyncio.Future[Warning]] = {}
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -276,7 +284,7 @@ class WarningEngine:
                    if not s.stale and (s.grade.level or 0) >= congestion.HOLD_AT_OR_ABOVE}
         plan = congestion.plan_queues(
             network, raising=raising, holding=holding, queues=self.queues,
-            started=lambda wid: (self.warnings[wid].started_at, wid))
+            started=lambda wid: ((self.warnings.get(wid) or self.silenced[wid]).started_at, wid))
         for wid, into in sorted(plan.merged.items()):
             await self._end(wid, WarningStatus.RESOLVED, cause=f"merged into {into}",
                             at=self._latest_at(self.queues[wid]))
@@ -368,6 +376,9 @@ class WarningEngine:
         await self._put_warning(w, analyse=True)
 
     async def _update_queue(self, wid: str, segs: list[str]) -> None:
+        if wid in self.silenced:
+            self.queues[wid] = set(segs)
+            return
         old = self.warnings[wid]
         facts = self._queue_facts(segs)
         fields = self._queue_fields(facts)
@@ -388,6 +399,7 @@ class WarningEngine:
     async def _end(self, wid: str, status: WarningStatus, *, cause: str, at: datetime) -> None:
         old = self.warnings.pop(wid, None)
         self.queues.pop(wid, None)
+        self.silenced.pop(wid, None)
         if old is None:
             return
         task = self._analysis.pop(wid, None)
@@ -469,6 +481,84 @@ class WarningEngine:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- departments ---------------------------------------------------------------------------
+
+    def restore(self, warnings: list[Warning]) -> None:
+        """Resume the active warnings a previous run persisted (before the first event)."""
+        for w in warnings:
+            if not w.active:
+                continue
+            self.warnings[w.warning_id] = w
+            if w.kind == WarningKind.CONGESTION and w.segment_ids:
+                self.queues[w.warning_id] = set(w.segment_ids)
+        self._count_active()
+
+    async def on_action(self, env: Envelope[WarningAction]) -> None:
+        """Bus handler for ``tti.warning.action``: apply it; whoever waits learns the outcome."""
+        a = env.payload
+        waiter = self._actions.pop(a.action_id, None)
+        try:
+            w = await self.apply_department_action(a)
+        except TtiError as exc:
+            IGNORED.labels("action", exc.code).inc()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return  # refused: the state said no, a redelivery would too
+        if waiter is not None and not waiter.done():
+            waiter.set_result(w)
+
+    def expect_action(self, action_id: str) -> asyncio.Future[Warning]:
+        """A future resolved when this replica has applied (or refused) the action."""
+        fut: asyncio.Future[Warning] = asyncio.get_running_loop().create_future()
+        self._actions[action_id] = fut
+        return fut
+
+    def forget_action(self, action_id: str) -> None:
+        """Stop waiting for an action (the request gave up)."""
+        self._actions.pop(action_id, None)
+
+    async def apply_department_action(self, a: WarningAction) -> Warning:
+        """Apply one department action to the warning state and publish the result."""
+        if a.action == "raise":
+            w = raised_warning(a, self.network)
+            held = self.find_warning(w.warning_id)
+            if held is not None:
+                return held  # the same action again (redelivered): already raised
+            if not roles.may_raise(a.role, w.kind):
+                raise Forbidden(f"role {a.role} may not raise {w.kind.value} warnings")
+            await self._put_warning(w, analyse=bool(w.segment_ids))
+            return w
+        held = self.find_warning(a.warning_id) or self.silenced.get(a.warning_id)
+        if held is None:
+            raise NotFound(f"no warning {a.warning_id!r}")
+        if not roles.sees(a.role, held.kind):
+            raise Forbidden(f"role {a.role} does not act on {held.kind.value} warnings")
+        done: list[dict[str, Any]] = list(held.details.get("actions", []))  # type: ignore
+        if any(n.get("action_id") == a.action_id for n in done):
+            return held  # redelivered
+        w = apply_action(held, a)
+        w = replace(w, details={**w.details, "actions": [
+            *done, {"action_id": a.action_id, "action": a.action, "user": a.user,
+                    "at": a.at.isoformat()}][-50:]})
+        congestion_queue = w.kind == WarningKind.CONGESTION and w.warning_id in self.queues
+        if not w.active and congestion_queue:
+            self.silenced[w.warning_id] = w
+            self.warnings.pop(w.warning_id, None)
+            self.ended[w.warning_id] = w
+            await self._emit(w)
+            self._count_active()
+            return w
+        self.silenced.pop(w.warning_id, None)
+        if w.warning_id in self.ended and w.active:
+            del self.ended[w.warning_id]
+        await self._put_warning(w, analyse=False)
+        return w
+
+    def closed_segments(self) -> set[str]:
+        """Segments closed by active closure warnings (routing avoids them)."""
+        return {s for w in self.warnings.values() if w.kind == WarningKind.CLOSURE
+                for s in w.segment_ids}
 
     # --- reads -------------------------------------------------------------------------------
 

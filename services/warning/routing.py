@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import networkx as nx
@@ -74,10 +74,19 @@ class LiveRouting:
         return cls(network, graph, clock=clock, od_pairs=pairs)
 
     async def refresh(self, live_kmh: Mapping[str, float], profile_kmh: Mapping[str, float],
-                      as_of: datetime) -> Weights:
-        """Swap in a snapshot from live speeds, profiles where none (free flow last)."""
+                      as_of: datetime, *, closed: Collection[str] = ()) -> Weights:
+        """Swap in a snapshot from live speeds, profiles where none (free flow last).
+
+        ``closed``: segments closed by a warning (a department's closure): routes avoid them.
+        """
         speeds = {**profile_kmh, **live_kmh}
-        weights = await asyncio.to_thread(self.graph.weights_from_speeds, speeds, as_of=as_of)
+        known = [s for s in closed if s in self.network]
+
+        def build() -> Weights:
+            weights = self.graph.weights_from_speeds(speeds, as_of=as_of)
+            return weights.with_closed(known) if known else weights
+
+        weights = await asyncio.to_thread(build)
         self.weights = weights
         return weights
 

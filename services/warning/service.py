@@ -23,18 +23,32 @@ from prometheus_client import Counter, Gauge
 from services.warning.engine import WarningEngine
 from services.warning.network import load_network
 from services.warning.routing import LiveRouting
+from services.warning.workflow.store import WorkflowStore
 from shared.bus import EventBus
 from shared.bus.lease import Lease
+from shared.bus.outbox import Outbox, Outgoing
 from shared.clients.bigdata import BigdataClient
 from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config
-from shared.events import DETECTED_EVENT, SEGMENT_SPEED, DetectedEvent, SegmentSpeed, Subject
+from shared.errors import TransientError
+from shared.events import (
+    DETECTED_EVENT,
+    SEGMENT_SPEED,
+    WARNING_ACTION,
+    DetectedEvent,
+    SegmentSpeed,
+    Subject,
+    Warning,
+    WarningAction,
+)
 
 log = logging.getLogger("tti.warning.service")
 
 T = TypeVar("T")
 
+UNSAVED = Counter("tti_warning_unsaved_total",
+                  "Warning messages the workflow store refused for a while (retried)")
 SUPPRESSED = Counter("tti_warning_standby_suppressed_total",
                      "Events a standby replica computed but did not publish", ["subject"])
 ACTIVE_REPLICA = Gauge("tti_warning_active_replica", "1 on the replica that publishes")
@@ -43,26 +57,71 @@ DETECTOR_REFRESH_S = 300.0
 
 
 class LeaseOutput:
-    """Publishes while this replica holds the lease; a standby computes the same, silently."""
+    """Publishes while this replica holds the lease; a standby computes the same, silently.
 
-    def __init__(self, bus: EventBus, lease: Lease) -> None:
+    The active replica also logs every warning message in the workflow store (the departments'
+    stream and what a restart resumes). Nothing is lost when the bus or the database refuses
+    for a while: refused events wait in the outbox (``shared/bus/outbox.py``), refused saves in
+    a queue, and `retry` (called every second) sends them again, in order.
+    """
+
+    MAX_PENDING = 100_000
+
+    def __init__(self, bus: EventBus, lease: Lease, store: WorkflowStore | None = None) -> None:
         self.bus = bus
         self.lease = lease
+        self.store = store
+        self._outboxes: dict[str, Outbox] = {}
+        self._unsaved: list[tuple[Warning, str]] = []
+        self._lock = asyncio.Lock()
 
     async def publish(self, subject: Subject[T], payload: T, *, event_id: str) -> None:
         """Hand the event to the bus if active (JetStream drops a repeated event id)."""
         if not self.lease.held:
             SUPPRESSED.labels(subject.name).inc()
             return
-        await self.bus.publish(subject, payload, event_id=event_id)
+        if self.store is not None and isinstance(payload, Warning):
+            self._unsaved.append((payload, event_id))
+            del self._unsaved[:-self.MAX_PENDING]
+        box = self._outboxes.get(subject.name)
+        if box is None:
+            box = self._outboxes[subject.name] = Outbox(self.bus, subject,
+                                                        limit=self.MAX_PENDING)
+        box.add(Outgoing(event_id=event_id, subject=subject, payload=payload, key=None))
+        await self.retry()
+
+    async def retry(self) -> None:
+        """Save and send what is still owed (one caller at a time, so nothing goes twice)."""
+        async with self._lock:
+            if self.store is not None:
+                while self._unsaved:
+                    w, event_id = self._unsaved[0]
+                    try:
+                        await self.store.save_warning(w, event_id)
+                    except TransientError as exc:
+                        UNSAVED.inc()
+                        log.warning("warning %s not saved yet (%d waiting): %s",
+                                    w.warning_id, len(self._unsaved), exc)
+                        break
+                    self._unsaved.pop(0)
+            for box in self._outboxes.values():
+                await box.send()
+
+    @property
+    def pending(self) -> int:
+        """Events and saves still owed."""
+        return len(self._unsaved) + sum(len(b) for b in self._outboxes.values())
 
 
 class WarningService:
     """Owns the engine's inputs and loops for one replica."""
 
     def __init__(self, config: Config, *, bus: EventBus, clock: Clock, bigdata: BigdataClient,
-                 engine: WarningEngine, lease: Lease) -> None:
+                 engine: WarningEngine, lease: Lease, store: WorkflowStore,
+                 output: LeaseOutput) -> None:
         self.config = config
+        self.store = store
+        self.output = output
         self.bus = bus
         self.clock = clock
         self.bigdata = bigdata
@@ -91,9 +150,16 @@ class WarningService:
         await self.ready.wait()
         await self.engine.on_detected_event(env)
 
+    async def on_action(self, env: Envelope[WarningAction]) -> None:
+        """Bus handler: a department's action, applied by every replica in stream order."""
+        await self.ready.wait()
+        await self.engine.on_action(env)
+
     async def subscribe(self) -> None:
         """Start consuming (handlers hold events until `prepare` is done)."""
         self._subs.append(await self.bus.subscribe(SEGMENT_SPEED, self.on_speed,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(WARNING_ACTION, self.on_action,
                                                    durable=self.durable))
         self._subs.append(await self.bus.subscribe(DETECTED_EVENT, self.on_detected_event,
                                                    durable=self.durable))
@@ -120,6 +186,14 @@ class WarningService:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 30.0)
         self.engine.set_network(network)
+        while True:
+            try:
+                self.engine.restore(await self.store.active_warnings())
+                break
+            except TransientError as exc:
+                self.state = f"waiting for the database: {exc}"
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 30.0)
         self.state = "building the routing graph"
         self.routing = await LiveRouting.build(network, clock=self.clock)
         self.engine.analyst = self.routing.analyse
@@ -181,7 +255,25 @@ class WarningService:
                 if not s.stale and s.last.speed_kmh is not None}
         snap = self.engine.profiles
         profile = {} if snap is None else {sid: p.speed_kmh for sid, p in snap.speeds.items()}
-        await self.routing.refresh(live, profile, self.clock.now())
+        await self.routing.refresh(live, profile, self.clock.now(),
+                                   closed=self.engine.closed_segments())
+
+    async def upkeep_loop(self) -> None:
+        """Every second: send what the bus or the database refused; daily: the retention."""
+        last_prune = -1.0e18
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self.lease.held:
+                    await self.output.retry()
+                now = self.clock.monotonic()
+                if now - last_prune >= 86_400.0:
+                    last_prune = now
+                    pruned = await self.store.prune(self.clock.now())
+                    if pruned:
+                        log.info("workflow store: %d rows past retention pruned", pruned)
+            except Exception:
+                log.exception("warning upkeep failed")
 
     async def profile_loop(self) -> None:
         """Re-grade the no-data segments whenever the profile bucket turns."""

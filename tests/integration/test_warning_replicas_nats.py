@@ -60,7 +60,8 @@ async def one_replica(minutes: list[list[SegmentSpeed]]) -> list[Warning]:
 
 
 @pytest.fixture
-async def cluster(nats_url: str, unique_name: str) -> AsyncIterator[dict[str, Any]]:
+async def cluster(nats_url: str, unique_name: str, pg_dsn: str
+                  ) -> AsyncIterator[dict[str, Any]]:
     bigdata = TestServer(bigdata_standin(NETWORK))
     await bigdata.start_server()
     stream = unique_name.upper()
@@ -82,7 +83,7 @@ async def cluster(nats_url: str, unique_name: str) -> AsyncIterator[dict[str, An
         await b.start()
         config = Config(bigdata_url=str(bigdata.make_url("/")), replica_index=i,
                         replica_count=2, lease_ttl_s=TTL_S, bus_prefix=unique_name,
-                        bus_stream=stream)
+                        bus_stream=stream, db_url=pg_dsn)
         runner = web.AppRunner(create_app(config, bus=b))
         await runner.setup()
         replicas.append((b, runner))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def _profiles_answer(request: web.Request) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[TestClient[Any, Any]]:
+async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     bigdata = make_bigdata_app(BigdataState())
 
     async def profiles(request: web.Request) -> web.Response:
@@ -55,7 +56,8 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     await bigdata_server.start_server()
     bus = bus_from_url("memory://", partitions=4)
     await bus.start()
-    config = Config(bigdata_url=str(bigdata_server.make_url("/")))
+    config = Config(bigdata_url=str(bigdata_server.make_url("/")),
+                    db_url=f"sqlite:///{tmp_path}/tti.db")
     warning = create_warning_app(config, bus=bus)
     w: TestClient[Any, Any] = TestClient(TestServer(warning))
     await w.start_server()

@@ -41,6 +41,7 @@ from shared.events import (
     TerminalAlarm,
     VehiclePosition,
     Warning,
+    WarningAction,
     WarningKind,
     WarningStatus,
 )
@@ -89,6 +90,10 @@ SAMPLES: dict[str, object] = {
     "tti.citizen.report": CitizenReport(
         report_id="wechat:123", channel="wechat", kind="accident", reported_at=T,
         text="光谷广场追尾", lon=114.4, lat=30.5),
+    "tti.warning.action": WarningAction(
+        action_id="a-1", action="assign", warning_id="cong-1", user="王警官", role="police",
+        at=T, note="派 3 号车", assignee="交警三大队", address="10.0.0.7",
+        details={"ticket": 42}),
     "tti.detector.reading": DetectorReading(
         detector_id="cam-7", observed_at=T, interval_s=60, lane=2, vehicle_count=31,
         mean_speed_kmh=37.5, occupancy_pct=12.5, queue_length_m=0.0, source="mqtt"),

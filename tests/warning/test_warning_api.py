@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ NETWORK = build_network()
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus, list[Warning]]]:
+async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus,
+                                                      list[Warning]]]:
     bigdata = TestServer(bigdata_standin(NETWORK, bus_routes={
         "R7": main_road(NETWORK, 0, 11), "R9": [f"2:{100 + k}:{101 + k}" for k in range(12)]}))
     await bigdata.start_server()
@@ -34,8 +36,8 @@ async def env() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus, list[War
         seen.append(env.payload)
 
     await bus.subscribe(WARNING, on_warning, durable="test")
-    app = create_app(Config(bigdata_url=str(bigdata.make_url("/")), speed_window_s=60.0),
-                     bus=bus)
+    app = create_app(Config(bigdata_url=str(bigdata.make_url("/")), speed_window_s=60.0,
+                            db_url=f"sqlite:///{tmp_path}/tti.db"), bus=bus)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
