@@ -62,7 +62,10 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
            "TTI_GTFS": str(region.gtfs_path),
            "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}",
            "TTI_WARNING_URL": f"http://127.0.0.1:{ports['warning']}", "TTI_LOG_FORMAT": "text",
-           "TTI_HTTP_HOST": "127.0.0.1"}
+           "TTI_HTTP_HOST": "127.0.0.1",
+           # `tti serve collector` refuses open inputs: sensors get a token, and the simulated
+           # terminals register themselves, which this run allows on purpose.
+           "TTI_SENSOR_TOKENS": "distributed-test-token", "TTI_ALLOW_OPEN_REGISTRATION": "true"}
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     # bigdata first: it imports the map the others rely on.
