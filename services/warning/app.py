@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
 from services.warning.engine import WarningEngine
 from services.warning.service import LeaseOutput, WarningService
@@ -80,4 +81,6 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
     add_routes(app)
+    add_dept_routes(app, DeptContext(store=store, engine=engine, service=service, bus=bus,
+                                     clock=clock, limiter=AttemptLimiter(clock)))
     return app

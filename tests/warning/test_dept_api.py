@@ -1,0 +1,260 @@
+"""The departments' API: credentials and roles, the lifecycle with its audit, the stream, restarts.
+
+The real warning app on the real memory bus and SQLite, a bigdata stand-in for the map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.warning.api.public import SERVICE
+from services.warning.app import create_app
+from services.warning.workflow.store import WorkflowStore
+from shared.bus.memory import MemoryBus
+from shared.clock import Clock
+from shared.config import Config
+from shared.db import database_from_url
+from shared.events import SEGMENT_SPEED
+from tests.publisher import wait_for
+from tests.warning.support import LON0, bigdata_standin, build_network, main_road, window
+
+NETWORK = build_network()
+QUEUE = main_road(NETWORK, 2, 7)
+
+
+class Dept:
+    """A running warning service and the tokens of its users."""
+
+    def __init__(self, client: TestClient[Any, Any], bus: MemoryBus, tokens: dict[str, str],
+                 db_url: str) -> None:
+        self.client = client
+        self.bus = bus
+        self.tokens = tokens
+        self.db_url = db_url
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def queue_warning(self) -> str:
+        for m, kmh in ((0, 5.0), (1, 4.0)):
+            for sid in QUEUE:
+                await self.bus.publish(SEGMENT_SPEED, window(sid, m, kmh))
+
+        async def raised() -> bool:
+            body = await (await self.client.get("/v1/dept/warnings",
+                                                headers=self.auth("police"))).json()
+            return body["count"] == 1
+
+        await wait_for(raised, within_s=20)
+        body = await (await self.client.get("/v1/dept/warnings",
+                                            headers=self.auth("police"))).json()
+        return str(body["warnings"][0]["warning_id"])
+
+    async def post(self, path: str, role: str, body: dict[str, Any] | None = None
+                   ) -> tuple[int, Any]:
+        resp = await self.client.post(path, headers=self.auth(role),
+                                      data=orjson.dumps(body or {}))
+        return resp.status, await resp.json()
+
+
+async def start(tmp_path: Path, db_url: str, bus: MemoryBus) -> tuple[TestClient[Any, Any],
+                                                                      TestServer]:
+    bigdata = TestServer(bigdata_standin(NETWORK))
+    await bigdata.start_server()
+    app = create_app(Config(bigdata_url=str(bigdata.make_url("/")), db_url=db_url), bus=bus)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    await wait_for(lambda: app[SERVICE].ready.is_set(), within_s=20)
+    return client, bigdata
+
+
+@pytest.fixture
+async def dept(tmp_path: Path) -> AsyncIterator[Dept]:
+    db_url = f"sqlite:///{tmp_path}/tti.db"
+    store = WorkflowStore(database_from_url(db_url))
+    await store.open()
+    now = Clock().now()
+    tokens = {role: await store.add_user(f"{role}-1", role, now)
+              for role in ("police", "safety", "transport", "admin")}
+    await store.close()
+    bus = MemoryBus(partitions=2)
+    await bus.start()
+    client, bigdata = await start(tmp_path, db_url, bus)
+    try:
+        yield Dept(client, bus, tokens, db_url)
+    finally:
+        await client.close()
+        await bus.close()
+        await bigdata.close()
+
+
+async def test_no_or_bad_credentials_get_401(dept: Dept) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"}):
+        resp = await dept.client.get("/v1/dept/warnings", headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] in ("unauthorized", "session_ended")
+    resp = await dept.client.post("/v1/dept/warnings/x/ack")
+    assert resp.status == 401
+
+
+async def test_police_acknowledge_assign_and_close_with_an_audit(dept: Dept) -> None:
+    wid = await dept.queue_warning()
+    status, body = await dept.post(f"/v1/dept/warnings/{wid}/ack", "safety")
+    assert status == 403 and body["error"]["code"] == "forbidden", "safety acts on alarms"
+    status, w = await dept.post(f"/v1/dept/warnings/{wid}/ack", "police", {"note": "收到"})
+    assert status == 200 and w["status"] == "acknowledged" and w["msg_type"] == "Ack"
+    status, body = await dept.post(f"/v1/dept/warnings/{wid}/ack", "police")
+    assert status == 409, "acknowledged already"
+    status, w = await dept.post(f"/v1/dept/warnings/{wid}/assign", "police",
+                                {"assignee": "交警三大队"})
+    assert status == 200 and w["status"] == "assigned"
+    assert w["details"]["assigned_to"] == "交警三大队"
+    status, w = await dept.post(f"/v1/dept/warnings/{wid}/notes", "police",
+                                {"note": "三大队已到场"})
+    assert status == 200 and w["details"]["notes"][-1]["text"] == "三大队已到场"
+    status, w = await dept.post(f"/v1/dept/warnings/{wid}/close", "police")
+    assert status == 200 and w["status"] == "closed" and not w["active"]
+    resp = await dept.client.get(f"/v1/dept/warnings/{wid}/audit", headers=dept.auth("police"))
+    trail = await resp.json()
+    done = [(e["action"], e["user"], e["outcome"]) for e in trail["audit"]]
+    assert done == [("ack", "safety-1", "forbidden"), ("ack", "police-1", "ok"),
+                    ("ack", "police-1", "conflict"), ("assign", "police-1", "ok"),
+                    ("note", "police-1", "ok"), ("close", "police-1", "ok")]
+    assert all(e["at"].endswith("Z") and e["address"] for e in trail["audit"])
+    assert [m["status"] for m in trail["messages"]][-4:] == [
+        "acknowledged", "assigned", "assigned", "closed"]
+    # The queue goes on, but the closed warning does not come back as a new one.
+    for sid in QUEUE:
+        await dept.bus.publish(SEGMENT_SPEED, window(sid, 2, 4.0))
+    await asyncio.sleep(0.3)
+    body = await (await dept.client.get("/v1/dept/warnings", headers=dept.auth("police"))).json()
+    assert body["count"] == 0
+
+
+async def test_roles_see_what_concerns_them(dept: Dept) -> None:
+    await dept.queue_warning()
+    for role, count in (("police", 1), ("transport", 1), ("admin", 1), ("safety", 0)):
+        body = await (await dept.client.get("/v1/dept/warnings", headers=dept.auth(role))).json()
+        assert body["count"] == count, role
+    assert (await dept.client.get("/v1/dept/alarms", headers=dept.auth("police"))).status == 403
+    assert (await dept.client.get("/v1/dept/alarms", headers=dept.auth("safety"))).status == 200
+
+
+async def test_a_closure_raised_by_hand_closes_the_road_for_routing(dept: Dept) -> None:
+    closed = main_road(NETWORK, 5, 5)
+    status, w = await dept.post("/v1/dept/warnings", "police", {
+        "kind": "closure", "headline": "解放大道施工封闭", "segment_ids": closed,
+        "severity": "Severe", "expected_end": "2026-12-04T06:00:00+08:00"})
+    assert status == 201, w
+    assert w["kind"] == "closure" and w["status"] == "raised" and w["segment_ids"] == closed
+    assert w["details"]["raised_by"] == "police-1"
+    status, body = await dept.post("/v1/dept/warnings", "safety", {
+        "kind": "closure", "headline": "x", "segment_ids": closed})
+    assert status == 403
+    status, body = await dept.post("/v1/dept/warnings", "police", {"kind": "congestion",
+                                                                   "headline": "x"})
+    assert status == 400
+    service = dept.client.app[SERVICE]
+    await service._refresh_weights()
+    resp = await dept.client.get("/v1/route", params={
+        "from": f"{LON0 + 0.0005},30.50002", "to": f"{LON0 + 0.028},30.50002"})
+    route = (await resp.json())["routes"][0]
+    assert closed[0] not in route["segment_ids"], "the route goes round the closure"
+    status, w = await dept.post(f"/v1/dept/warnings/{w['warning_id']}/cancel", "police")
+    assert status == 200 and w["status"] == "cancelled" and w["msg_type"] == "Cancel"
+
+
+async def test_the_console_session_needs_its_csrf_token_to_write(dept: Dept) -> None:
+    wid = await dept.queue_warning()
+    resp = await dept.client.post("/v1/dept/session",
+                                  data=orjson.dumps({"token": dept.tokens["police"]}))
+    assert resp.status == 200
+    session = await resp.json()
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    me = await (await dept.client.get("/v1/dept/me")).json()  # the cookie jar sends it
+    assert me["user"] == "police-1" and me["csrf"] == session["csrf"]
+    resp = await dept.client.post(f"/v1/dept/warnings/{wid}/ack")
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "csrf"
+    resp = await dept.client.post(f"/v1/dept/warnings/{wid}/ack",
+                                  headers={"X-CSRF-Token": session["csrf"]})
+    assert resp.status == 200
+    resp = await dept.client.delete("/v1/dept/session", headers={"X-CSRF-Token": session["csrf"]})
+    assert resp.status == 200
+    assert (await dept.client.get("/v1/dept/me")).status == 401
+
+
+async def test_sign_in_attempts_are_rate_limited(dept: Dept) -> None:
+    codes = [(await dept.client.post("/v1/dept/session",
+                                     data=orjson.dumps({"token": "guess"}))).status
+             for _ in range(7)]
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+
+
+async def _read_events(client: TestClient[Any, Any], headers: dict[str, str],
+                       until: Callable[[dict[str, Any]], bool]
+                       ) -> list[tuple[int, dict[str, Any]]]:
+    """Events of the stream until one satisfies ``until``."""
+    events: list[tuple[int, dict[str, Any]]] = []
+    async with client.get("/v1/dept/stream", headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        event_id, data = None, None
+        async with asyncio.timeout(20):
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("id: "):
+                    event_id = int(line[4:])
+                elif line.startswith("data: "):
+                    data = orjson.loads(line[6:])
+                elif line == "" and event_id is not None and data is not None:
+                    events.append((event_id, data))
+                    event_id, data = None, None
+                    if until(events[-1][1]):
+                        break
+    return events
+
+
+async def test_a_console_that_lost_its_stream_gets_every_event_it_missed(dept: Dept) -> None:
+    wid = await dept.queue_warning()
+    first = await _read_events(dept.client, {**dept.auth("police"), "Last-Event-ID": "0"},
+                               lambda w: w["detour"] is not None)  # raised, then its detour
+    last_seen = first[-1][0]
+    assert first[0][1]["warning_id"] == wid and first[0][1]["version"] == 1
+    # While it is away: an acknowledgment and a note.
+    await dept.post(f"/v1/dept/warnings/{wid}/ack", "police")
+    await dept.post(f"/v1/dept/warnings/{wid}/notes", "police", {"note": "n1"})
+    missed = await _read_events(dept.client, {**dept.auth("police"),
+                                              "Last-Event-ID": str(last_seen)},
+                                lambda w: bool(w["details"].get("notes")))
+    assert all(seq > last_seen for seq, _ in missed)
+    assert [w["status"] for _, w in missed] == ["acknowledged", "acknowledged"]
+    assert missed[-1][1]["details"]["notes"][-1]["text"] == "n1"
+    # Safety sees none of the traffic warnings on its stream.
+    async with dept.client.get("/v1/dept/stream", headers={**dept.auth("safety"),
+                                                           "Last-Event-ID": "0"}) as resp:
+        chunk = await asyncio.wait_for(resp.content.readany(), 5)
+        assert b"event: warning" not in chunk
+
+
+async def test_acknowledged_warnings_survive_a_restart(dept: Dept, tmp_path: Path) -> None:
+    wid = await dept.queue_warning()
+    await dept.post(f"/v1/dept/warnings/{wid}/ack", "police")
+    await dept.client.close()
+    bus = MemoryBus(partitions=2)
+    await bus.start()
+    client, bigdata = await start(tmp_path, dept.db_url, bus)
+    try:
+        body = await (await client.get("/v1/dept/warnings", headers=dept.auth("police"))).json()
+        assert [(w["warning_id"], w["status"]) for w in body["warnings"]] == [
+            (wid, "acknowledged")]
+    finally:
+        await client.close()
+        await bus.close()
+        await bigdata.close()
