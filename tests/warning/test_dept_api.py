@@ -160,7 +160,7 @@ async def test_a_closure_raised_by_hand_closes_the_road_for_routing(dept: Dept) 
     assert status == 403
     status, body = await dept.post("/v1/dept/warnings", "police", {"kind": "congestion",
                                                                    "headline": "x"})
-    assert status == 400
+    assert status == 400 and "measured" in body["error"]["message"]
     service = dept.client.app[SERVICE]
     await service._refresh_weights()
     resp = await dept.client.get("/v1/route", params={
