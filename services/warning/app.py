@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.warning.api.cap import add_cap_routes
 from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
 from services.warning.engine import WarningEngine
@@ -83,4 +84,5 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_routes(app)
     add_dept_routes(app, DeptContext(store=store, engine=engine, service=service, bus=bus,
                                      clock=clock, limiter=AttemptLimiter(clock)))
+    add_cap_routes(app)
     return app

@@ -258,3 +258,32 @@ async def test_acknowledged_warnings_survive_a_restart(dept: Dept, tmp_path: Pat
         await client.close()
         await bus.close()
         await bigdata.close()
+
+
+async def test_every_cap_document_of_a_lifecycle_validates(dept: Dept) -> None:
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(Path(__file__).parents[1] / "data" / "CAP-v1.2.xsd"))
+    wid = await dept.queue_warning()
+    await dept.post(f"/v1/dept/warnings/{wid}/ack", "police")
+    await dept.post(f"/v1/dept/warnings/{wid}/assign", "police", {"assignee": "三大队"})
+    await dept.post(f"/v1/dept/warnings/{wid}/close", "police")
+    trail = await (await dept.client.get(f"/v1/dept/warnings/{wid}/audit",
+                                         headers=dept.auth("police"))).json()
+    versions = sorted({m["version"] for m in trail["messages"]})
+    assert len(versions) >= 4
+    kinds = []
+    for version in versions:
+        resp = await dept.client.get(f"/v1/cap/{wid}.xml", params={"version": str(version)})
+        assert resp.status == 200 and resp.content_type == "application/cap+xml"
+        doc = await resp.read()
+        schema.validate(doc)
+        kinds.append(schema.to_dict(doc)["msgType"])
+    assert kinds[0] == "Alert" and "Ack" in kinds and kinds[-1] == "Update"
+    latest = await (await dept.client.get(f"/v1/cap/{wid}.xml")).read()
+    assert schema.to_dict(latest)["info"][0]["responseType"] == ["AllClear"]
+    assert (await dept.client.get("/v1/cap/nope.xml")).status == 404
+    restricted = await dept.client.get(f"/v1/dept/cap/{wid}.xml", headers=dept.auth("police"))
+    assert restricted.status == 200
+    assert (await dept.client.get(f"/v1/dept/cap/{wid}.xml",
+                                  headers=dept.auth("safety"))).status == 403
