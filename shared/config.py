@@ -27,23 +27,26 @@ SERVICE_PORTS = {"publisher": 8080, "collector": 8081, "bigdata": 8082, "warning
 GENERAL, COLLECTOR, BIGDATA, WARNING, PUBLISHER, SIMULATOR = (
     "general", "collector", "bigdata", "warning", "publisher", "simulator")
 GROUPS: dict[str, str] = {
-    GENERAL: "general: bus, database, HTTP, replicas, clock, logs",
-    COLLECTOR: "collector: JT/T 808 gateway, GTFS-rt feeds, roadside sensors, MQTT",
-    BIGDATA: "bigdata: geodatabase and speeds",
-    WARNING: "warning: congestion, incidents, warnings",
-    PUBLISHER: "publisher: citizen API and web page",
-    SIMULATOR: "simulator: demo city and virtual fleet (tti run, tti simulate)",
+    GENERAL: "general (bus, database, HTTP, replicas, clock, logs)",
+    COLLECTOR: "collector (JT/T 808 gateway, GTFS-rt feeds, roadside sensors, MQTT)",
+    BIGDATA: "bigdata (geodatabase and speeds)",
+    WARNING: "warning (congestion, incidents, warnings)",
+    PUBLISHER: "publisher (citizen API and web page)",
+    SIMULATOR: "simulator (demo city and virtual fleet: tti run, tti simulate)",
 }
 """Setting groups in the order ``--help`` shows them, with their headings."""
 
 
-def setting(default: T, group: str, text: str, *, also: tuple[str, ...] = ()) -> T:
+def setting(default: T, group: str, text: str, *, also: tuple[str, ...] = (),
+            show_default: bool = True) -> T:
     """A Config field with its group (the service that reads it) and one sentence of help.
 
     ``also`` names other groups whose commands read it too (``tti serve <service> --help``
-    lists a setting of its own group, of ``general``, or naming the service in ``also``).
+    lists a setting of its own group, of ``general``, or naming the service in ``also``);
+    ``show_default=False`` when the help sentence says what happens by default.
     """
-    return field(default=default, metadata={"group": group, "help": text, "also": also})
+    return field(default=default, metadata={"group": group, "help": text, "also": also,
+                                            "show_default": show_default})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,8 +64,9 @@ class Config:
     bus_prefix: str = setting("tti", GENERAL, "Prefix of every bus subject (tti.position.<p>, …).")
     db_url: str = setting(
         "sqlite:///var/tti.db", GENERAL,
-        "Geodatabase, sqlite:///FILE or postgresql://…; when unset, tti run and the imports "
-        "keep one SQLite file per region under TTI_VAR_DIR.")
+        "Geodatabase, sqlite:///FILE or postgresql://…; unset, tti run and the imports use "
+        "<var_dir>/<region>/tti.db (one file per region) and tti serve var/tti.db.",
+        show_default=False)
     var_dir: str = setting(
         "var", GENERAL,
         "Folder for embedded data: per-region SQLite files, the demo city, simulator output.")
@@ -81,8 +85,8 @@ class Config:
         16, GENERAL, "Per-vehicle bus partitions (tti.position.<p>); the same in every service.")
     replica_index: int = setting(
         0, GENERAL,
-        "This replica's number, 0 to TTI_REPLICA_COUNT-1, or auto (the StatefulSet ordinal "
-        "in the host name).")
+        "This replica's number, 0 to TTI_REPLICA_COUNT-1; TTI_REPLICA_INDEX=auto takes the "
+        "StatefulSet ordinal from the host name.")
     replica_count: int = setting(1, GENERAL, "How many replicas of this service run.")
     clock_rate: float = setting(
         1.0, GENERAL,
