@@ -174,13 +174,15 @@ def test_parking_free_spaces_posted_to_the_collector_are_served(embedded: Embedd
     body = _wait("the live state", lambda: (lambda b: b if b[1].get("live") else None)(
         _get(embedded.base + one)), 20, embedded.proc)
     assert body[1]["live"] == {"free_spaces": 17}  # type: ignore[index]
-    # More free spaces than the lot has is refused downstream and changes nothing.
+    # More free spaces than the lot has is refused at the edge, with the reason, and changes
+    # nothing.
     req = urllib.request.Request(embedded.base + url, method="POST",
                                  data=orjson.dumps({"values": {"free_spaces": 10_000}}),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 202
-    time.sleep(2)
+    with pytest.raises(HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 422
+    assert orjson.loads(refused.value.read())["error"]["code"] == "implausible_value"
     assert _get(embedded.base + one)[1]["live"] == {"free_spaces": 17}  # type: ignore[index]
 
 

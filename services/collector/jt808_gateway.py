@@ -610,8 +610,11 @@ class TerminalConnection(asyncio.Protocol):
         gw = self.gateway
         phone = msg.terminal_phone
         try:
-            known = None if gw.open_registration else await gw.terminals.find(phone)
-            if known is None and not gw.open_registration:
+            # Closed registration admits the terminals the departments listed (the vehicle
+            # registry, TTI_VEHICLE_REGISTRY) and those registered before; nobody else.
+            known = gw.open_registration or gw.registry.find(phone.lstrip("0")) is not None \
+                or await gw.terminals.find(phone) is not None
+            if not known:
                 _error("unknown_terminal").inc()
                 resp = RegisterResponse(msg.header.serial, REGISTER_TERMINAL_UNKNOWN)
             else:

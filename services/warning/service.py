@@ -131,7 +131,7 @@ class WarningService:
         self.ready = asyncio.Event()
         self.state = "starting"
         self._subs: list[Any] = []
-        self._weights_for: object = None
+        self.stopping = False
 
     @property
     def durable(self) -> str:
@@ -166,6 +166,7 @@ class WarningService:
 
     async def unsubscribe(self) -> None:
         """Stop consuming; in-flight events finish first."""
+        self.stopping = True
         subs, self._subs = self._subs, []
         self.ready.set()  # let waiting handlers through so the subscriptions can drain
         for sub in subs:
@@ -312,6 +313,8 @@ class WarningService:
             log.info("this warning replica is now active")
             if self.ready.is_set():
                 await self.engine.republish()
+        elif self.stopping:
+            log.info("this warning replica handed the lease over (shutting down)")
         else:
             log.warning("this warning replica lost the lease: standing by")
 

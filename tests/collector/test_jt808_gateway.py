@@ -118,6 +118,16 @@ async def test_closed_registration_refuses_unknown_terminals(tmp_path: Path) -> 
         assert msg.body.auth_code == ""
 
 
+async def test_closed_registration_admits_the_registered_vehicles(tmp_path: Path) -> None:
+    registry = VehicleRegistry({PHONE: VehicleInfo(PHONE, "鄂A12345", "coach")})
+    async with running_gateway(tmp_path, open_registration=False, registry=registry) as h:
+        t = await h.terminal()
+        msg = await t.register()
+        assert isinstance(msg.body, RegisterResponse) and msg.body.result == 0
+        assert msg.body.auth_code
+        assert (await t.authenticate(msg.body.auth_code)).result == RESULT_OK
+
+
 async def test_auth_code_survives_a_gateway_restart(tmp_path: Path) -> None:
     async with running_gateway(tmp_path) as h:
         code = await (await h.terminal()).login()

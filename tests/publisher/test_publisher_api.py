@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.publisher.__main__ import build_app
 from services.publisher.app import PUBLISHER, create_app
 from services.publisher.openapi import build_openapi
 from services.publisher.roads import RoadStatusBoard
@@ -427,24 +426,6 @@ async def test_embedded_bigdata_on_the_same_server_does_not_deadlock() -> None:
     finally:
         await client.close()
         await bus.close()
-
-
-async def test_standalone_app_starts_and_closes_its_own_bus() -> None:
-    state = BigdataState()
-    bigdata_server = TestServer(make_bigdata_app(state))
-    await bigdata_server.start_server()
-    app = build_app(Config(bigdata_url=str(bigdata_server.make_url("/"))))
-    bus = app[PUBLISHER].bus
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        await wait_for(lambda: is_ready(client))
-        await bus.publish(ROAD_STATUS, _status("303:5:6", 2))
-        await wait_for(lambda: len(app[PUBLISHER].roads) == 1)
-    finally:
-        await client.close()
-        await bigdata_server.close()
-    assert not bus.connected
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------

@@ -111,11 +111,131 @@ def build_openapi() -> dict[str, Any]:
                     "observed_at": {"type": ["string", "null"], "format": "date-time"}}},
                 "The index, as of the last window")}}},
     }
+    paths.update(_dept_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "TTI warning service", "version": "1",
                  "description": "Routes under live speeds, warnings (typed after CAP 1.2), "
                                 "incidents and the GB/T 33171 traffic index. Times are UTC."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": {**schemas, **_DEPT_SCHEMAS},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "A department user's token (tti users add)"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "tti_session",
+                            "description": "The console's session; writes also send "
+                                           "X-CSRF-Token"},
+            },
+        },
     }
+
+
+_DEPT_SCHEMAS: dict[str, Any] = {
+    "ActionBody": {"type": "object", "properties": {
+        "note": {"type": "string", "maxLength": 2000},
+        "assignee": {"type": "string", "maxLength": 64,
+                     "description": "For assign: the unit or user it goes to"}}},
+    "RaiseBody": {"type": "object", "required": ["kind", "headline"], "properties": {
+        "kind": {"enum": ["incident", "vehicle_alarm", "closure", "weather"]},
+        "headline": {"type": "string"}, "headline_en": {"type": "string"},
+        "description": {"type": "string"}, "description_en": {"type": "string"},
+        "segment_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 500},
+        "lon": {"type": "number"}, "lat": {"type": "number"},
+        "radius_m": {"type": "number"},
+        "severity": {"enum": ["Extreme", "Severe", "Moderate", "Minor", "Unknown"]},
+        "cause": {"type": "string"},
+        "expected_end": {"type": "string", "format": "date-time"},
+        "note": {"type": "string"}}},
+    "Session": {"type": "object", "required": ["user", "role"], "properties": {
+        "user": {"type": "string"}, "role": {"type": "string"},
+        "csrf": {"type": ["string", "null"]}, "expires_at": {"type": "string"}}},
+    "Audit": {"type": "object", "required": ["warning_id", "audit", "messages"], "properties": {
+        "warning_id": {"type": "string"},
+        "audit": {"type": "array", "items": {"type": "object", "properties": {
+            "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+            "user": {"type": "string"}, "role": {"type": "string"},
+            "action": {"type": "string"}, "address": {"type": ["string", "null"]},
+            "outcome": {"type": "string"}, "details": {"type": "object"}}}},
+        "messages": {"type": "array", "items": {"type": "object"}}}},
+}
+
+
+def _dept_paths() -> dict[str, Any]:
+    secured = [{"bearer": []}, {"session": []}]
+    errors = {"401": _error("No or bad credentials"),
+              "403": _error("This role may not (or a console write without its CSRF token)")}
+    warning_list = _json({"type": "object", "required": ["warnings", "count"],
+                          "properties": {"warnings": {"type": "array", "items": ref("Warning")},
+                                         "count": {"type": "integer"}}}, "Warnings")
+    wid = {"name": "warning_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths: dict[str, Any] = {
+        "/v1/dept/session": {
+            "post": {"summary": "Sign in with a token once: sets the session cookie",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "required": ["token"],
+                         "properties": {"token": {"type": "string"}}}}}},
+                     "responses": {"200": _json(ref("Session"), "Signed in"),
+                                   "401": _error("Unknown or revoked token"),
+                                   "429": _error("Too many attempts from this address")}},
+            "delete": {"summary": "Sign out", "security": secured,
+                       "responses": {"200": _json({"type": "object"}, "Signed out"), **errors}},
+        },
+        "/v1/dept/me": {"get": {"summary": "Who is signed in, and what the role sees",
+                                "security": secured,
+                                "responses": {"200": _json(ref("Session"), "The user"),
+                                              **errors}}},
+        "/v1/dept/warnings": {
+            "get": {"summary": "Warnings this role sees", "security": secured,
+                    "parameters": [_query("status", "active, ended or all",
+                                          {"enum": ["active", "ended", "all"]}),
+                                   _query("kind", "Only this kind", {"type": "string"})],
+                    "responses": {"200": warning_list, "400": _error("Bad filter"), **errors}},
+            "post": {"summary": "Raise a warning by hand (a closure, an event)",
+                     "security": secured,
+                     "requestBody": {"content": {"application/json": {
+                         "schema": ref("RaiseBody")}}},
+                     "responses": {"201": _json(ref("Warning"), "Raised"),
+                                   "400": _error("Bad facts"), **errors}},
+        },
+        "/v1/dept/alarms": {"get": {"summary": "Vehicle alarms (两客一危)", "security": secured,
+                                    "responses": {"200": warning_list, **errors}}},
+        "/v1/dept/warnings/{warning_id}/audit": {"get": {
+            "summary": "Who did what to a warning, and its messages", "security": secured,
+            "parameters": [wid],
+            "responses": {"200": _json(ref("Audit"), "The audit"),
+                          "404": _error("Unknown warning"), **errors}}},
+        "/v1/dept/stream": {"get": {
+            "summary": "Server-Sent Events of the warnings this role sees; resumable with "
+                       "Last-Event-ID (or ?last_event_id=)", "security": secured,
+            "responses": {"200": {"description": "text/event-stream: id, event: warning, "
+                                                 "data: a Warning",
+                                  "content": {"text/event-stream": {"schema": {
+                                      "type": "string"}}}}, **errors}}},
+        "/v1/cap/{name}": {"get": {
+            "summary": "A traffic warning as OASIS CAP 1.2 ({warning_id}.xml; ?version=N)",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": r"\.xml$"}},
+                           _query("version", "One version's message", {"type": "integer"})],
+            "responses": {"200": {"description": "CAP 1.2",
+                                  "content": {"application/cap+xml": {"schema": {
+                                      "type": "string"}}}},
+                          "404": _error("Unknown warning or version")}}},
+        "/v1/dept/cap/{name}": {"get": {
+            "summary": "Any warning the role sees as CAP 1.2 (vehicle alarms: Restricted)",
+            "security": secured,
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "CAP 1.2", "content": {
+                "application/cap+xml": {"schema": {"type": "string"}}}}, **errors}}},
+    }
+    for action, summary in (("ack", "Acknowledge"), ("assign", "Assign to a unit or user"),
+                            ("notes", "Add a note"), ("close", "Close"),
+                            ("cancel", "Cancel a false warning")):
+        paths[f"/v1/dept/warnings/{{warning_id}}/{action}"] = {"post": {
+            "summary": summary, "security": secured, "parameters": [wid],
+            "requestBody": {"content": {"application/json": {"schema": ref("ActionBody")}}},
+            "responses": {"200": _json(ref("Warning"), "The warning after the action"),
+                          "404": _error("Unknown warning"),
+                          "409": _error("The warning's state does not allow it"), **errors}}}
+    return paths
