@@ -38,6 +38,7 @@ from shared.config import (
     settings_for,
 )
 from shared.errors import TtiError
+from shared.events import DEPARTMENT_ROLES
 from shared.service import READINESS, configure_logging, listen_socket, make_runner
 
 if TYPE_CHECKING:
@@ -401,6 +402,41 @@ async def simulate(config: Config) -> None:
         await sim.stop()
 
 
+async def users(config: Config, args: argparse.Namespace) -> None:
+    """``tti users add|list|revoke``: department users in the deployment's database.
+
+    ``add`` prints the user's token once, on stdout (only its hash is stored); every change is
+    audited as done by ``cli`` from ``local``.
+    """
+    from services.warning.workflow.store import WorkflowStore
+    from shared.db import database_from_url
+
+    store = WorkflowStore(database_from_url(config.db_url))
+    await store.open()
+    now = config.make_clock().now()
+    try:
+        if args.users_command == "add":
+            token = await store.add_user(args.name, args.role, now)
+            await store.audit(at=now, user="cli", role="admin", action="user_add",
+                              warning_id=None, address="local", outcome="ok",
+                              details={"name": args.name, "role": args.role})
+            print(f"user {args.name} ({args.role}) added; the token is shown only now:",
+                  file=sys.stderr)
+            print(token)
+        elif args.users_command == "revoke":
+            await store.revoke_user(args.name, now)
+            await store.audit(at=now, user="cli", role="admin", action="user_revoke",
+                              warning_id=None, address="local", outcome="ok",
+                              details={"name": args.name})
+            print(f"user {args.name} revoked")
+        else:
+            for u in await store.list_users():
+                state = "active" if u.active else f"revoked {u.revoked_at:%Y-%m-%d %H:%M}Z"
+                print(f"{u.name}\t{u.role}\tcreated {u.created_at:%Y-%m-%d %H:%M}Z\t{state}")
+    finally:
+        await store.close()
+
+
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -470,6 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the region --osm names (default: the demo city's).")
     p_det.add_argument("file")
     _add_config_flags(p_det, _only(*_IMPORT_SETTINGS))
+    p_users = sub.add_parser(
+        "users", help="department users (police, transport, safety, hotline, admin)",
+        description="Users of the departments' API and console, in the deployment's database "
+                    "(without --db-url: the region --osm names, default the demo city's, as "
+                    "tti run uses).")
+    users_sub = p_users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    u_add = users_sub.add_parser("add", help="add a user and print their token once")
+    u_add.add_argument("name")
+    u_add.add_argument("--role", required=True, choices=DEPARTMENT_ROLES)
+    u_list = users_sub.add_parser("list", help="list the users")
+    u_revoke = users_sub.add_parser("revoke", help="revoke a user's token and sessions")
+    u_revoke.add_argument("name")
+    for p in (u_add, u_list, u_revoke):
+        _add_config_flags(p, _only(*_IMPORT_SETTINGS))
     return parser
 
 
@@ -513,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(import_gtfs(config, args.file, args.feed_id))
         elif args.command == "import-detectors":
             asyncio.run(import_detectors(config, args.file))
+        elif args.command == "users":
+            asyncio.run(users(config, args))
     except TtiError as exc:
         print(f"tti: error: {exc.message}", file=sys.stderr)
         return 2

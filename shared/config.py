@@ -186,8 +186,6 @@ class Config:
         15.0, WARNING,
         "A standby warning replica takes over this many seconds (plus a poll) after the "
         "active one stops renewing its lease.")
-    department_tokens: tuple[str, ...] = setting(
-        (), WARNING, "Bearer tokens of the departments' warning API.")
 
     # --- publisher ---
     warning_url: str = setting(

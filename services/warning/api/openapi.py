@@ -162,7 +162,7 @@ _DEPT_SCHEMAS: dict[str, Any] = {
 
 
 def _dept_paths() -> dict[str, Any]:
-    secured = [{"bearer": []}, {"session": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
     errors = {"401": _error("No or bad credentials"),
               "403": _error("This role may not (or a console write without its CSRF token)")}
     warning_list = _json({"type": "object", "required": ["warnings", "count"],
