@@ -43,7 +43,8 @@ def test_users_are_added_listed_and_revoked(tmp_path: Path) -> None:
 
     asyncio.run(check(revoked=False))
     listed = tti("users", "list", "--db-url", db)
-    assert listed.returncode == 0 and "王警官\tpolice" in listed.stdout and "active" in listed.stdout
+    assert listed.returncode == 0
+    assert "王警官\tpolice" in listed.stdout and "active" in listed.stdout
     assert token not in listed.stdout + listed.stderr
     revoked = tti("users", "revoke", "王警官", "--db-url", db)
     assert revoked.returncode == 0
