@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from services.warning import congestion, incidents
 from services.warning.area_index import AreaGrid, compute_index
 from services.warning.congestion import STALE_WINDOWS, Grade, grade
+from services.warning.rules.terminal_alarms import TerminalAlarmRule
 from services.warning.workflow import roles
 from services.warning.workflow.actions import apply_action, raised_warning
 from shared.clients.bigdata import DetectorSite, ProfileSnapshot
@@ -49,6 +50,7 @@ from shared.events import (
     RoadStatus,
     SegmentSpeed,
     Subject,
+    TerminalAlarm,
     Warning,
     WarningAction,
     WarningKind,
@@ -114,6 +116,7 @@ class WarningEngine:
         self.ended: OrderedDict[str, Warning] = OrderedDict()
         self.queues: dict[str, set[str]] = {}
         self.incidents = incidents.IncidentBook()
+        self.alarms = TerminalAlarmRule()
         self.detectors: Mapping[str, DetectorSite] = {}
         self.profiles: ProfileSnapshot | None = None
         self.index: dict[str, AreaIndex] = {}
@@ -173,6 +176,11 @@ class WarningEngine:
         if warning is not None:
             await self._put_warning(warning, analyse=warning.kind == WarningKind.INCIDENT)
 
+    async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
+        """Bus handler for ``tti.alarm``: terminals' own alarm bits as vehicle alarms."""
+        for w in self.alarms.on_alarm(env.payload):
+            await self._put_warning(w, analyse=False)
+
     def set_profiles(self, snapshot: ProfileSnapshot) -> None:
         """The time-of-week profile speeds of the current bucket (the fallback)."""
         self.profiles = snapshot
@@ -187,6 +195,8 @@ class WarningEngine:
             await self.evaluate()
         await self.expire_stale(now)
         self.incidents.prune(now)
+        for w in self.alarms.expire(now):
+            await self._put_warning(w, analyse=False)
 
     async def evaluate(self) -> None:
         """Re-trace the queues from the held grades and publish the area index."""
@@ -492,6 +502,8 @@ class WarningEngine:
             self.warnings[w.warning_id] = w
             if w.kind == WarningKind.CONGESTION and w.segment_ids:
                 self.queues[w.warning_id] = set(w.segment_ids)
+            if w.kind == WarningKind.VEHICLE_ALARM and w.details.get("alarm"):
+                self.alarms.resume(w)
         self._count_active()
 
     async def on_action(self, env: Envelope[WarningAction]) -> None:
@@ -552,6 +564,8 @@ class WarningEngine:
         self.silenced.pop(w.warning_id, None)
         if w.warning_id in self.ended and w.active:
             del self.ended[w.warning_id]
+        if w.kind == WarningKind.VEHICLE_ALARM:
+            self.alarms.adopt(w)
         await self._put_warning(w, analyse=False)
         return w
 

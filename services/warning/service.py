@@ -35,10 +35,12 @@ from shared.errors import TransientError
 from shared.events import (
     DETECTED_EVENT,
     SEGMENT_SPEED,
+    TERMINAL_ALARM,
     WARNING_ACTION,
     DetectedEvent,
     SegmentSpeed,
     Subject,
+    TerminalAlarm,
     Warning,
     WarningAction,
 )
@@ -150,6 +152,11 @@ class WarningService:
         await self.ready.wait()
         await self.engine.on_detected_event(env)
 
+    async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
+        """Bus handler: terminals' alarm bits (every partition: the state sees all vehicles)."""
+        await self.ready.wait()
+        await self.engine.on_terminal_alarm(env)
+
     async def on_action(self, env: Envelope[WarningAction]) -> None:
         """Bus handler: a department's action, applied by every replica in stream order."""
         await self.ready.wait()
@@ -160,6 +167,8 @@ class WarningService:
         self._subs.append(await self.bus.subscribe(SEGMENT_SPEED, self.on_speed,
                                                    durable=self.durable))
         self._subs.append(await self.bus.subscribe(WARNING_ACTION, self.on_action,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(TERMINAL_ALARM, self.on_terminal_alarm,
                                                    durable=self.durable))
         self._subs.append(await self.bus.subscribe(DETECTED_EVENT, self.on_detected_event,
                                                    durable=self.durable))
