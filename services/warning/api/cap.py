@@ -43,7 +43,7 @@ def _pick(history: list[Warning], raw: str | None) -> tuple[Warning, list[CapRef
         matches = [i for i, w in enumerate(history) if w.version == int(raw)]
         if not matches:
             raise NotFound(f"no version {raw} of this warning")
-        chosen = matches[-1]
+        chosen = matches[0]  # the version's decision; its analysis, if any, follows it
     w = history[chosen]
     refs: list[CapReference] = []
     if w.msg_type in (CapMsgType.ACK, CapMsgType.ERROR) and chosen > 0:
