@@ -566,6 +566,64 @@ class CatalogueRequest:
     requested_at: datetime
 
 
+SPEED_LIMIT_SOURCES = ("osm", "statutory", "none")
+"""Where a segment's speed limit comes from: its OSM ``maxspeed``, the statutory default for its
+kind of road (道路交通安全法实施条例 §45), or nowhere."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MatchedPosition:
+    """One decided fix of a 两客一危 vehicle on its road, as bigdata's matcher placed it.
+
+    Published on ``tti.position.matched.<p>`` (partitioned like positions) for coaches, tourist
+    buses and dangerous-goods trucks only, so the warning service's rules never import the
+    matcher. ``confidence`` (0-1) is how sure the matcher is of the segment (low where an
+    elevated road runs over its ground road, say); ``status`` the terminal's status bits (bit 0:
+    ignition on). Times UTC, speeds km/h.
+    """
+
+    vehicle_id: str
+    vehicle_class: str
+    observed_at: datetime
+    lon: float
+    lat: float
+    segment_id: str
+    offset_m: float
+    road_class: str
+    speed_limit_kmh: float | None
+    speed_limit_source: str
+    confidence: float
+    speed_kmh: float | None = None
+    heading_deg: float | None = None
+    road_name: str | None = None
+    bridge: bool = False
+    tunnel: bool = False
+    status: int = 0
+    route_id: str | None = None
+
+
+DRIVER_IDENTITY_STATES = ("card_in", "card_out")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverIdentity:
+    """A driver signing in or out on a terminal (JT/T 808 0x0702, IC card), for fatigue rules.
+
+    ``driver_id`` is the qualification certificate number (从业资格证编码), the stable key of a
+    driver across vehicles; ``id_card`` the 2019 layout's identity card number when sent.
+    """
+
+    vehicle_id: str
+    observed_at: datetime
+    state: str
+    driver_id: str | None = None
+    driver_name: str | None = None
+    authority: str | None = None
+    valid_until: str | None = None
+    id_card: str | None = None
+    ic_result: int | None = None
+
+
 DEPARTMENT_ROLES = ("police", "transport", "safety", "hotline", "admin")
 """Roles of department users (who may see and act on what: services/warning/workflow)."""
 
@@ -604,6 +662,9 @@ AREA_INDEX: Subject[AreaIndex] = Subject("tti.area.index", AreaIndex)
 FORECAST: Subject[SegmentForecast] = Subject("tti.forecast", SegmentForecast)
 CITIZEN_REPORT: Subject[CitizenReport] = Subject("tti.citizen.report", CitizenReport)
 WARNING_ACTION: Subject[WarningAction] = Subject("tti.warning.action", WarningAction)
+MATCHED_POSITION: Subject[MatchedPosition] = Subject("tti.position.matched", MatchedPosition,
+                                                     True)
+DRIVER_IDENTITY: Subject[DriverIdentity] = Subject("tti.driver.identity", DriverIdentity, True)
 DETECTOR_READING: Subject[DetectorReading] = Subject("tti.detector.reading", DetectorReading)
 DETECTED_EVENT: Subject[DetectedEvent] = Subject("tti.detector.event", DetectedEvent)
 FEATURE_STATE: Subject[FeatureState] = Subject("tti.feature.state", FeatureState)

@@ -30,10 +30,12 @@ from shared.events import (
     DetectedEvent,
     DetectorReading,
     Detour,
+    DriverIdentity,
     FeatureCatalogue,
     FeatureState,
     Impact,
     Incident,
+    MatchedPosition,
     RoadStatus,
     SegmentForecast,
     SegmentSpeed,
@@ -94,6 +96,15 @@ SAMPLES: dict[str, object] = {
         action_id="a-1", action="assign", warning_id="cong-1", user="王警官", role="police",
         at=T, note="派 3 号车", assignee="交警三大队", address="10.0.0.7",
         details={"ticket": 42}),
+    "tti.position.matched": MatchedPosition(
+        vehicle_id="13800000007", vehicle_class="dangerous_goods", observed_at=T, lon=114.3,
+        lat=30.5, segment_id="7:1:2", offset_m=41.5, road_class="primary",
+        speed_limit_kmh=60.0, speed_limit_source="statutory", confidence=0.93, speed_kmh=75.0,
+        heading_deg=90.0, road_name="解放大道", tunnel=True, status=3),
+    "tti.driver.identity": DriverIdentity(
+        vehicle_id="13800000007", observed_at=T, state="card_in", driver_id="420100123456",
+        driver_name="张师傅", authority="武汉市交通运输局", valid_until="20301231",
+        id_card="420102199001011234", ic_result=0),
     "tti.detector.reading": DetectorReading(
         detector_id="cam-7", observed_at=T, interval_s=60, lane=2, vehicle_count=31,
         mean_speed_kmh=37.5, occupancy_pct=12.5, queue_length_m=0.0, source="mqtt"),
