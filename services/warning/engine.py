@@ -443,7 +443,7 @@ class WarningEngine:
         WARNINGS.labels(w.kind.value, w.status.value).inc()
         await self.output.publish(WARNING, w,
                                   event_id=f"{w.warning_id}:{w.version}{event_suffix}")
-        if w.version == 1:
+        if w.version == 1 and not event_suffix:
             log.info("warning raised", extra={"warning_id": w.warning_id, "kind": w.kind.value,
                                               "segments": len(w.segment_ids)})
 
