@@ -3,12 +3,14 @@
 - `segments`: segment ids, OSM tag interpretation and splitting ways into directed segments;
 - `index`: the grid spatial index behind `RoadNetwork.nearest` and `in_bbox`;
 - `network`: `RoadNetwork`, immutable once built;
+- `limits`: `speed_limit`, a segment's OSM limit or its statutory default (§45, §78);
 - `search`: `ShortestPaths`, the one resumable, target-bounded Dijkstra (map matching,
   bounded shortest paths, the demo's bus routes);
 - `routing`: `RoutingGraph`, exact fastest routes under live `Weights` (ALT), with snapping
   and alternatives.
 """
 
+from shared.roadnet.limits import speed_limit
 from shared.roadnet.network import RoadNetwork
 from shared.roadnet.routing import NoRouteError, Route, RoutingGraph, Snap, Weights
 from shared.roadnet.search import ShortestPaths
@@ -45,4 +47,5 @@ __all__ = [
     "make_segment_id",
     "parse_maxspeed",
     "parse_segment_id",
+    "speed_limit",
 ]

@@ -103,6 +103,10 @@ class RoadSegment:
     coords: tuple[tuple[float, float], ...]
     length_m: float
     free_flow_kmh: float
+    # The way's lanes in both directions together, as tagged (None when untagged, or for a
+    # segment read back from a store that does not keep it): a two-way ``lanes=1`` road has
+    # no centre line, which the per-direction ``lanes`` cannot tell from ``lanes=2``.
+    lanes_total: int | None = None
 
 
 class Candidate(NamedTuple):
@@ -303,6 +307,7 @@ def build_segments(ways: Iterable[OsmWay]) -> list[RoadSegment]:
         fwd = _direction_attrs(tags, forward=True, oneway=oneway)
         bwd = _direction_attrs(tags, forward=False, oneway=oneway)
         road_class = tags["highway"]
+        lanes_total = _parse_lanes(tags.get("lanes"))
         name = tags.get("name") or tags.get("name:zh") or tags.get("name:zh-Hans") or None
         name_en = tags.get("name:en") or None
         ref = tags.get("ref") or None
@@ -337,6 +342,7 @@ def build_segments(ways: Iterable[OsmWay]) -> list[RoadSegment]:
                         coords=coords if forward else coords[::-1],
                         length_m=length_m,
                         free_flow_kmh=attrs.free_flow_kmh,
+                        lanes_total=lanes_total,
                     )
                 )
     return segments

@@ -21,9 +21,11 @@ import shapely
 import shared.roadnet as roadnet_module
 import shared.roadnet.index as roadnet_index
 from shared.errors import TtiError
+from shared.events import SPEED_LIMIT_SOURCES
 from shared.geo import bearing_deg, haversine_m
 from shared.roadnet import (
     Candidate,
+    OsmWay,
     RoadNetwork,
     RoadNetworkError,
     RoadSegment,
@@ -31,6 +33,7 @@ from shared.roadnet import (
     make_segment_id,
     parse_maxspeed,
     parse_segment_id,
+    speed_limit,
 )
 from tests.conftest import reference_file
 
@@ -571,3 +574,74 @@ def test_malformed_segment_ids(bad: str) -> None:
     with pytest.raises(RoadNetworkError, match="malformed segment id"):
         parse_segment_id(bad)
     assert make_segment_id(*parse_segment_id("7:8:9")) == "7:8:9"
+
+
+# --- speed limits: OSM, else the statutory defaults (实施条例 §45, §78) --------------------------
+
+
+def _limit_of(tags: dict[str, str], *, backward: bool = False) -> tuple[float | None, str]:
+    """The limit of a small way with these tags (its forward segment, or its backward one)."""
+    net = RoadNetwork.from_ways([OsmWay(1, [(1, 114.30, 30.50), (2, 114.301, 30.50)], tags)])
+    return speed_limit(net.get_segment("1:2:1" if backward else "1:1:2"))
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        # Tagged: OSM wins, whatever the layout.
+        ({"highway": "residential", "maxspeed": "20"}, (20.0, "osm")),
+        ({"highway": "motorway", "maxspeed": "CN:motorway"}, (120.0, "osm")),
+        ({"highway": "primary", "lanes": "6", "maxspeed": "60"}, (60.0, "osm")),
+        # §78: a motorway without maxspeed.
+        ({"highway": "motorway", "ref": "G4"}, (120.0, "statutory")),
+        # §45 (一), no centre line: two-way lanes=1, or a narrow road without lanes.
+        ({"highway": "tertiary", "lanes": "1"}, (30.0, "statutory")),
+        ({"highway": "tertiary", "lanes": "1", "ref": "X012"}, (40.0, "statutory")),
+        ({"highway": "residential"}, (30.0, "statutory")),
+        ({"highway": "service", "oneway": "yes"}, (30.0, "statutory")),
+        ({"highway": "living_street"}, (30.0, "statutory")),
+        ({"highway": "unclassified", "ref": "Y003"}, (40.0, "statutory")),
+        # §45 (二), one lane per direction: two-way lanes=2, one-way lanes=1, or a two-way
+        # road of tertiary class or above without lanes.
+        ({"highway": "residential", "lanes": "2"}, (50.0, "statutory")),
+        ({"highway": "secondary", "oneway": "yes", "lanes": "1"}, (50.0, "statutory")),
+        ({"highway": "tertiary"}, (50.0, "statutory")),
+        ({"highway": "primary", "ref": "G316"}, (70.0, "statutory")),
+        ({"highway": "secondary", "ref": "S7;G50"}, (70.0, "statutory")),
+        ({"highway": "motorway_link", "lanes": "1"}, (70.0, "statutory")),
+        # An urban expressway (trunk without a G/S/X/Y ref) is a city road.
+        ({"highway": "trunk", "lanes": "2"}, (50.0, "statutory")),
+        # Nothing in §45: two or more lanes each way, one-way roads without lanes.
+        ({"highway": "primary", "lanes": "4"}, (None, "none")),
+        ({"highway": "trunk", "oneway": "yes", "lanes": "3", "ref": "G107"}, (None, "none")),
+        ({"highway": "primary", "oneway": "yes"}, (None, "none")),
+        ({"highway": "primary_link", "oneway": "yes"}, (None, "none")),
+        ({"highway": "residential", "lanes": "4"}, (None, "none")),
+    ],
+)
+def test_speed_limit_osm_then_statutory(tags: dict[str, str],
+                                        expected: tuple[float | None, str]) -> None:
+    assert _limit_of(tags) == expected
+
+
+def test_speed_limit_per_direction() -> None:
+    # lanes:forward=1 / lanes:backward=2: one lane this way (§45 二), two the other (nothing).
+    tags = {"highway": "primary", "lanes": "3", "lanes:forward": "1", "lanes:backward": "2"}
+    assert _limit_of(tags) == (50.0, "statutory")
+    assert _limit_of(tags, backward=True) == (None, "none")
+    # maxspeed:forward tags one direction; the other falls back to the statutory default.
+    tags = {"highway": "tertiary", "lanes": "2", "maxspeed:forward": "40"}
+    assert _limit_of(tags) == (40.0, "osm")
+    assert _limit_of(tags, backward=True) == (50.0, "statutory")
+
+
+def test_speed_limit_sources_are_the_events_vocabulary(net: RoadNetwork) -> None:
+    sources = {speed_limit(s)[1] for s in net}
+    assert sources <= set(SPEED_LIMIT_SOURCES)
+    # Real OSM: few ways carry maxspeed, the rest get a statutory number where §45 has one.
+    assert {"statutory", "none"} <= sources
+    for s in net:
+        kmh, source = speed_limit(s)
+        assert (kmh is None) == (source == "none")
+        if source == "statutory":
+            assert kmh in (30.0, 40.0, 50.0, 70.0, 120.0)
