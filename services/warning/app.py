@@ -16,6 +16,7 @@ from aiohttp import web
 from services.warning.api.cap import add_cap_routes
 from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
+from services.warning.console import add_console_routes
 from services.warning.engine import WarningEngine
 from services.warning.service import LeaseOutput, WarningService
 from services.warning.workflow.store import WorkflowStore
@@ -85,4 +86,5 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_dept_routes(app, DeptContext(store=store, engine=engine, service=service, bus=bus,
                                      clock=clock, limiter=AttemptLimiter(clock)))
     add_cap_routes(app)
+    add_console_routes(app)
     return app
