@@ -692,3 +692,142 @@ async def test_detector_registry_from_csv(store: GeoStore, tmp_path: Path) -> No
     with pytest.raises(FeatureError):
         await import_detectors_csv(store, empty)
     assert (await store.feature_counts())["detector"] == 2
+
+
+# --- geofences -----------------------------------------------------------------------------------
+
+
+def fence_feature(gid: str, kind: str, geometry: Any = None, **props: Any) -> dict[str, Any]:
+    """A GeoJSON Feature of a geofence (properties as the import and the API take them)."""
+    return {"type": "Feature", "id": gid,
+            "geometry": None if geometry is None else shapely.geometry.mapping(geometry),
+            "properties": {"name": f"围栏{gid}", "kind": kind, **props}}
+
+
+def _row_box(i0: int, i1: int, j: int = 0, pad: float = 0.0002) -> Any:
+    """A polygon around row ``j`` of the grid from column i0 to i1 (its east-west segments)."""
+    step = 0.002
+    return shapely.box(LON0 + i0 * step - pad, LAT0 + j * step - pad,
+                       LON0 + i1 * step + pad, LAT0 + j * step + pad)
+
+
+async def test_restricted_road_by_polygon_or_line_resolves_to_the_segments_it_covers(
+        store: GeoStore) -> None:
+    from services.bigdata.geofences import parse_geofence, resolve_geofence
+
+    segs = grid_segments()
+    await store.import_segments("a.osm", "d1", "r", segs)
+    by_poly = await resolve_geofence(store, parse_geofence(fence_feature(
+        "tunnel", "restricted_road", _row_box(1, 3), vehicle_classes=["dangerous_goods"])))
+    # Both directions of the two pieces inside; the cross streets only touch it (10 %).
+    assert sorted(by_poly.segment_ids) == sorted([
+        make_segment_id(100, 1006, 1012), make_segment_id(100, 1012, 1006),
+        make_segment_id(100, 1012, 1018), make_segment_id(100, 1018, 1012)])
+    assert by_poly.segments_from == "geometry"
+    line = shapely.LineString([(LON0 + 0.002, LAT0 + 0.00005), (LON0 + 0.006, LAT0 + 0.00005)])
+    by_line = await resolve_geofence(store, parse_geofence(fence_feature(
+        "bridge", "restricted_road", line, vehicle_classes=["dangerous_goods"])))
+    assert sorted(by_line.segment_ids) == sorted(by_poly.segment_ids)
+    assert await store.covered_segments(shapely.box(LON0 + 1, LAT0, LON0 + 1.01, LAT0 + 0.01)
+                                        ) == []
+
+
+async def test_geofence_put_get_replace_and_delete(store: GeoStore) -> None:
+    from services.bigdata.geofences import GeofenceError, parse_geofence, resolve_geofence
+
+    await store.import_segments("a.osm", "d1", "r", grid_segments())
+    zone = parse_geofence(fence_feature(
+        "z1", "restricted_zone", _row_box(0, 2, 2, pad=0.001), name_en="School zone",
+        vehicle_classes=["dangerous_goods", "coach"], time_windows=["22:00-06:00"],
+        valid_from="2026-01-01", valid_until="2026-12-31"))
+    stored, created = await store.put_geofence(await resolve_geofence(store, zone))
+    assert created and stored.source == "api" and stored.updated_at is not None
+    again = await store.get_geofence("z1")
+    assert again == stored
+    assert again.geometry is not None and zone.geometry is not None
+    assert again.geometry.equals_exact(zone.geometry, 1e-12)
+    assert again.vehicle_classes == ("dangerous_goods", "coach")
+    assert again.time_windows == ("22:00-06:00",)
+    assert again.valid_from == datetime(2025, 12, 31, 16, tzinfo=UTC)  # local midnight
+    assert again.valid_until == datetime(2026, 12, 31, 16, tzinfo=UTC)  # inclusive day
+    replaced, created = await store.put_geofence(dataclasses.replace(
+        again, name="改名", vehicle_classes=("dangerous_goods",)))
+    assert not created and replaced.name == "改名"
+    assert replaced.vehicle_classes == ("dangerous_goods",)
+    sid = make_segment_id(100, 1000, 1006)
+    by_ids = await resolve_geofence(store, parse_geofence(fence_feature(
+        "r1", "restricted_road", segment_ids=[sid], vehicle_classes=["taxi"])))
+    assert by_ids.bbox == (LON0, LAT0, LON0 + 0.002, LAT0)  # the segments' extent
+    await store.put_geofence(by_ids)
+    assert [f.geofence_id for f in await store.list_geofences()] == ["r1", "z1"]
+    with pytest.raises(GeofenceError, match="unknown segment_ids 9:9:9"):
+        await resolve_geofence(store, parse_geofence(fence_feature(
+            "r2", "restricted_road", segment_ids=["9:9:9"], vehicle_classes=["taxi"])))
+    with pytest.raises(GeofenceError):  # never resolved: no extent to index it by
+        await store.put_geofence(parse_geofence(fence_feature(
+            "r3", "restricted_road", segment_ids=[sid], vehicle_classes=["taxi"])))
+    await store.delete_geofence("z1")
+    with pytest.raises(NotFound):
+        await store.get_geofence("z1")
+    with pytest.raises(NotFound):
+        await store.delete_geofence("z1")
+    assert [f.geofence_id for f in await store.list_geofences()] == ["r1"]
+
+
+async def test_geofences_listed_by_bbox_and_kind(store: GeoStore) -> None:
+    from services.bigdata.geofences import GeofenceError, parse_geofence, resolve_geofence
+
+    await store.import_segments("a.osm", "d1", "r", grid_segments())
+    # An L-shaped route whose extent covers the probe box but whose line does not cross it.
+    route = shapely.LineString([(LON0, LAT0), (LON0 + 0.01, LAT0), (LON0 + 0.01, LAT0 + 0.01)])
+    fences = [
+        fence_feature("a-zone", "restricted_zone", shapely.box(LON0, LAT0, LON0 + 0.001,
+                                                               LAT0 + 0.001),
+                      vehicle_classes=["dangerous_goods"]),
+        fence_feature("b-route", "assigned_route", route, width_m=60, vehicle_ids=["1380"]),
+        fence_feature("c-road", "restricted_road", segment_ids=[
+            make_segment_id(105, 1005, 1011)], vehicle_classes=["coach"]),
+    ]
+    for f in fences:
+        await store.put_geofence(await resolve_geofence(store, parse_geofence(f)))
+    ids = lambda fs: [f.geofence_id for f in fs]  # noqa: E731
+    assert ids(await store.list_geofences()) == ["a-zone", "b-route", "c-road"]
+    assert ids(await store.list_geofences(kinds=["assigned_route", "restricted_road"])) == [
+        "b-route", "c-road"]
+    assert ids(await store.list_geofences((LON0 + 0.0005, LAT0 + 0.0005, LON0 + 0.0006,
+                                           LAT0 + 0.0006))) == ["a-zone"]
+    inner = (LON0 + 0.004, LAT0 + 0.004, LON0 + 0.005, LAT0 + 0.005)
+    assert ids(await store.list_geofences(inner)) == []  # in the route's extent, off its line
+    # c-road (row 5, columns 0-1) has no geometry: its segments' extent answers.
+    assert ids(await store.list_geofences((LON0 + 0.001, LAT0 + 0.0099, LON0 + 0.0011,
+                                           LAT0 + 0.0101))) == ["c-road"]
+    route_fence = await store.get_geofence("b-route")
+    assert route_fence.width_m == 60 and route_fence.vehicle_ids == ("1380",)
+    with pytest.raises(GeofenceError):
+        await store.list_geofences(kinds=["parking"])
+
+
+async def test_geofence_import_replaces_only_its_own_source(store: GeoStore) -> None:
+    from services.bigdata.geofences import GeofenceError, parse_geofence, resolve_geofence
+
+    await store.import_segments("a.osm", "d1", "r", grid_segments())
+
+    async def fence(gid: str) -> Any:
+        return await resolve_geofence(store, parse_geofence(fence_feature(
+            gid, "restricted_zone", shapely.box(LON0, LAT0, LON0 + 0.001, LAT0 + 0.001),
+            vehicle_classes=["dangerous_goods"])))
+
+    await store.put_geofence(await fence("by-hand"))
+    assert await store.import_geofences("file:a.geojson", "h1",
+                                        [await fence("a1"), await fence("a2")]) == 2
+    assert await store.import_geofences("file:b.geojson", "h2", [await fence("b1")]) == 1
+    assert await store.import_geofences("file:a.geojson", "h3", [await fence("a2")]) == 1
+    stored = await store.list_geofences()
+    assert [(f.geofence_id, f.source) for f in stored] == [
+        ("a2", "file:a.geojson"), ("b1", "file:b.geojson"), ("by-hand", "api")]
+    record = await store.find_import("geofences:file:a.geojson")
+    assert record is not None and record.digest == "h3" and record.item_count == 1
+    with pytest.raises(GeofenceError):
+        await store.import_geofences("file:a.geojson", "h4", [await fence("x"),
+                                                               await fence("x")])
+    assert len(await store.list_geofences()) == 3

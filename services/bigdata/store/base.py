@@ -13,6 +13,8 @@ What it holds:
   a geometry, names, attrs and a live state;
 - **GTFS static** feeds (agency, routes, stops, trips, stop times, shapes, calendars,
   frequencies), their stops also as ``bus_stop``/``rail_station`` features;
+- **geofences** (:mod:`services.bigdata.geofences`): restricted zones and roads per vehicle
+  class, assigned routes; a restricted road's segments resolved from its polygon or line;
 - **import bookkeeping**: per import key (``roads``, ``features:<source>``, ``gtfs:<feed_id>``)
   the source, digest and time of the last import, so re-importing the same file is a no-op.
 
@@ -28,6 +30,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from services.bigdata.geofences import (
+    DEFAULT_ROAD_WIDTH_M,
+    GeofenceRecord,
+    covered_segment_ids,
+)
+from services.bigdata.store._geo import radius_box
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     AmbiguousIdError,
@@ -53,9 +61,9 @@ from shared.roadnet import RoadSegment
 BBox = tuple[float, float, float, float]
 """(min_lon, min_lat, max_lon, max_lat)."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static;
-4 time-of-week profiles and learned free flow."""
+4 time-of-week profiles and learned free flow; 5 geofences."""
 
 OSM_FEATURE_SOURCE = "osm"
 """Import source of the features extracted from the imported OSM file."""
@@ -317,6 +325,57 @@ class GeoStore(abc.ABC):
         Kinds with no feature are left out. This is what bigdata publishes as the
         ``FeatureCatalogue`` for the collector's checks at the edge.
         """
+
+    # --- geofences (services.bigdata.geofences) ---
+
+    @abc.abstractmethod
+    async def put_geofence(self, fence: GeofenceRecord) -> tuple[GeofenceRecord, bool]:
+        """Create or replace one fence (segments already resolved); the stored fence and
+        whether it was created. ``updated_at`` is the store's clock."""
+
+    @abc.abstractmethod
+    async def import_geofences(self, source: str, digest: str,
+                               fences: Sequence[GeofenceRecord]) -> int:
+        """Store ``fences`` under ``source`` in one transaction; returns how many.
+
+        Fences ``source`` stored before and absent now are deleted; others (the API's, other
+        files') stay unless a fence here has their id. A duplicate id raises GeofenceError,
+        database unchanged.
+        """
+
+    @abc.abstractmethod
+    async def list_geofences(self, bbox: BBox | None = None, kinds: Sequence[str] | None = None
+                             ) -> list[GeofenceRecord]:
+        """Fences intersecting ``bbox`` (by geometry; by extent for segment-only fences), of
+        ``kinds``; all when None; by id."""
+
+    @abc.abstractmethod
+    async def get_geofence(self, geofence_id: str) -> GeofenceRecord:
+        """One fence; :class:`~shared.errors.NotFound` when missing."""
+
+    @abc.abstractmethod
+    async def delete_geofence(self, geofence_id: str) -> None:
+        """Delete one fence; :class:`~shared.errors.NotFound` when missing."""
+
+    async def segments_by_id(self, segment_ids: Sequence[str]) -> dict[str, RoadSegment]:
+        """The known segments among ``segment_ids`` (unknown ones left out)."""
+        out: dict[str, RoadSegment] = {}
+        for sid in dict.fromkeys(segment_ids):
+            seg = await self.find_segment(sid)
+            if seg is not None:
+                out[sid] = seg
+        return out
+
+    async def covered_segments(self, geometry: Any, width_m: float | None = None) -> list[str]:
+        """Ids of the segments a restricted road's polygon or line covers, in import order
+        (:func:`~services.bigdata.geofences.covered_segment_ids`)."""
+        b = geometry.bounds
+        pad = (width_m or DEFAULT_ROAD_WIDTH_M) / 2.0
+        lo = radius_box(b[0], b[1], pad)
+        hi = radius_box(b[2], b[3], pad)
+        candidates = await self.list_segments((lo[0], lo[1], hi[2], hi[3]))
+        return covered_segment_ids(geometry, width_m,
+                                   [(s.segment_id, s.coords) for s in candidates])
 
     # --- GTFS static ---
 

@@ -21,6 +21,13 @@ import asyncpg
 import orjson
 import shapely
 
+from services.bigdata.geofences import (
+    GeofenceRecord,
+    check_geofence_kinds,
+    check_storable,
+    check_unique,
+    record_from_row,
+)
 from services.bigdata.profiles import (
     FREE_FLOW_HOURS,
     FREE_FLOW_PERCENTILE,
@@ -228,6 +235,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS segment_speeds_window ON segment_speeds (window_start);
     """,
+    # 5: geofences (services.bigdata.geofences); the extent columns answer for segment-only ones
+    """
+    CREATE TABLE IF NOT EXISTS geofences (
+        geofence_id text PRIMARY KEY, kind text NOT NULL, name text NOT NULL, name_en text,
+        source text NOT NULL,
+        geom geometry(Geometry, 4326) CHECK (geom IS NULL OR GeometryType(geom) IN
+            ('LINESTRING', 'MULTILINESTRING', 'POLYGON', 'MULTIPOLYGON')),
+        min_lon double precision NOT NULL, min_lat double precision NOT NULL,
+        max_lon double precision NOT NULL, max_lat double precision NOT NULL,
+        props jsonb NOT NULL, updated_at timestamptz NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS geofences_geom ON geofences USING gist (geom);
+    CREATE INDEX IF NOT EXISTS geofences_source ON geofences (source);
+    """,
 ]
 
 # Advisory lock keys (arbitrary constants): schema changes, and imports.
@@ -245,6 +266,8 @@ _SEGMENT_COLS = ("segment_id", "way_id", "from_node", "to_node", "road_class", "
 _SEGMENT_SELECT = ", ".join(_SEGMENT_COLS) + ", geom"
 _FEATURE_SELECT = ("kind, feature_id, source, name, name_en, ref, geom, attrs, live, "
                    "live_updated_at")
+_GEOFENCE_SELECT = ("geofence_id, kind, name, name_en, source, geom, min_lon, min_lat, max_lon, "
+                    "max_lat, props, updated_at")
 _C = 'COLLATE "C"'  # code-point order, as SQLite's BINARY and Python's str comparison
 _LABEL = "COALESCE(name, name_en, ref, '')"
 _RANK = ("CASE WHEN strpos(search_text, $1) > 0 THEN 0 WHEN strpos(search_text, $2) > 0 "
@@ -278,6 +301,29 @@ def _features_from_rows(rows: Sequence[Any]) -> list[Feature]:
     return [Feature(kind=r[0], feature_id=r[1], source=r[2], name=r[3], name_en=r[4],
                     ref=r[5], geometry=g, attrs=r[7], live=r[8], live_updated_at=r[9])
             for r, g in zip(rows, geoms, strict=True)]
+
+
+def _geofence_from_row(r: Any) -> GeofenceRecord:
+    return record_from_row(
+        geofence_id=r[0], kind=r[1], name=r[2], name_en=r[3], source=r[4],
+        geometry=None if r[5] is None else shapely.from_wkb(r[5]),
+        bbox=(r[6], r[7], r[8], r[9]), props=r[10], updated_at=r[11])
+
+
+async def _write_geofence(conn: asyncpg.Connection, f: GeofenceRecord, source: str,
+                          at: datetime) -> bool:
+    """Upsert one fence; True when it was new."""
+    check_storable(f)
+    assert f.bbox is not None
+    return bool(await conn.fetchval(
+        f"INSERT INTO geofences ({_GEOFENCE_SELECT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+        "$9, $10, $11, $12) ON CONFLICT (geofence_id) DO UPDATE SET kind = EXCLUDED.kind, "
+        "name = EXCLUDED.name, name_en = EXCLUDED.name_en, source = EXCLUDED.source, "
+        "geom = EXCLUDED.geom, min_lon = EXCLUDED.min_lon, min_lat = EXCLUDED.min_lat, "
+        "max_lon = EXCLUDED.max_lon, max_lat = EXCLUDED.max_lat, props = EXCLUDED.props, "
+        "updated_at = EXCLUDED.updated_at RETURNING (xmax = 0)",
+        f.geofence_id, f.kind, f.name, f.name_en, source,
+        None if f.geometry is None else ewkb(f.geometry), *f.bbox, f.props(), at))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -722,6 +768,64 @@ class PostgisStore(GeoStore):
             out.setdefault(kind, []).append(catalogue_entry(kind, fid, capacity))
         return out
 
+    # --- geofences ---
+
+    async def put_geofence(self, fence: GeofenceRecord) -> tuple[GeofenceRecord, bool]:
+        at = self.clock.now()
+        async with self._conn() as conn, conn.transaction():
+            created = await _write_geofence(conn, fence, fence.source, at)
+            return await _get_geofence(conn, fence.geofence_id), created
+
+    async def import_geofences(self, source: str, digest: str,
+                               fences: Sequence[GeofenceRecord]) -> int:
+        at = self.clock.now()
+        check_unique(fences)
+        async with self._import_tx() as conn:
+            await conn.execute("DELETE FROM geofences WHERE source = $1 AND NOT "
+                               "(geofence_id = ANY($2::text[]))", source,
+                               [f.geofence_id for f in fences])
+            for f in fences:
+                await _write_geofence(conn, f, source, at)
+            await _record_import(conn, at, f"geofences:{source}", source, digest, "",
+                                 len(fences))
+        return len(fences)
+
+    async def list_geofences(self, bbox: BBox | None = None, kinds: Sequence[str] | None = None
+                             ) -> list[GeofenceRecord]:
+        kinds = check_geofence_kinds(kinds)
+        conds = ["TRUE"]
+        args: list[Any] = []
+        if bbox is not None:
+            args.extend(bbox)
+            conds.append("max_lon >= $1 AND min_lon <= $3 AND max_lat >= $2 AND min_lat <= $4 "
+                         "AND (geom IS NULL OR ST_Intersects(geom, "
+                         "ST_MakeEnvelope($1, $2, $3, $4, 4326)))")
+        if kinds is not None:
+            args.append(list(kinds))
+            conds.append(f"kind = ANY(${len(args)}::text[])")
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {_GEOFENCE_SELECT} FROM geofences WHERE "
+                                    f"{' AND '.join(conds)} ORDER BY geofence_id {_C}", *args)
+        return [_geofence_from_row(r) for r in rows]
+
+    async def get_geofence(self, geofence_id: str) -> GeofenceRecord:
+        async with self._conn() as conn:
+            return await _get_geofence(conn, geofence_id)
+
+    async def delete_geofence(self, geofence_id: str) -> None:
+        async with self._conn() as conn:
+            status = await conn.execute("DELETE FROM geofences WHERE geofence_id = $1",
+                                        geofence_id)
+        if status.endswith(" 0"):
+            raise NotFound(f"no geofence {geofence_id!r}")
+
+    async def segments_by_id(self, segment_ids: Sequence[str]) -> dict[str, RoadSegment]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {_SEGMENT_SELECT} FROM road_segments WHERE "
+                                    "segment_id = ANY($1::text[]) ORDER BY seq",
+                                    list(dict.fromkeys(segment_ids)))
+        return {s.segment_id: s for s in _segments_from_rows(rows)}
+
     # --- GTFS static ---
 
     async def import_gtfs(self, data: GtfsData) -> bool:
@@ -887,6 +991,14 @@ async def _get_feature(conn: asyncpg.Connection, kind: str, feature_id: str, *,
     if row is None:
         raise NotFound(f"no {kind} {feature_id!r}")
     return _features_from_rows([row])[0]
+
+
+async def _get_geofence(conn: asyncpg.Connection, geofence_id: str) -> GeofenceRecord:
+    row = await conn.fetchrow(f"SELECT {_GEOFENCE_SELECT} FROM geofences WHERE "
+                              "geofence_id = $1", geofence_id)
+    if row is None:
+        raise NotFound(f"no geofence {geofence_id!r}")
+    return _geofence_from_row(row)
 
 
 def _road_hit(r: Any, segment_ids: tuple[str, ...]) -> SearchHit:

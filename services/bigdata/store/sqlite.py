@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 import shapely
+from shapely.geometry import mapping, shape
 
+from services.bigdata.geofences import (
+    GeofenceRecord,
+    check_geofence_kinds,
+    check_storable,
+    check_unique,
+    record_from_row,
+)
 from services.bigdata.profiles import (
     FREE_FLOW_PERCENTILE,
     FREE_FLOW_SOURCES,
@@ -238,17 +246,31 @@ _V4 = """
     CREATE INDEX IF NOT EXISTS segment_speeds_window ON segment_speeds(window_start);
 """
 
+_V5 = """
+    CREATE TABLE IF NOT EXISTS geofences (
+        geofence_id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, name_en TEXT,
+        source TEXT NOT NULL, geometry TEXT,
+        min_lon REAL NOT NULL, min_lat REAL NOT NULL, max_lon REAL NOT NULL,
+        max_lat REAL NOT NULL, props TEXT NOT NULL, updated_at TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS geofences_source ON geofences(source);
+    CREATE INDEX IF NOT EXISTS geofences_kind ON geofences(kind)
+"""
+
 MIGRATIONS: list[Migration] = [
     _V1,  # 1: road segments with an R*Tree on their extent, speed history, import bookkeeping
     _migration_2,  # 2: features (+ R*Tree) and the road names search looks at
     _V3,  # 3: GTFS static
     _V4,  # 4: time-of-week profiles and learned free flow (IF NOT EXISTS: re-runnable)
+    _V5,  # 5: geofences (GeoJSON text + extent columns; a few hundred rows, no R*Tree)
 ]
 
 _SEGMENT_COLS = ("segment_id, way_id, from_node, to_node, road_class, name, name_en, ref, lanes, "
                  "speed_limit_kmh, oneway, bridge, tunnel, length_m, free_flow_kmh, coords")
 _FEATURE_COLS = ("kind, feature_id, source, name, name_en, ref, geom, attrs, live, "
                  "live_updated_at")
+_GEOFENCE_COLS = ("geofence_id, kind, name, name_en, source, geometry, min_lon, min_lat, max_lon, "
+                  "max_lat, props, updated_at")
 _BATCH = 5000
 _NEAREST_START_M = 250.0
 _FULL_SCAN_M = 50_000.0
@@ -386,6 +408,28 @@ def _write_features(conn: sqlite3.Connection, source: str, kinds: Sequence[str],
 
 def _sql_date(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
+
+
+def _row_to_geofence(r: Any) -> GeofenceRecord:
+    return record_from_row(
+        geofence_id=r[0], kind=r[1], name=r[2], name_en=r[3], source=r[4],
+        geometry=None if r[5] is None else shape(orjson.loads(r[5])),
+        bbox=(r[6], r[7], r[8], r[9]), props=orjson.loads(r[10]), updated_at=_parse_ts(r[11]))
+
+
+def _write_geofence(conn: sqlite3.Connection, f: GeofenceRecord, source: str, at: datetime
+                    ) -> bool:
+    """Upsert one fence; True when it was new."""
+    check_storable(f)
+    assert f.bbox is not None
+    created = conn.execute("SELECT 1 FROM geofences WHERE geofence_id=?",
+                           (f.geofence_id,)).fetchone() is None
+    conn.execute(
+        f"INSERT OR REPLACE INTO geofences ({_GEOFENCE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (f.geofence_id, f.kind, f.name, f.name_en, source,
+         None if f.geometry is None else orjson.dumps(mapping(f.geometry)).decode(),
+         *f.bbox, orjson.dumps(f.props()).decode(), _ts(at)))
+    return created
 
 
 class SqliteStore(GeoStore):
@@ -821,6 +865,71 @@ class SqliteStore(GeoStore):
             return out
         return await self._run(q)
 
+    # --- geofences ---
+
+    async def put_geofence(self, fence: GeofenceRecord) -> tuple[GeofenceRecord, bool]:
+        at = self.clock.now()
+
+        def write(conn: sqlite3.Connection) -> tuple[GeofenceRecord, bool]:
+            with _transaction(conn):
+                created = _write_geofence(conn, fence, fence.source, at)
+            return _get_geofence(conn, fence.geofence_id), created
+        return await self._run(write)
+
+    async def import_geofences(self, source: str, digest: str,
+                               fences: Sequence[GeofenceRecord]) -> int:
+        at = self.clock.now()
+        check_unique(fences)
+
+        def write(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                keep = {f.geofence_id for f in fences}
+                stale = [r[0] for r in conn.execute(
+                    "SELECT geofence_id FROM geofences WHERE source=?", (source,))
+                    if r[0] not in keep]
+                conn.executemany("DELETE FROM geofences WHERE geofence_id=?",
+                                 [(g,) for g in stale])
+                for f in fences:
+                    _write_geofence(conn, f, source, at)
+                _record_import(conn, at, f"geofences:{source}", source, digest, "",
+                               len(fences))
+            return len(fences)
+        return await self._run(write)
+
+    async def list_geofences(self, bbox: BBox | None = None, kinds: Sequence[str] | None = None
+                             ) -> list[GeofenceRecord]:
+        kinds = check_geofence_kinds(kinds)
+        kinds_sql, params = _kinds_sql(kinds)
+
+        def q(conn: sqlite3.Connection) -> list[GeofenceRecord]:
+            if bbox is None:
+                rows = conn.execute(f"SELECT {_GEOFENCE_COLS} FROM geofences WHERE 1=1"
+                                    f"{kinds_sql} ORDER BY geofence_id", params).fetchall()
+                return [_row_to_geofence(r) for r in rows]
+            rows = conn.execute(
+                f"SELECT {_GEOFENCE_COLS} FROM geofences WHERE max_lon >= ? AND min_lon <= ? "
+                f"AND max_lat >= ? AND min_lat <= ?{kinds_sql} ORDER BY geofence_id",
+                [bbox[0], bbox[2], bbox[1], bbox[3], *params]).fetchall()
+            fences = [_row_to_geofence(r) for r in rows]
+            # The extent answers first; a fence with a geometry must really intersect.
+            box = shapely.box(*bbox)
+            return [f for f in fences if f.geometry is None or f.geometry.intersects(box)]
+        return await self._run(q)
+
+    async def get_geofence(self, geofence_id: str) -> GeofenceRecord:
+        def q(conn: sqlite3.Connection) -> GeofenceRecord:
+            return _get_geofence(conn, geofence_id)
+        return await self._run(q)
+
+    async def delete_geofence(self, geofence_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                gone = conn.execute("DELETE FROM geofences WHERE geofence_id=?",
+                                    (geofence_id,)).rowcount
+            if not gone:
+                raise NotFound(f"no geofence {geofence_id!r}")
+        await self._run(write)
+
     # --- GTFS static ---
 
     async def import_gtfs(self, data: GtfsData) -> bool:
@@ -1008,6 +1117,14 @@ def _gtfs_row(feed: str, row: tuple[Any, ...], date_idx: list[int], table: str
         # stop_code, stop_name, stop_name_en are columns 1..3 of GTFS_COLUMNS["gtfs_stops"].
         values.append(search_text(row[2], row[3], row[1]))
     return (feed, *values)
+
+
+def _get_geofence(conn: sqlite3.Connection, geofence_id: str) -> GeofenceRecord:
+    row = conn.execute(f"SELECT {_GEOFENCE_COLS} FROM geofences WHERE geofence_id=?",
+                       (geofence_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no geofence {geofence_id!r}")
+    return _row_to_geofence(row)
 
 
 def _get_feature(conn: sqlite3.Connection, kind: str, feature_id: str) -> Feature:
