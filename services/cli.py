@@ -5,7 +5,8 @@ fleet simulator); ``tti serve <service>`` starts one alone with the bus and data
 configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
 ``tti import-osm FILE`` loads a road network and its features into the geodatabase;
 ``tti import-gtfs FILE`` loads a GTFS static feed; ``tti import-detectors FILE`` the registry of
-roadside detectors and cameras (which segment each watches).
+roadside detectors and cameras (which segment each watches); ``tti import-geofences FILE`` the
+geofences of 两客一危 monitoring (GeoJSON: restricted zones and roads, assigned routes).
 """
 
 from __future__ import annotations
@@ -383,6 +384,21 @@ async def import_detectors(config: Config, path: str) -> None:
           + ("" if result.changed else " (unchanged)"))
 
 
+async def import_geofences(config: Config, path: str) -> None:
+    """``tti import-geofences FILE``: a GeoJSON FeatureCollection of geofences.
+
+    Features with bad properties or geometry, or naming unknown road segments, are listed on
+    stderr by index and skipped; the rest are stored in one transaction, replacing what this
+    file imported before. No usable feature: rejected (exit code 2), nothing written.
+    """
+    from services.bigdata.geofences import import_geofences_file
+
+    result = await _with_store(config, lambda store: import_geofences_file(store, path))
+    for reason in result.errors:
+        print(f"  skipped: {reason}", file=sys.stderr)
+    print(f"geofences: {result.applied} of {result.features} features imported")
+
+
 async def simulate(config: Config) -> None:
     """``tti simulate``: the fleet simulator alone, against a running collector."""
     from services.simulator.fleet import Simulator, sim_config_from
@@ -506,6 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the region --osm names (default: the demo city's).")
     p_det.add_argument("file")
     _add_config_flags(p_det, _only(*_IMPORT_SETTINGS))
+    p_geo = sub.add_parser("import-geofences",
+                           help="import geofences: restricted zones and roads, assigned routes "
+                                "(.geojson)",
+                           description="A GeoJSON FeatureCollection, one Feature per geofence. "
+                                       "Without --db-url the geofences go to the database of "
+                                       "the region --osm names (default: the demo city's).")
+    p_geo.add_argument("file")
+    _add_config_flags(p_geo, _only(*_IMPORT_SETTINGS))
     p_users = sub.add_parser(
         "users", help="department users (police, transport, safety, hotline, admin)",
         description="Users of the departments' API and console, in the deployment's database "
@@ -563,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(import_gtfs(config, args.file, args.feed_id))
         elif args.command == "import-detectors":
             asyncio.run(import_detectors(config, args.file))
+        elif args.command == "import-geofences":
+            asyncio.run(import_geofences(config, args.file))
         elif args.command == "users":
             asyncio.run(users(config, args))
     except TtiError as exc:

@@ -180,6 +180,10 @@ class Config:
         "", BIGDATA, "GTFS static feed (.zip) imported at startup (tti run: the demo city's).")
     speed_window_s: float = setting(
         60.0, BIGDATA, "Length of one segment-speed window, in seconds.", also=(WARNING,))
+    geofence_tokens: tuple[str, ...] = setting(
+        (), BIGDATA,
+        "Bearer tokens that may create, replace and delete geofences through bigdata's API "
+        "(PUT/DELETE /v1/geofences/{id}); empty: those writes are refused (403).")
 
     # --- warning ---
     lease_ttl_s: float = setting(

@@ -3,12 +3,16 @@
 Everything answers JSON; bad parameters are 400 and missing objects 404, both with the
 ``{"error": {"code", "message"}}`` body of the service base. Coordinates are WGS-84 (lon, lat),
 distances metres, times ISO 8601 in UTC (time-of-week profile buckets are counted in local time,
-Asia/Shanghai, and say so). GTFS times of day are the feed's ``HH:MM:SS`` in its
-``agency_timezone`` (hours may exceed 23), with seconds of the service day beside them.
+Asia/Shanghai, and say so). Geofences (``/v1/geofences``) are GeoJSON Features; reading them is
+open like the rest, writing (PUT, DELETE) needs ``Authorization: Bearer <token>`` with a token of
+``TTI_GEOFENCE_TOKENS`` (401 without a valid one, 403 while none is configured). GTFS times of
+day are the feed's ``HH:MM:SS`` in its ``agency_timezone`` (hours may exceed 23), with seconds of
+the service day beside them.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +21,14 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from shapely.geometry import mapping
 
+from services.bigdata.geofences import (
+    GEOFENCE_KINDS,
+    GeofenceError,
+    check_geofence_kinds,
+    geofence_feature,
+    parse_geofence,
+    resolve_geofence,
+)
 from services.bigdata.profiles import (
     BUCKET_S,
     BUCKETS_PER_WEEK,
@@ -39,9 +51,10 @@ from services.bigdata.store import (
 from services.bigdata.store.features import SEARCH_KINDS, check_kinds
 from services.bigdata.store.gtfs import gtfs_time
 from shared.clock import Clock
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from shared.events import SegmentSpeed
 from shared.roadnet import RoadSegment
+from shared.service import CONFIG
 
 MAX_FEATURES = 5000
 MAX_NEAREST = 100
@@ -415,6 +428,67 @@ async def _gtfs_shape(request: web.Request) -> web.Response:
                               else list(shape.dist_traveled)})
 
 
+# --- geofences --------------------------------------------------------------------------------
+
+
+def check_geofence_token(request: web.Request) -> None:
+    """Writes need a bearer token of ``TTI_GEOFENCE_TOKENS``; with none configured, no one may.
+
+    Compared in constant time so the check does not leak how much of a token was right.
+    """
+    tokens = [t for t in request.app[CONFIG].geofence_tokens if t]
+    if not tokens:
+        raise Forbidden("geofence editing is switched off: set TTI_GEOFENCE_TOKENS (bigdata) to "
+                        "the bearer tokens of those who may edit geofences, or import them with "
+                        "tti import-geofences FILE", code="geofence_editing_off")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    token = given.strip().encode()  # bytes: compare_digest takes non-ASCII only as bytes
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t.encode())
+                                             for t in tokens):
+        raise Unauthorized("a valid geofence token is required (Authorization: Bearer …)")
+
+
+def _geofence_kinds(query: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = query.get("kind") or query.get("kinds")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return check_geofence_kinds([k.strip() for k in raw.split(",") if k.strip()])
+    except GeofenceError as exc:
+        raise BadRequest(exc.message) from exc
+
+
+async def _geofences(request: web.Request) -> web.Response:
+    q = request.query
+    fences = await _store(request).list_geofences(parse_bbox(q.get("bbox")), _geofence_kinds(q))
+    return web.json_response({"type": "FeatureCollection", "count": len(fences),
+                              "kinds": list(GEOFENCE_KINDS),
+                              "features": [geofence_feature(f) for f in fences]})
+
+
+async def _geofence(request: web.Request) -> web.Response:
+    fence = await _store(request).get_geofence(request.match_info["geofence_id"])
+    return web.json_response(geofence_feature(fence))
+
+
+async def _put_geofence(request: web.Request) -> web.Response:
+    check_geofence_token(request)
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("the body must be a GeoJSON Feature (JSON)") from exc
+    store = _store(request)
+    fence = parse_geofence(body, geofence_id=request.match_info["geofence_id"])
+    stored, created = await store.put_geofence(await resolve_geofence(store, fence))
+    return web.json_response(geofence_feature(stored), status=201 if created else 200)
+
+
+async def _delete_geofence(request: web.Request) -> web.Response:
+    check_geofence_token(request)
+    await _store(request).delete_geofence(request.match_info["geofence_id"])
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application, context: ApiContext) -> None:
     """Register the ``/v1`` geodatabase endpoints on the bigdata app."""
     app[API] = context
@@ -430,6 +504,10 @@ def add_routes(app: web.Application, context: ApiContext) -> None:
     # Feature ids may contain ':' (GTFS stops are "<feed>:<stop_id>"), never '/'.
     r.add_get("/v1/features/{kind}/{feature_id}", _feature)
     r.add_get("/v1/search", _search)
+    r.add_get("/v1/geofences", _geofences)
+    r.add_get("/v1/geofences/{geofence_id}", _geofence)
+    r.add_put("/v1/geofences/{geofence_id}", _put_geofence)
+    r.add_delete("/v1/geofences/{geofence_id}", _delete_geofence)
     r.add_get("/v1/gtfs/feeds", _gtfs_feeds)
     r.add_get("/v1/gtfs/routes", _gtfs_routes)
     r.add_get("/v1/gtfs/routes/{feed_id}/{route_id}/trips", _gtfs_route_trips)

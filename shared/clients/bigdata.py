@@ -1,18 +1,22 @@
 """The client of bigdata's internal HTTP API: the segment catalogue, the region, profiles.
 
 Contract (bigdata implements it): ``GET /v1/segments[?bbox=…]``, ``GET /v1/segments/{id}``,
-``GET /v1/region`` and ``GET /v1/profiles?at=…`` (time-of-week profile speeds of the bucket
-containing ``at``). Records that break the contract are skipped and counted by kind instead of
-failing the whole catalogue, so one bad row never blanks the map.
+``GET /v1/region``, ``GET /v1/profiles?at=…`` (time-of-week profile speeds of the bucket
+containing ``at``) and ``GET /v1/geofences`` (a GeoJSON FeatureCollection of geofences).
+Records that break the contract are skipped and counted by kind instead of failing the whole
+catalogue, so one bad row never blanks the map.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from shared.clients.http import JsonClient
@@ -255,6 +259,11 @@ class BigdataClient(JsonClient):
         return {str(r): frozenset(s for s in segs if isinstance(s, str))
                 for r, segs in routes.items() if isinstance(segs, list)}
 
+    async def list_geofences(self) -> GeofenceBatch:
+        """Every geofence (restricted zones and roads, assigned routes), malformed ones skipped
+        and counted by kind."""
+        return parse_geofences(await self._get("/v1/geofences"))
+
     async def get_profiles(self, at: datetime) -> ProfileSnapshot:
         """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
         return parse_profiles(await self._get("/v1/profiles",
@@ -290,3 +299,129 @@ def parse_detectors(data: object) -> dict[str, DetectorSite]:
         except (AttributeError, KeyError, TypeError, ValueError):
             continue
     return out
+
+
+GEOFENCE_KINDS = ("restricted_zone", "restricted_road", "assigned_route")
+_WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Geofence:
+    """A geofence as bigdata serves it, for the warning service's geofence rule.
+
+    ``kind``: ``restricted_zone`` (``geometry`` a polygon the ``vehicle_classes`` may not enter),
+    ``restricted_road`` (``segment_ids`` they may not use), ``assigned_route`` (a corridor the
+    ``vehicle_ids``, or vehicles on ``route_ids``, must keep to: ``geometry`` a line with the full
+    corridor ``width_m``, or ``segment_ids``). ``geometry`` is GeoJSON (WGS-84) or None.
+    ``time_windows`` are (start, end) seconds of the local day (UTC+8; end < start crosses
+    midnight; empty: all day); ``valid_from``/``valid_until`` (exclusive) UTC or None.
+    """
+
+    geofence_id: str
+    name: str
+    kind: str
+    vehicle_classes: frozenset[str]
+    name_en: str | None = None
+    vehicle_ids: frozenset[str] = frozenset()
+    route_ids: frozenset[str] = frozenset()
+    segment_ids: frozenset[str] = frozenset()
+    geometry: Mapping[str, Any] | None = None
+    width_m: float | None = None
+    time_windows: tuple[tuple[int, int], ...] = ()
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class GeofenceBatch:
+    """The geofences of one listing, and how many records were rejected, by kind."""
+
+    fences: list[Geofence] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+def _time_window(raw: object) -> tuple[int, int]:
+    m = _WINDOW.match(raw) if isinstance(raw, str) else None
+    if m is None:
+        raise SegmentFormatError("bad_field", f"time window {raw!r} is not HH:MM-HH:MM")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
+    if not (0 <= start <= 86_400 and 0 <= end <= 86_400 and m1 < 60 and m2 < 60):
+        raise SegmentFormatError("bad_field", f"time window {raw!r} is out of range")
+    return start, end
+
+
+def _names(value: object, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SegmentFormatError("bad_field", f"{name} must be a list of strings")
+    return frozenset(value)
+
+
+def _opt_time(value: object, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return _utc(value, name)
+    except ValueError as exc:
+        raise SegmentFormatError("bad_field", str(exc)) from exc
+
+
+def parse_geofence(data: object) -> Geofence:
+    """One Feature of ``/v1/geofences`` → :class:`Geofence`; SegmentFormatError when malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("properties"), dict):
+        raise SegmentFormatError("not_object", "geofence must be a Feature with properties")
+    p = data["properties"]
+    try:
+        gid, kind, name = p["geofence_id"], p["kind"], p["name"]
+    except KeyError as exc:
+        raise SegmentFormatError("missing_field", f"geofence lacks {exc}") from exc
+    if not isinstance(gid, str) or not gid or not isinstance(name, str):
+        raise SegmentFormatError("bad_field", "geofence_id and name must be strings")
+    if kind not in GEOFENCE_KINDS:
+        raise SegmentFormatError("unknown_kind", f"unknown geofence kind {kind!r}")
+    geometry = data.get("geometry")
+    if geometry is not None and not (isinstance(geometry, dict) and "coordinates" in geometry):
+        raise SegmentFormatError("bad_geometry", "geometry must be GeoJSON or null")
+    segments = _names(p.get("segment_ids"), "segment_ids")
+    if kind == "restricted_zone" and geometry is None:
+        raise SegmentFormatError("bad_geometry", "a restricted zone without a polygon")
+    if kind == "restricted_road" and not segments:
+        raise SegmentFormatError("bad_field", "a restricted road without segment_ids")
+    if kind == "assigned_route" and geometry is None and not segments:
+        raise SegmentFormatError("bad_geometry", "an assigned route without line or segments")
+    windows = p.get("time_windows") or []
+    if not isinstance(windows, list):
+        raise SegmentFormatError("bad_field", "time_windows must be a list")
+    return Geofence(
+        geofence_id=gid, name=name, kind=kind,
+        name_en=_opt_str(p.get("name_en"), "name_en"),
+        vehicle_classes=_names(p.get("vehicle_classes"), "vehicle_classes"),
+        vehicle_ids=_names(p.get("vehicle_ids"), "vehicle_ids"),
+        route_ids=_names(p.get("route_ids"), "route_ids"), segment_ids=segments,
+        geometry=geometry,
+        width_m=_number(p.get("width_m"), "width_m", optional=True),
+        time_windows=tuple(_time_window(w) for w in windows),
+        valid_from=_opt_time(p.get("valid_from"), "valid_from"),
+        valid_until=_opt_time(p.get("valid_until"), "valid_until"),
+        updated_at=_opt_time(p.get("updated_at"), "updated_at"))
+
+
+def parse_geofences(data: object) -> GeofenceBatch:
+    """bigdata's ``/v1/geofences`` answer → fences; malformed ones skipped and counted.
+
+    :class:`TransientError` when the answer as a whole is malformed.
+    """
+    features = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(features, list):
+        raise TransientError("bigdata geofence listing lacks 'features'",
+                             code="bigdata_bad_answer")
+    batch = GeofenceBatch()
+    for f in features:
+        try:
+            batch.fences.append(parse_geofence(f))
+        except SegmentFormatError as exc:
+            batch.rejected[exc.kind] += 1
+    return batch
