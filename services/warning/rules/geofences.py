@@ -125,6 +125,8 @@ class _Fence:
     """Zone: its polygon; route: its corridor. Prepared."""
     exit_area: BaseGeometry | None = None
     """Zone: the polygon grown by EXIT_MARGIN_M; leaving it is an exit."""
+    box: tuple[float, float, float, float] = (0.0, 0.0, -1.0, -1.0)
+    """Extent of ``area``, grown like ``exit_area`` (a cheap test before GEOS's)."""
 
     def binds(self, p: MatchedPosition) -> bool:
         f = self.fence
@@ -182,6 +184,9 @@ class _Fence:
         """Whether the fix is on/in a restricted fence; None when the fix cannot tell."""
         f = self.fence
         if f.kind == "restricted_zone":
+            x0, y0, x1, y1 = self.box
+            if not (x0 <= p.lon <= x1 and y0 <= p.lat <= y1):
+                return False
             area = self.exit_area if staying else self.area
             return bool(shapely.contains_xy(area, p.lon, p.lat))
         if p.confidence < min_confidence:
@@ -191,7 +196,9 @@ class _Fence:
     def on_route(self, p: MatchedPosition, min_confidence: float) -> bool | None:
         """Whether the fix keeps to the assigned route; None when the fix cannot tell."""
         if self.area is not None:
-            return bool(shapely.contains_xy(self.area, p.lon, p.lat))
+            x0, y0, x1, y1 = self.box
+            return (x0 <= p.lon <= x1 and y0 <= p.lat <= y1
+                    and bool(shapely.contains_xy(self.area, p.lon, p.lat)))
         if p.confidence < min_confidence:
             return None
         return p.segment_id in self.fence.segment_ids
@@ -208,6 +215,8 @@ def _compile(f: Geofence) -> _Fence:
         for g in (c.area, c.exit_area):
             if g is not None:
                 shapely.prepare(g)
+        b = (c.exit_area or c.area).bounds
+        c.box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
     return c
 
 
@@ -305,7 +314,7 @@ class GeofenceRule:
         if cell:
             near.extend(cell)
         for c in self._big_zones:
-            x0, y0, x1, y1 = c.exit_area.bounds if c.exit_area is not None else (0, 0, -1, -1)
+            x0, y0, x1, y1 = c.box
             if x0 <= p.lon <= x1 and y0 <= p.lat <= y1:
                 near.append(c)
         return near
@@ -388,9 +397,14 @@ class GeofenceRule:
             v.open.discard(fid)
             out.append(self._end(ep, p.observed_at, "exited"))
             return
-        fields = self._inside_fields(p, c, ep)
-        w = self.book.update(ep, at=p.observed_at,
-                             news=fields["severity"] != ep.warning.severity, **fields)
+        news = (self._severity(p, c) is CapSeverity.SEVERE
+                and ep.warning.severity is not CapSeverity.SEVERE)
+        if not news and p.observed_at - ep.warning.updated_at < self.book.update_every:
+            # Held back anyway: keep where it is now, write the texts when they go out.
+            fields = self._base(p, c, fixes=self._fixes(ep), started=ep.warning.started_at)
+        else:
+            fields = self._inside_fields(p, c, ep)
+        w = self.book.update(ep, at=p.observed_at, news=news, **fields)
         if w is not None:
             out.append(w)
 
@@ -420,7 +434,11 @@ class GeofenceRule:
                 out.append(self._end(ep, p.observed_at, "returned"))
             return
         if ep is not None:
-            w = self.book.update(ep, at=p.observed_at, **self._deviation_fields(p, c, ep))
+            if p.observed_at - ep.warning.updated_at < self.book.update_every:
+                fields = self._base(p, c, fixes=self._fixes(ep), started=ep.warning.started_at)
+            else:
+                fields = self._deviation_fields(p, c, ep)
+            w = self.book.update(ep, at=p.observed_at, **fields)
             if w is not None:
                 out.append(w)
             return
@@ -525,6 +543,13 @@ class GeofenceRule:
                                  description_en=text_en,
                                  details={"ended_at": end.isoformat(), "lasted_s": lasted})
 
+    @staticmethod
+    def _fixes(ep: Episode) -> int:
+        """The count of fixes in the episode with this one (held-back updates included)."""
+        held = ep.pending.get("details", ep.warning.details)
+        n = held.get("fixes", ep.warning.details.get("fixes", 1))
+        return (n if isinstance(n, int) else 1) + 1
+
     def _severity(self, p: MatchedPosition, c: _Fence) -> CapSeverity:
         return (CapSeverity.SEVERE if p.vehicle_class == "dangerous_goods"
                 and (p.tunnel or p.bridge) and c.fence.kind != "assigned_route"
@@ -567,8 +592,7 @@ class GeofenceRule:
                        ) -> dict[str, Any]:
         f = c.fence
         started = p.observed_at if ep is None else ep.warning.started_at
-        fixes = 1 if ep is None else int(ep.pending.get("details", ep.warning.details)
-                                         .get("fixes", 1)) + 1
+        fixes = 1 if ep is None else self._fixes(ep)
         zh, en = who(p.vehicle_id, p.vehicle_class, None)
         classes_zh, classes_en = self._classes(f)
         kind_zh, kind_en = _KIND_ZH[f.kind], _KIND_EN[f.kind]
@@ -613,8 +637,7 @@ class GeofenceRule:
                           started: datetime | None = None) -> dict[str, Any]:
         f = c.fence
         started = started or (p.observed_at if ep is None else ep.warning.started_at)
-        fixes = 1 if ep is None else int(ep.pending.get("details", ep.warning.details)
-                                         .get("fixes", 1)) + 1
+        fixes = 1 if ep is None else self._fixes(ep)
         zh, en = who(p.vehicle_id, p.vehicle_class, None)
         where_zh = f"，现在{p.road_name}" if p.road_name else ""
         where_en = f", now on {p.road_name}" if p.road_name else ""
