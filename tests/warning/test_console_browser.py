@@ -395,8 +395,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.test_embedded_run import start_embedded
 
     yield from start_embedded(
+        # More vehicles than the foundation's test: the incident's queue is seen sooner.
         tmp_path_factory.mktemp("console"), "--speed-window-s", "5", "--sim-interval-s", "1",
-        "--vehicles", "80", "--incident", "demo@4+300:4")
+        "--vehicles", "300", "--incident", "demo@4+300:4")
 
 
 def _run_database(work: Path) -> str:
@@ -440,7 +441,7 @@ async def test_acceptance_police_work_the_demo_incident_in_chromium(embedded: An
                      and x["kind"] == "congestion"]
             return found[0] if found else None
 
-        await wait_for(incident_warning, within_s=60)
+        await wait_for(incident_warning, within_s=120)  # about 30 s after ready, usually
         wid = await incident_warning()
         item = page.locator(f'#warnings li[data-id="{wid}"]')
         await item.click()
