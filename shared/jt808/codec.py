@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.jt808._fast import fast_constructor
+from shared.jt808.downlink import driver_identity_layout
 from shared.jt808.errors import BodyError, ChecksumError, EncodeError, FrameError
 from shared.jt808.framing import encode_frame, unescape, xor_checksum
 from shared.jt808.header import MAX_BODY_LEN, Header, Version, encode_header, parse_header
@@ -48,14 +49,17 @@ _make_message = fast_constructor(Message)
 
 
 def decode_frame(frame: bytes, *, version_hint: Version | None = None,
-                 verify_checksum: bool = True) -> Message:
+                 verify_checksum: bool = True, lenient_phone: bool = False) -> Message:
     """Decode one frame: with its 0x7E flags (as cut by ``FrameSplitter``) or without them.
 
     Unescapes, checks the XOR check code (``ChecksumError`` unless ``verify_checksum`` is
     False; ``checksum_ok`` tells either way), the header (body length must match exactly;
     encryption is rejected) and decodes the body. ``version_hint`` (2011 or 2013) fixes the body
     layout of 2011/2013-header frames instead of guessing it; 2019 frames announce themselves.
-    Every error is a :class:`Jt808Error`; those raised after the header parsed carry it.
+    ``lenient_phone`` keeps a terminal number with non-decimal nibbles (upper-case hex)
+    instead of refusing it with ``bad_bcd``; a gateway keeps the default, as such a number is
+    no terminal identity. Every error is a :class:`Jt808Error`; those raised after the header
+    parsed carry it.
     """
     if type(frame) is not bytes:
         frame = bytes(frame)
@@ -76,7 +80,7 @@ def decode_frame(frame: bytes, *, version_hint: Version | None = None,
     # XOR over header, body and check code is 0 exactly when the check code matches.
     ok = xor_checksum(data) == 0
     try:
-        header = parse_header(data, size)
+        header = parse_header(data, size, lenient_phone)
     except FrameError:
         if not ok and verify_checksum:
             raise ChecksumError("bad_checksum", "check code mismatch") from None
@@ -107,19 +111,26 @@ def decode_frame(frame: bytes, *, version_hint: Version | None = None,
         exc.header = header
         raise
     if version is None:
-        version = register_layout(body_bytes) if msg_id == 0x0100 else 2013
+        if msg_id == 0x0100:
+            version = register_layout(body_bytes)
+        elif msg_id == 0x0702 and not header.subpackage:
+            version = driver_identity_layout(body_bytes)
+        else:
+            version = 2013
     return _make_message(header, body_bytes, body, version, data[-1], ok, escaped)
 
 
 def encode_message(msg_id: int, body: Body | bytes, *, phone_bcd: str, serial: int,
                    version: Version, protocol_version: int = 1, version_flag: bool | None = None,
-                   pkg_total: int | None = None, pkg_index: int | None = None) -> bytes:
+                   pkg_total: int | None = None, pkg_index: int | None = None,
+                   lenient_phone: bool = False) -> bytes:
     """Full escaped wire frame (with 0x7E flags) for one message.
 
     ``phone_bcd`` is padded with zeros on the left to 12 (2011/2013) or 20 (2019) digits.
     ``version_flag`` overrides attribute bit 14 (only to imitate devices that set it on 2013
     frames). Pass ``pkg_total``/``pkg_index`` for one packet of a split message; a body over
-    1023 bytes needs :func:`encode_subpackets`.
+    1023 bytes needs :func:`encode_subpackets`. ``lenient_phone`` accepts hex nibbles in
+    ``phone_bcd`` (re-encoding a frame decoded with ``lenient_phone``).
     """
     data = encode_body(msg_id, body, version)
     if len(data) > MAX_BODY_LEN:
@@ -129,7 +140,7 @@ def encode_message(msg_id: int, body: Body | bytes, *, phone_bcd: str, serial: i
                     is_2019 if version_flag is None else version_flag,
                     protocol_version if is_2019 else None, phone_bcd, serial, pkg_total,
                     pkg_index)
-    return encode_frame(encode_header(header) + data)
+    return encode_frame(encode_header(header, lenient_phone=lenient_phone) + data)
 
 
 def encode_subpackets(msg_id: int, body: Body | bytes, *, phone_bcd: str, first_serial: int,

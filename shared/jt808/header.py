@@ -66,12 +66,24 @@ class Header:
 _make_header = fast_constructor(Header)
 
 
-def parse_header(data: bytes, content_len: int) -> Header:
+def _phone(raw: bytes, lenient: bool, what: str) -> str:
+    """Phone digits of ``raw``; non-decimal nibbles are ``bad_bcd`` unless ``lenient``, which
+    keeps them as upper-case hex (a frame from traccar's encoder, ``0B3A73CE2FF2``)."""
+    phone = raw.hex()
+    if not phone.isdigit():
+        if not lenient:
+            raise FrameError("bad_bcd", f"{what} {phone} has a non-decimal nibble")
+        phone = phone.upper()
+    return phone
+
+
+def parse_header(data: bytes, content_len: int, lenient_phone: bool = False) -> Header:
     """Header of an unescaped frame whose header + body is ``data[:content_len]``.
 
     The body length in the attributes must account exactly for the remaining bytes. When bit 14
     is set but only the 2013 layout fits that length, the frame is read as 2013: some devices
     set the bit by mistake (digest section 7; parsed as 2019 their phone is not even BCD).
+    ``lenient_phone`` keeps a phone with non-decimal nibbles instead of refusing it.
     """
     if content_len < 12:
         raise FrameError("truncated", f"{content_len} bytes cannot hold a header")
@@ -88,10 +100,8 @@ def parse_header(data: bytes, content_len: int) -> Header:
         size = 21 if sub else 17
         if size + body_len == content_len:
             msg_id, attr, proto, phone_raw, serial = _H2019.unpack_from(data)
-            phone = phone_raw.hex()
-            if not phone.isdigit():
-                # The 2013 layout cannot fit this length either (it is 5 bytes shorter).
-                raise FrameError("bad_bcd", f"2019 phone {phone} has a non-decimal nibble")
+            # The 2013 layout cannot fit this length either (it is 5 bytes shorter).
+            phone = _phone(phone_raw, lenient_phone, "2019 phone")
             return _finish(data, msg_id, attr, body_len, sub, proto, phone, serial, 17)
         if (size - 5) + body_len != content_len:
             raise _length_error(size, body_len, content_len)
@@ -99,9 +109,7 @@ def parse_header(data: bytes, content_len: int) -> Header:
     size = 16 if sub else 12
     if size + body_len != content_len:
         raise _length_error(size, body_len, content_len)
-    phone = phone_raw.hex()
-    if not phone.isdigit():
-        raise FrameError("bad_bcd", f"phone {phone} has a non-decimal nibble")
+    phone = _phone(phone_raw, lenient_phone, "phone")
     return _finish(data, msg_id, attr, body_len, sub, None, phone, serial, 12)
 
 
@@ -124,7 +132,8 @@ def _length_error(size: int, body_len: int, content_len: int) -> FrameError:
     )
 
 
-def decode_header(data: bytes, *, force_2013: bool = False) -> Header:
+def decode_header(data: bytes, *, force_2013: bool = False, lenient_phone: bool = False,
+                  ) -> Header:
     """Header at the start of ``data`` (bytes after it are ignored).
 
     Bit 14 selects the 2019 layout unless ``force_2013`` (for devices known to set it on 2013
@@ -142,17 +151,16 @@ def decode_header(data: bytes, *, force_2013: bool = False) -> Header:
     else:
         msg_id, attr, phone_raw, serial = _H2013.unpack_from(data)
         proto = None
-    phone = phone_raw.hex()
-    if not phone.isdigit():
-        raise FrameError("bad_bcd", f"phone {phone} has a non-decimal nibble")
+    phone = _phone(phone_raw, lenient_phone, "phone")
     return _finish(data, msg_id, attr, attr & ATTR_LEN_MASK, attr & ATTR_SUBPACKAGE, proto,
                    phone, serial, 17 if is_2019 else 12)
 
 
-def encode_header(header: Header) -> bytes:
+def encode_header(header: Header, *, lenient_phone: bool = False) -> bytes:
     """Wire bytes of ``header`` (2019 layout when ``protocol_version`` is set).
 
     Phone digits shorter than the layout's width are padded with zeros on the left.
+    ``lenient_phone`` also takes hex nibbles A-F (to re-encode a leniently decoded header).
     """
     h = header
     _check_range("msg_id", h.msg_id, 0xFFFF)
@@ -167,10 +175,11 @@ def encode_header(header: Header) -> bytes:
         if not h.version_flag:
             raise EncodeError("bad_value", "a 2019 header needs version_flag (bit 14)")
         out = _H2019.pack(h.msg_id, attr | (ATTR_SUBPACKAGE if h.subpackage else 0),
-                          h.protocol_version, digits_to_bcd(h.phone_bcd, 10, "phone"), h.serial)
+                          h.protocol_version, _phone_bytes(h.phone_bcd, 10, lenient_phone),
+                          h.serial)
     else:
         out = _H2013.pack(h.msg_id, attr | (ATTR_SUBPACKAGE if h.subpackage else 0),
-                          digits_to_bcd(h.phone_bcd, 6, "phone"), h.serial)
+                          _phone_bytes(h.phone_bcd, 6, lenient_phone), h.serial)
     if h.subpackage:
         if h.pkg_total is None or h.pkg_index is None:
             raise EncodeError("bad_value", "a split message needs pkg_total and pkg_index")
@@ -180,6 +189,13 @@ def encode_header(header: Header) -> bytes:
     elif h.pkg_total is not None or h.pkg_index is not None:
         raise EncodeError("bad_value", "pkg_total/pkg_index given without subpackage")
     return out
+
+
+def _phone_bytes(phone: str, nbytes: int, lenient: bool) -> bytes:
+    if lenient and phone.isascii() and len(phone) <= 2 * nbytes \
+            and all(c in "0123456789ABCDEFabcdef" for c in phone) and phone:
+        return bytes.fromhex(phone.rjust(2 * nbytes, "0"))
+    return digits_to_bcd(phone, nbytes, "phone")
 
 
 def _check_range(name: str, value: int, high: int) -> None:

@@ -16,6 +16,31 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 from shared.jt808.bcd import bcd_time_to_datetime, bcd_to_digits, digits_to_bcd
+from shared.jt808.downlink import (
+    AlarmConfirm,
+    CameraShot,
+    DriverIdentity,
+    ParameterReply,
+    PositionQuery,
+    PositionReply,
+    QueryParameters,
+    SetParameters,
+    TextMessage,
+    decode_alarm_confirm,
+    decode_camera_shot,
+    decode_driver_identity,
+    decode_parameter_reply,
+    decode_position_reply,
+    decode_set_parameters,
+    decode_text_message,
+    encode_alarm_confirm,
+    encode_camera_shot,
+    encode_driver_identity,
+    encode_parameter_reply,
+    encode_position_reply,
+    encode_set_parameters,
+    encode_text_message,
+)
 from shared.jt808.errors import BodyError, EncodeError
 from shared.jt808.header import Version
 from shared.jt808.location import (
@@ -38,14 +63,22 @@ class MsgId(IntEnum):
     T_RESEND_REQUEST = 0x0005  # 2019
     T_REGISTER = 0x0100
     T_AUTH = 0x0102
-    T_QUERY_PARAMS_RESPONSE = 0x0104  # not decoded: kept as RawBody
+    T_QUERY_PARAMS_RESPONSE = 0x0104
     T_LOCATION = 0x0200
+    T_POSITION_REPLY = 0x0201
+    T_DRIVER_IDENTITY = 0x0702
     T_BATCH_LOCATION = 0x0704
     T_MULTIMEDIA_EVENT = 0x0800
     P_GENERAL_RESPONSE = 0x8001
     P_RESEND_REQUEST = 0x8003
     P_SERVER_TIME = 0x8004  # 2019
     P_REGISTER_RESPONSE = 0x8100
+    P_SET_PARAMS = 0x8103
+    P_QUERY_PARAMS = 0x8104
+    P_POSITION_QUERY = 0x8201
+    P_ALARM_CONFIRM = 0x8203
+    P_TEXT_MESSAGE = 0x8300
+    P_CAMERA_SHOT = 0x8801
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -200,6 +233,15 @@ Body = (
     | ResendRequest
     | ServerTimeReply
     | MultimediaEventInfo
+    | TextMessage
+    | PositionQuery
+    | PositionReply
+    | AlarmConfirm
+    | DriverIdentity
+    | SetParameters
+    | QueryParameters
+    | ParameterReply
+    | CameraShot
 )
 """Any decoded body."""
 
@@ -404,7 +446,8 @@ def _pack(fmt: struct.Struct, *values: int) -> bytes:
         raise EncodeError("bad_value", f"field out of range: {exc}") from exc
 
 
-def _empty(cls: type[Heartbeat] | type[TerminalLogout] | type[QueryServerTime],
+def _empty(cls: type[Heartbeat] | type[TerminalLogout] | type[QueryServerTime]
+           | type[PositionQuery] | type[QueryParameters],
            ) -> Callable[[bytes, Version | None], Body]:
     instance = cls()
     return lambda body, version: instance
@@ -420,13 +463,22 @@ _DECODERS: dict[int, BodyDecoder] = {
     0x0005: _decode_resend,
     0x0100: _decode_register,
     0x0102: _decode_auth,
+    0x0104: lambda b, v: decode_parameter_reply(b),
     0x0200: lambda b, v: decode_location(b),
+    0x0201: lambda b, v: decode_position_reply(b),
+    0x0702: decode_driver_identity,
     0x0704: lambda b, v: decode_batch(b),
     0x0800: lambda b, v: _decode_media(b),
     0x8001: lambda b, v: _decode_reply(b, PlatformGeneralResponse),
     0x8003: _decode_resend,
     0x8004: lambda b, v: _decode_server_time(b),
     0x8100: lambda b, v: _decode_register_response(b),
+    0x8103: lambda b, v: decode_set_parameters(b),
+    0x8104: _empty(QueryParameters),
+    0x8201: _empty(PositionQuery),
+    0x8203: lambda b, v: decode_alarm_confirm(b),
+    0x8300: decode_text_message,
+    0x8801: lambda b, v: decode_camera_shot(b),
 }
 
 BODY_TYPES: dict[int, type[Body]] = {
@@ -437,13 +489,22 @@ BODY_TYPES: dict[int, type[Body]] = {
     0x0005: ResendRequest,
     0x0100: TerminalRegister,
     0x0102: TerminalAuth,
+    0x0104: ParameterReply,
     0x0200: LocationReport,
+    0x0201: PositionReply,
+    0x0702: DriverIdentity,
     0x0704: BatchLocationUpload,
     0x0800: MultimediaEventInfo,
     0x8001: PlatformGeneralResponse,
     0x8003: ResendRequest,
     0x8004: ServerTimeReply,
     0x8100: RegisterResponse,
+    0x8103: SetParameters,
+    0x8104: QueryParameters,
+    0x8201: PositionQuery,
+    0x8203: AlarmConfirm,
+    0x8300: TextMessage,
+    0x8801: CameraShot,
 }
 """Message id -> body class that :func:`decode_body` returns and :func:`encode_body` accepts."""
 
@@ -471,6 +532,15 @@ _ENCODERS: dict[type, Callable[[object, Version], bytes]] = {
     MultimediaEventInfo: _encode_media,  # type: ignore[dict-item]
     ServerTimeReply: _encode_server_time,  # type: ignore[dict-item]
     RegisterResponse: _encode_register_response,  # type: ignore[dict-item]
+    TextMessage: encode_text_message,  # type: ignore[dict-item]
+    PositionQuery: _encode_empty,  # type: ignore[dict-item]
+    PositionReply: lambda m, v: encode_position_reply(m),  # type: ignore[arg-type]
+    AlarmConfirm: lambda m, v: encode_alarm_confirm(m),  # type: ignore[arg-type]
+    DriverIdentity: encode_driver_identity,  # type: ignore[dict-item]
+    SetParameters: lambda m, v: encode_set_parameters(m),  # type: ignore[arg-type]
+    QueryParameters: _encode_empty,  # type: ignore[dict-item]
+    ParameterReply: lambda m, v: encode_parameter_reply(m),  # type: ignore[arg-type]
+    CameraShot: lambda m, v: encode_camera_shot(m),  # type: ignore[arg-type]
 }
 
 

@@ -11,11 +11,13 @@ from shared.jt808 import (
     BodyError,
     Header,
     LocationReport,
+    ParameterReply,
     RawBody,
     ResendRequest,
     SubpacketAssembler,
     decode_body,
     decode_frame,
+    encode_body,
     encode_message,
     encode_subpackets,
 )
@@ -50,10 +52,12 @@ def test_device_packets_reassemble_in_either_order(order: tuple[int, int]) -> No
     assert body is not None and len(body) == 1008 + 211
     assert body == msgs[1].body_bytes + msgs[2].body_bytes
     assert len(assembler) == 0 and assembler.total_bytes == 0
-    # 0x0104 (parameter query reply) is not decoded: reply serial 0, 0x6B parameters.
+    # The reassembled 0x0104 (parameter query reply): reply serial 0, 0x6B parameters.
     merged = decode_body(0x0104, body)
-    assert isinstance(merged, RawBody)
-    assert merged.data[:3] == b"\x00\x00\x6b"
+    assert isinstance(merged, ParameterReply)
+    assert (merged.reply_serial, merged.count, len(merged.params)) == (0, 0x6B, 0x6B)
+    assert merged.params[0].param_id == 0x0001 and merged.params[0].value == 600
+    assert encode_body(0x0104, merged, 2013) == body
 
 
 # --- encode_subpackets round trip ---------------------------------------------------------------
