@@ -124,6 +124,10 @@ class Config:
         10.0, COLLECTOR, "A split message stalled this long is asked to resend (0x8003).")
     jt808_max_registrations_per_s: float = setting(
         50.0, COLLECTOR, "Registrations (0x0100) per second the whole gateway accepts (burst 3 s).")
+    jt808_command_timeout_s: float = setting(
+        30.0, COLLECTOR,
+        "Seconds a terminal has to answer a platform command (0x8300, 0x8201, 0x8203) before "
+        "its outcome is failed (no reply).")
     vehicle_registry: str = setting(
         "", COLLECTOR,
         "CSV of vehicles (plate, terminal, class, operator, bus route); tti run writes the "

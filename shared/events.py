@@ -707,6 +707,78 @@ SEGMENT_SPEED_PARTIAL: Subject[SegmentSpeedPartial] = Subject(
     "tti.segment.partial", SegmentSpeedPartial, partitioned=True)
 
 
+COMMAND_KINDS = ("text", "position_query", "alarm_confirm")
+"""Platform → terminal commands: 0x8300 text, 0x8201 position query, 0x8203 alarm confirmation."""
+
+COMMAND_STATUSES = ("sent", "acknowledged", "failed", "unsupported", "expired",
+                    "offline_waiting")
+"""What became of a command (``CommandOutcome.status``)."""
+
+TEXT_FLAGS = ("emergency", "display", "tts", "ad_screen", "can_info")
+"""0x8300 flags a text command may carry (``TerminalCommand.flags``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminalCommand:
+    """A command for one vehicle's JT/T 808 terminal; the collector replica holding the
+    terminal's connection sends it.
+
+    ``command_id`` is unique and deterministic from the caller (e.g. derived from the warning
+    id), so a redelivered or republished command is sent once. ``text`` and ``flags`` (of
+    :data:`TEXT_FLAGS`) and ``text_type`` (2019: 1 notice, 2 service) are for ``text``;
+    ``alarm_serial`` (the alarm report's serial, 0 = every one) and ``alarm_type`` (the alarm
+    bits) for ``alarm_confirm``. After ``expires_at`` it is not sent any more. ``correlation``
+    names what it belongs to (the warning id), for whoever follows the outcomes.
+    """
+
+    command_id: str
+    vehicle_id: str
+    kind: str
+    requested_at: datetime
+    expires_at: datetime
+    requested_by: str
+    text: str = ""
+    flags: tuple[str, ...] = ()
+    text_type: int = 1
+    alarm_serial: int = 0
+    alarm_type: int = 0
+    correlation: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandOutcome:
+    """What became of a :class:`TerminalCommand`, one event per step.
+
+    ``status``: ``offline_waiting`` (no session: queued until the terminal authenticates),
+    ``sent`` (written to the terminal), ``acknowledged`` (the terminal's 0x0001 result 0, or
+    its 0x0201 answer), ``failed`` (result 1/2, no reply within the timeout, connection lost,
+    queue full…), ``unsupported`` (result 3, or a command the platform cannot build),
+    ``expired`` (``expires_at`` passed before it could be sent). ``result`` is the terminal's
+    0x0001 result code and ``result_text`` its meaning; ``position`` the place a 0x0201
+    reported. ``replica`` is the collector replica that decided, ``detail`` says why.
+    """
+
+    command_id: str
+    vehicle_id: str
+    kind: str
+    status: str
+    at: datetime
+    replica: int
+    detail: str = ""
+    result: int | None = None
+    result_text: str = ""
+    position: VehiclePosition | None = None
+    correlation: str = ""
+
+
+# Partitioned by vehicle: the collector replica owning a partition routes its commands, and an
+# alarm's owner (same partition of the same vehicle) follows the outcomes of its own.
+TERMINAL_COMMAND: Subject[TerminalCommand] = Subject("tti.terminal.command", TerminalCommand,
+                                                     True)
+COMMAND_OUTCOME: Subject[CommandOutcome] = Subject("tti.terminal.command.outcome",
+                                                   CommandOutcome, True)
+
+
 ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     VEHICLE_POSITION,
     TERMINAL_ALARM,
@@ -728,4 +800,6 @@ ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     BUS_ARRIVAL,
     ARRIVAL_PREDICTION,
     SEGMENT_SPEED_PARTIAL,
+    TERMINAL_COMMAND,
+    COMMAND_OUTCOME,
 )

@@ -27,6 +27,7 @@ from shared.events import (
     CatalogueEntry,
     CatalogueRequest,
     CitizenReport,
+    CommandOutcome,
     DetectedEvent,
     DetectorReading,
     Detour,
@@ -41,6 +42,7 @@ from shared.events import (
     SegmentSpeed,
     SegmentSpeedPartial,
     TerminalAlarm,
+    TerminalCommand,
     VehiclePosition,
     Warning,
     WarningAction,
@@ -135,6 +137,17 @@ SAMPLES: dict[str, object] = {
         moving={"mm": 412_500, "ms": 41_250, "vehicles": [7, 2**64 - 1]},
         stopped={"mm": 0, "ms": 20_000, "vehicles": [7]},
         parked={"mm": 0, "ms": 0, "vehicles": []}, excluded_ms=15_000),
+    "tti.terminal.command": TerminalCommand(
+        command_id="fatigue-13800000001-1", vehicle_id="13800000001", kind="text",
+        requested_at=T, expires_at=T, requested_by="warning-0",
+        text="您已连续驾驶4小时，请立即休息", flags=("tts", "display"), correlation="w-1"),
+    # A nested optional VehiclePosition: the answer to a 0x8201 position query.
+    "tti.terminal.command.outcome": CommandOutcome(
+        command_id="q-1", vehicle_id="13800000001", kind="position_query",
+        status="acknowledged", at=T, replica=1, result=0, result_text="success",
+        position=VehiclePosition(vehicle_id="13800000001", lon=114.3, lat=30.55,
+                                 observed_at=T, speed_kmh=42.0, received_at=T),
+        correlation="w-1"),
 }
 
 
