@@ -19,6 +19,11 @@ the bus (reading pauses), bytes waiting to be written to a terminal that does no
 pauses, then the connection is dropped), and split messages in reassembly. Silent connections
 are closed after ``heartbeat_s * idle_factor``.
 
+Platform commands (0x8300 text, 0x8201 position query, 0x8203 alarm confirmation) are routed
+to the connection holding the terminal by ``services/collector/commands.py``; the gateway writes
+them (``send_downlink``: the session's layout, its own serial) and hands the terminal's 0x0001
+and 0x0201 answers back to it.
+
 Time: every check and timer reads the gateway's clock (``shared/clock.py``): the future/stale
 time check of a report, the server time of 0x8004, idle and close timeouts, the frame budget,
 split-message reassembly and 0x8003 resend requests. Under a clock at rate 10 the gateway
@@ -38,10 +43,11 @@ import hashlib
 import hmac
 import logging
 import struct
+import uuid
 from collections import deque
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Counter, Gauge
 
@@ -62,6 +68,7 @@ from shared.jt808 import (
     RESULT_UNSUPPORTED,
     AssemblyKey,
     BatchLocationUpload,
+    Body,
     FrameError,
     FrameSplitter,
     Header,
@@ -69,11 +76,13 @@ from shared.jt808 import (
     LocationReport,
     Message,
     MsgId,
+    PositionReply,
     RegisterResponse,
     ResendRequest,
     ServerTimeReply,
     SubpacketAssembler,
     TerminalAuth,
+    TerminalGeneralResponse,
     TerminalRegister,
     bcd_time_to_utc,
     datetime_to_bcd_time,
@@ -87,6 +96,9 @@ from shared.jt808 import (
     xor_checksum,
 )
 from shared.jt808._fast import fast_constructor
+
+if TYPE_CHECKING:
+    from services.collector.commands import CommandRouter
 
 log = logging.getLogger("tti.collector.jt808")
 
@@ -256,8 +268,8 @@ class TerminalConnection(asyncio.Protocol):
     __slots__ = ("_flush_handle", "_locations_seen", "_out", "_packets", "_published",
                  "_reply_key", "_reply_prefix", "_reply_xor", "assembler", "authenticated",
                  "backlog", "closed", "closing", "closing_at", "errors", "gateway", "junk",
-                 "last_seen", "paused", "phone", "serial", "splitter", "tokens", "tokens_at",
-                 "transport", "worker")
+                 "last_seen", "paused", "phone", "serial", "session_header", "session_id",
+                 "splitter", "tokens", "tokens_at", "transport", "worker")
 
     def __init__(self, gateway: Jt808Gateway) -> None:
         self.gateway = gateway
@@ -266,6 +278,10 @@ class TerminalConnection(asyncio.Protocol):
         self.phone: str | None = None
         """Canonical terminal phone once authenticated (the vehicle id)."""
         self.authenticated = False
+        self.session_header: Header | None = None
+        """The header of the accepted 0x0102: platform commands echo its phone and layout."""
+        self.session_id = ""
+        """Names this connection's session in the registry (a newer connection replaces it)."""
         self.serial = 0
         self.errors = 0
         self.junk = 0
@@ -531,8 +547,12 @@ class TerminalConnection(asyncio.Protocol):
             self._reply(header, RESULT_OK)
             self._forget_session()
             self._close_when_idle()
-        elif mid == MsgId.T_GENERAL_RESPONSE:
-            pass  # the terminal acknowledging one of ours: nothing to answer
+        elif mid == MsgId.T_GENERAL_RESPONSE or mid == MsgId.T_POSITION_REPLY:
+            # The terminal answering one of ours: nothing to answer back.
+            commands = self.gateway.commands
+            if commands is not None and self.authenticated \
+                    and isinstance(body, TerminalGeneralResponse | PositionReply):
+                commands.on_reply(self, body)
         elif mid == MsgId.T_QUERY_SERVER_TIME:
             # The one UTC time (2019), on the clock the future-time check uses too.
             now = datetime_to_bcd_time(self.gateway.clock.now(), UTC)
@@ -653,9 +673,14 @@ class TerminalConnection(asyncio.Protocol):
             old.close()
         self.phone = phone
         self.authenticated = True
+        self.session_header = msg.header
+        self.session_id = uuid.uuid4().hex
         gw.sessions[phone] = self
         AUTHENTICATED.set(len(gw.sessions))
         self._reply(msg.header, RESULT_OK)
+        if gw.commands is not None:
+            # After the reply: commands that waited for this terminal follow its 0x8001.
+            await gw.commands.session_opened(self)
 
     # ---- split messages -------------------------------------------------------------------
     def _subpacket(self, msg: Message) -> _Action | None:
@@ -741,6 +766,29 @@ class TerminalConnection(asyncio.Protocol):
                 phone_bcd=h.phone_bcd, serial=self._next_serial(),
                 version=2019 if h.is_2019 else 2013, protocol_version=h.protocol_version or 1))
 
+    # ---- platform commands ----------------------------------------------------------------
+    @property
+    def session_is_2019(self) -> bool:
+        """Whether the terminal authenticated with a 2019 header (then it gets 2019 bodies)."""
+        return self.session_header is not None and self.session_header.is_2019
+
+    def send_downlink(self, msg_id: int, body: Body) -> int:
+        """Write a platform command to the authenticated terminal; returns its serial.
+
+        A 2011/2013 terminal gets the 2013 layout, a 2019 one the 2019 layout (its header's
+        protocol version), always with the raw phone digits it authenticated with.
+        """
+        h = self.session_header
+        if h is None or self.closing:
+            raise ConnectionError("no authenticated session on this connection")
+        serial = self.serial
+        frame = encode_message(msg_id, body, phone_bcd=h.phone_bcd, serial=serial,
+                               version=2019 if h.is_2019 else 2013,
+                               protocol_version=h.protocol_version or 1)
+        self.serial = (serial + 1) & 0xFFFF  # only once the frame is built
+        self._send(frame)
+        return serial
+
     # ---- replies --------------------------------------------------------------------------
     def _next_serial(self) -> int:
         """The platform's own serial number for this connection (wraps at 0xFFFF)."""
@@ -815,6 +863,8 @@ class TerminalConnection(asyncio.Protocol):
         if self.phone is not None and gw.sessions.get(self.phone) is self:
             del gw.sessions[self.phone]
             AUTHENTICATED.set(len(gw.sessions))
+        if self.authenticated and gw.commands is not None:
+            gw.commands.session_closed(self)
         self.authenticated = False
 
     def _close_when_idle(self) -> None:
@@ -905,6 +955,8 @@ class Jt808Gateway:
         self._registration_at = self._mono()
         self.sessions: dict[str, TerminalConnection] = {}
         """Authenticated connections by canonical terminal phone."""
+        self.commands: CommandRouter | None = None
+        """Routes platform commands to terminals (set by ``CommandRouter.start``)."""
         self.connections: set[TerminalConnection] = set()
         self.stopping = False
         self._times = _TimeCache()

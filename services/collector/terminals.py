@@ -1,8 +1,11 @@
-"""Terminal registrations and auth codes, persisted so every collector replica knows them.
+"""Terminal registrations and auth codes, persisted so every collector replica knows them, and
+the session registry: which replica holds each authenticated terminal's connection.
 
 A terminal registers once (0x0100) and receives an auth code (0x8100); on every connection it
 authenticates with that code (0x0102). Codes live in the store — SQLite for the embedded run,
-PostgreSQL when replicas share them.
+PostgreSQL when replicas share them. On authentication the replica claims the terminal's session
+(``jt808_sessions``: replica index, a session id naming the connection, a lease renewed while it
+lasts), so a command consumed by another replica can be forwarded to the right one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +64,28 @@ class TerminalStore(abc.ABC):
     async def delete(self, terminal_phone: str) -> None:
         """Forget a terminal (deregistration)."""
 
+    # --- session registry -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_session(self, terminal_phone: str, replica: int, session_id: str,
+                            lease_until: float) -> None:
+        """Record that ``replica`` holds the terminal's connection now (the newest claim wins)."""
+
+    @abc.abstractmethod
+    async def renew_sessions(self, session_ids: Sequence[str], lease_until: float) -> None:
+        """Extend the lease of these sessions (epoch seconds on the gateway's clock)."""
+
+    @abc.abstractmethod
+    async def release_session(self, terminal_phone: str, session_id: str) -> None:
+        """Forget the session, unless a newer connection has claimed the terminal since."""
+
+    @abc.abstractmethod
+    async def release_replica(self, replica: int) -> None:
+        """Forget every session of ``replica`` (it starts afresh: it holds no connection)."""
+
+    @abc.abstractmethod
+    async def find_sessions(self, terminal_phones: Sequence[str], now: float) -> dict[str, int]:
+        """Terminal phone → replica index, for the sessions whose lease runs past ``now``."""
+
 
 class SqliteTerminalStore(TerminalStore):
     """Terminals in the embedded SQLite database."""
@@ -89,6 +115,7 @@ class SqliteTerminalStore(TerminalStore):
                             "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT "
                             "PRIMARY KEY, auth_code TEXT NOT NULL, plate TEXT NOT NULL, "
                             "terminal_id TEXT NOT NULL, registered_at TEXT NOT NULL)")
+                        conn.execute(_SESSIONS_TABLE.format(lease="REAL"))
                         return conn
                     except sqlite3.OperationalError as exc:
                         if "locked" not in str(exc) or attempt == 99:
@@ -139,6 +166,42 @@ class SqliteTerminalStore(TerminalStore):
     async def delete(self, terminal_phone: str) -> None:
         await self._q("DELETE FROM jt808_terminals WHERE terminal_phone=?", (terminal_phone,))
 
+    async def claim_session(self, terminal_phone: str, replica: int, session_id: str,
+                            lease_until: float) -> None:
+        await self._q("INSERT OR REPLACE INTO jt808_sessions VALUES (?,?,?,?)",
+                      (terminal_phone, replica, session_id, lease_until))
+
+    async def renew_sessions(self, session_ids: Sequence[str], lease_until: float) -> None:
+        ids = list(session_ids)
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            await self._q(f"UPDATE jt808_sessions SET lease_until=? WHERE session_id IN "
+                          f"({','.join('?' * len(chunk))})", (lease_until, *chunk))
+
+    async def release_session(self, terminal_phone: str, session_id: str) -> None:
+        await self._q("DELETE FROM jt808_sessions WHERE terminal_phone=? AND session_id=?",
+                      (terminal_phone, session_id))
+
+    async def release_replica(self, replica: int) -> None:
+        await self._q("DELETE FROM jt808_sessions WHERE replica=?", (replica,))
+
+    async def find_sessions(self, terminal_phones: Sequence[str], now: float) -> dict[str, int]:
+        phones = list(terminal_phones)
+        found: dict[str, int] = {}
+        for i in range(0, len(phones), _CHUNK):
+            chunk = phones[i : i + _CHUNK]
+            rows = await self._q(
+                f"SELECT terminal_phone, replica FROM jt808_sessions WHERE lease_until > ? AND "
+                f"terminal_phone IN ({','.join('?' * len(chunk))})", (now, *chunk))
+            found.update((str(p), int(r)) for p, r in rows)  # type: ignore[call-overload]
+        return found
+
+
+_CHUNK = 500  # under SQLite's default limit of bound parameters per statement
+_SESSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS jt808_sessions (terminal_phone TEXT PRIMARY KEY, "
+    "replica INTEGER NOT NULL, session_id TEXT NOT NULL, lease_until {lease} NOT NULL)")
+
 
 _PG_SCHEMA_LOCK = 0x7461_3830_3874  # advisory lock key ("ta808t"): one schema change at a time
 
@@ -172,6 +235,7 @@ class PostgresTerminalStore(TerminalStore):
                 "CREATE TABLE IF NOT EXISTS jt808_terminals (terminal_phone TEXT PRIMARY KEY, "
                 "auth_code TEXT NOT NULL, plate TEXT NOT NULL, terminal_id TEXT NOT NULL, "
                 "registered_at TIMESTAMPTZ NOT NULL)")
+            await conn.execute(_SESSIONS_TABLE.format(lease="DOUBLE PRECISION"))
         self._pool = pool
 
     async def close(self) -> None:
@@ -215,6 +279,34 @@ class PostgresTerminalStore(TerminalStore):
     async def delete(self, terminal_phone: str) -> None:
         await self._call("execute", "DELETE FROM jt808_terminals WHERE terminal_phone=$1",
                          terminal_phone)
+
+    async def claim_session(self, terminal_phone: str, replica: int, session_id: str,
+                            lease_until: float) -> None:
+        await self._call(
+            "execute",
+            "INSERT INTO jt808_sessions VALUES ($1,$2,$3,$4) ON CONFLICT (terminal_phone) "
+            "DO UPDATE SET replica=$2, session_id=$3, lease_until=$4",
+            terminal_phone, replica, session_id, lease_until)
+
+    async def renew_sessions(self, session_ids: Sequence[str], lease_until: float) -> None:
+        if session_ids:
+            await self._call("execute", "UPDATE jt808_sessions SET lease_until=$1 "
+                             "WHERE session_id = ANY($2::text[])", lease_until, list(session_ids))
+
+    async def release_session(self, terminal_phone: str, session_id: str) -> None:
+        await self._call("execute", "DELETE FROM jt808_sessions WHERE terminal_phone=$1 AND "
+                         "session_id=$2", terminal_phone, session_id)
+
+    async def release_replica(self, replica: int) -> None:
+        await self._call("execute", "DELETE FROM jt808_sessions WHERE replica=$1", replica)
+
+    async def find_sessions(self, terminal_phones: Sequence[str], now: float) -> dict[str, int]:
+        if not terminal_phones:
+            return {}
+        rows = await self._call(
+            "fetch", "SELECT terminal_phone, replica FROM jt808_sessions WHERE lease_until > $1 "
+            "AND terminal_phone = ANY($2::text[])", now, list(terminal_phones))
+        return {str(r[0]): int(r[1]) for r in rows}
 
 
 def terminal_store_from_url(url: str, *, clock: Clock | None = None) -> TerminalStore:

@@ -1,5 +1,6 @@
-"""Test support for the JT/T 808 gateway: a real TCP terminal built from the codec, and a gateway
-running on port 0 with a real ``MemoryBus`` and a ``SqliteTerminalStore``."""
+"""Test support for the JT/T 808 gateway: a real TCP terminal built from the codec (it also reads
+and answers platform commands), a gateway running on port 0 with a real ``MemoryBus`` and a
+``SqliteTerminalStore``, and a cluster of gateway replicas with command routers."""
 
 from __future__ import annotations
 
@@ -13,21 +14,34 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from services.collector.commands import CommandRouter
 from services.collector.jt808_gateway import Jt808Gateway
 from services.collector.registry import VehicleRegistry
 from services.collector.terminals import SqliteTerminalStore, TerminalStore
 from shared.bus import EventBus
 from shared.bus.memory import MemoryBus
 from shared.codec import Envelope
-from shared.events import TERMINAL_ALARM, VEHICLE_POSITION, TerminalAlarm, VehiclePosition
+from shared.events import (
+    COMMAND_OUTCOME,
+    TERMINAL_ALARM,
+    TERMINAL_COMMAND,
+    VEHICLE_POSITION,
+    CommandOutcome,
+    TerminalAlarm,
+    TerminalCommand,
+    VehiclePosition,
+    partition_of,
+)
 from shared.jt808 import (
     FrameSplitter,
     LocationReport,
     Message,
     MsgId,
     PlatformGeneralResponse,
+    PositionReply,
     RegisterResponse,
     TerminalAuth,
+    TerminalGeneralResponse,
     TerminalRegister,
     Version,
     datetime_to_bcd_time,
@@ -118,6 +132,25 @@ class Terminal:
         assert isinstance(msg.body, PlatformGeneralResponse), msg
         return msg.body
 
+    async def command(self, wait_s: float = 5.0) -> Message:
+        """The next platform command (anything but a 0x8001), skipping general responses."""
+        async with asyncio.timeout(wait_s):
+            while True:
+                msg = await self.recv(wait_s)
+                if msg.msg_id != MsgId.P_GENERAL_RESPONSE:
+                    return msg
+
+    async def answer(self, command: Message, result: int = 0) -> int:
+        """Answer ``command`` with 0x0001 ``result``; returns the answer's serial."""
+        return await self.send(MsgId.T_GENERAL_RESPONSE,
+                               TerminalGeneralResponse(command.header.serial, command.msg_id,
+                                                       result))
+
+    async def answer_position(self, query: Message, report: LocationReport) -> int:
+        """Answer a 0x8201 position query with 0x0201."""
+        return await self.send(MsgId.T_POSITION_REPLY,
+                               PositionReply(query.header.serial, report))
+
     async def expect_silence(self, seconds: float = 0.2) -> None:
         """Nothing arrives within ``seconds``."""
         with contextlib.suppress(TimeoutError):
@@ -195,7 +228,8 @@ class Harness:
 async def running_gateway(tmp_path: Path, *, bus: EventBus | None = None,
                           store: TerminalStore | None = None,
                           registry: VehicleRegistry | None = None,
-                          subscribe: bool = True, **kwargs: Any) -> AsyncIterator[Harness]:
+                          subscribe: bool = True, close_bus: bool = True,
+                          **kwargs: Any) -> AsyncIterator[Harness]:
     """A gateway on 127.0.0.1:0 with a memory bus (unless given) and a SQLite store."""
     bus = bus or MemoryBus(partitions=4)
     await bus.start()
@@ -222,7 +256,8 @@ async def running_gateway(tmp_path: Path, *, bus: EventBus | None = None,
         for t in h.terminals:
             await t.close()
         await gw.stop()
-        await bus.close()
+        if close_bus:
+            await bus.close()
         if own_store:
             await store.close()
 
@@ -230,3 +265,88 @@ async def running_gateway(tmp_path: Path, *, bus: EventBus | None = None,
 def hours_ago(hours: float) -> datetime:
     """A whole-second UTC time ``hours`` ago."""
     return (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0)
+
+
+@dataclass
+class Cluster:
+    """Collector replicas (gateway + command router each) on one bus and one terminal store
+    file, and every command outcome that reached the bus."""
+
+    bus: EventBus
+    replicas: list[Harness]
+    routers: list[CommandRouter]
+    outcomes: list[CommandOutcome] = field(default_factory=list)
+
+    def replica_of_partition(self, vehicle_id: str) -> int:
+        """The replica consuming the vehicle's command partition."""
+        return partition_of(vehicle_id, self.bus.partitions) % len(self.replicas)
+
+    def vehicle_owned_by(self, replica: int, prefix: str = "139") -> str:
+        """A terminal phone whose command partition replica ``replica`` consumes."""
+        for n in range(10_000):
+            phone = f"{prefix}{n:08d}"
+            if self.replica_of_partition(phone) == replica:
+                return phone
+        raise AssertionError("no such phone")
+
+    async def publish(self, cmd: TerminalCommand) -> None:
+        await self.bus.publish(TERMINAL_COMMAND, cmd, key=cmd.vehicle_id,
+                               event_id=cmd.command_id)
+
+    def statuses(self, command_id: str) -> list[str]:
+        return [o.status for o in self.outcomes if o.command_id == command_id]
+
+    async def outcome(self, command_id: str, status: str, wait_s: float = 5.0) -> CommandOutcome:
+        """The first outcome ``status`` of the command, once it has arrived."""
+        async with asyncio.timeout(wait_s):
+            while True:
+                for o in self.outcomes:
+                    if o.command_id == command_id and o.status == status:
+                        return o
+                await asyncio.sleep(0.005)
+
+
+def text_command(vehicle_id: str, command_id: str = "cmd-1", *, ttl_s: float = 60.0,
+                 **fields: Any) -> TerminalCommand:
+    """A TTS + display text command for ``vehicle_id``, valid for ``ttl_s``."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = dict(
+        command_id=command_id, vehicle_id=vehicle_id, kind="text", requested_at=now,
+        expires_at=now + timedelta(seconds=ttl_s), requested_by="test",
+        text="您已连续驾驶4小时，请立即休息", flags=("tts", "display"), correlation="w-1")
+    values.update(fields)
+    return TerminalCommand(**values)
+
+
+@contextlib.asynccontextmanager
+async def command_cluster(tmp_path: Path, *, replicas: int = 1, bus: EventBus | None = None,
+                          timeout_s: float = 30.0, poll_s: float = 0.02,
+                          **router_kwargs: Any) -> AsyncIterator[Cluster]:
+    """``replicas`` gateways with routers (replica i of N) sharing one bus and one SQLite file."""
+    bus = bus or MemoryBus(partitions=4)
+    await bus.start()
+    cluster = Cluster(bus, [], [])
+
+    async def on_outcome(env: Envelope[CommandOutcome]) -> None:
+        cluster.outcomes.append(env.payload)
+
+    await bus.subscribe(COMMAND_OUTCOME, on_outcome, durable="test-outcomes")
+    stack = contextlib.AsyncExitStack()
+    try:
+        for i in range(replicas):
+            store = SqliteTerminalStore(str(tmp_path / "terminals.db"))
+            await store.open()
+            stack.push_async_callback(store.close)
+            h = await stack.enter_async_context(running_gateway(
+                tmp_path, bus=bus, store=store, subscribe=False, close_bus=False))
+            router = CommandRouter(h.gateway, bus=bus, store=store, replica_index=i,
+                                   replica_count=replicas, timeout_s=timeout_s, poll_s=poll_s,
+                                   **router_kwargs)
+            await router.start()
+            stack.push_async_callback(router.stop)
+            cluster.replicas.append(h)
+            cluster.routers.append(router)
+        yield cluster
+    finally:
+        await stack.aclose()
+        await bus.close()
