@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.collector.commands import CommandRouter
 from services.collector.detectors import (
     DetectorIntake,
     MqttDetectorInput,
@@ -35,6 +36,7 @@ from shared.service import add_readiness_check, create_base_app
 log = logging.getLogger("tti.collector")
 
 GATEWAY = web.AppKey("jt808_gateway", Jt808Gateway)
+COMMANDS = web.AppKey("jt808_commands", CommandRouter)
 
 
 def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None = None,
@@ -58,6 +60,10 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
         resend_after_s=config.jt808_resend_after_s,
         max_registrations_per_s=config.jt808_max_registrations_per_s)
     app[GATEWAY] = gateway
+    commands = CommandRouter(gateway, bus=bus, store=store, replica_index=config.replica_index,
+                             replica_count=config.replica_count,
+                             timeout_s=config.jt808_command_timeout_s)
+    app[COMMANDS] = commands
     started: list[bool] = []
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -69,8 +75,13 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
             await gateway.start(config.jt808_host, config.jt808_port)
             started.append(True)
             log.info("JT/T 808 gateway listening", extra={"port": gateway.port})
-            yield
-            await gateway.stop()
+            try:
+                await commands.start()
+                yield
+            finally:
+                # Before the gateway closes the connections: waiting commands fail visibly.
+                await commands.stop()
+                await gateway.stop()
         finally:
             await store.close()
 

@@ -63,8 +63,47 @@ async def contract_codes_persist_and_are_shared(make: StoreFactory) -> None:
         await c.close()
 
 
+async def contract_session_registry(make: StoreFactory) -> None:
+    """Which replica holds a terminal: claimed, leased, renewed, released, shared by replicas."""
+    a, b = make(), make()
+    await asyncio.gather(a.open(), b.open())
+    try:
+        await a.release_replica(0)
+        await a.release_replica(1)
+        assert await a.find_sessions([], 0.0) == {}
+        await a.claim_session("13900000001", 0, "s-1", lease_until=100.0)
+        await a.claim_session("13900000002", 0, "s-2", lease_until=100.0)
+        assert await b.find_sessions(["13900000001", "13900000002", "1"], 50.0) == {
+            "13900000001": 0, "13900000002": 0}
+        assert await b.find_sessions(["13900000001"], 100.0) == {}  # the lease ran out
+        await a.renew_sessions(["s-1"], lease_until=200.0)
+        assert await b.find_sessions(["13900000001", "13900000002"], 150.0) == {
+            "13900000001": 0}
+        # The terminal reconnects to replica 1; the old connection's late release is ignored.
+        await b.claim_session("13900000001", 1, "s-3", lease_until=300.0)
+        await a.release_session("13900000001", "s-1")
+        assert await a.find_sessions(["13900000001"], 150.0) == {"13900000001": 1}
+        await b.release_session("13900000001", "s-3")
+        assert await a.find_sessions(["13900000001"], 150.0) == {}
+        # A restarted replica forgets what it claimed before.
+        await a.claim_session("13900000004", 0, "s-4", lease_until=300.0)
+        await b.claim_session("13900000005", 1, "s-5", lease_until=300.0)
+        await a.release_replica(0)
+        assert await b.find_sessions(["13900000004", "13900000005"], 0.0) == {"13900000005": 1}
+        many = [f"1380{i:07d}" for i in range(1200)]  # more than one statement's parameters
+        for i, phone in enumerate(many):
+            await b.claim_session(phone, 1, f"m-{i}", lease_until=10.0)
+        await b.renew_sessions([f"m-{i}" for i in range(1200)], lease_until=400.0)
+        assert len(await a.find_sessions(many, 350.0)) == 1200
+        await b.release_replica(1)
+    finally:
+        await a.close()
+        await b.close()
+
+
 CONTRACT: list[Callable[[StoreFactory], Awaitable[None]]] = [
-    contract_register_find_delete, contract_codes_persist_and_are_shared]
+    contract_register_find_delete, contract_codes_persist_and_are_shared,
+    contract_session_registry]
 
 
 @pytest.fixture
