@@ -229,10 +229,11 @@ async def running_gateway(tmp_path: Path, *, bus: EventBus | None = None,
                           store: TerminalStore | None = None,
                           registry: VehicleRegistry | None = None,
                           subscribe: bool = True, close_bus: bool = True,
-                          **kwargs: Any) -> AsyncIterator[Harness]:
+                          start_bus: bool = True, **kwargs: Any) -> AsyncIterator[Harness]:
     """A gateway on 127.0.0.1:0 with a memory bus (unless given) and a SQLite store."""
     bus = bus or MemoryBus(partitions=4)
-    await bus.start()
+    if start_bus:
+        await bus.start()
     own_store = store is None
     store = store or SqliteTerminalStore(str(tmp_path / "terminals.db"))
     if own_store:
@@ -319,26 +320,35 @@ def text_command(vehicle_id: str, command_id: str = "cmd-1", *, ttl_s: float = 6
 
 
 @contextlib.asynccontextmanager
-async def command_cluster(tmp_path: Path, *, replicas: int = 1, bus: EventBus | None = None,
-                          timeout_s: float = 30.0, poll_s: float = 0.02,
-                          **router_kwargs: Any) -> AsyncIterator[Cluster]:
-    """``replicas`` gateways with routers (replica i of N) sharing one bus and one SQLite file."""
-    bus = bus or MemoryBus(partitions=4)
-    await bus.start()
-    cluster = Cluster(bus, [], [])
+async def command_cluster(tmp_path: Path, *, replicas: int = 1,
+                          buses: list[EventBus] | None = None, timeout_s: float = 30.0,
+                          poll_s: float = 0.02, **router_kwargs: Any) -> AsyncIterator[Cluster]:
+    """``replicas`` gateways with routers (replica i of N) sharing one SQLite file.
+
+    Without ``buses`` every replica uses one memory bus (started and closed here); with them,
+    replica i uses ``buses[i]`` (started and closed by the caller), e.g. one NATS connection
+    each. Commands are published and outcomes collected through the first bus.
+    """
+    own = buses is None
+    if buses is None:
+        buses = [MemoryBus(partitions=4)] * replicas
+        await buses[0].start()
+    cluster = Cluster(buses[0], [], [])
 
     async def on_outcome(env: Envelope[CommandOutcome]) -> None:
         cluster.outcomes.append(env.payload)
 
-    await bus.subscribe(COMMAND_OUTCOME, on_outcome, durable="test-outcomes")
+    outcomes = await buses[0].subscribe(COMMAND_OUTCOME, on_outcome, durable="test-outcomes")
     stack = contextlib.AsyncExitStack()
     try:
         for i in range(replicas):
+            bus = buses[i]
             store = SqliteTerminalStore(str(tmp_path / "terminals.db"))
             await store.open()
             stack.push_async_callback(store.close)
             h = await stack.enter_async_context(running_gateway(
-                tmp_path, bus=bus, store=store, subscribe=False, close_bus=False))
+                tmp_path, bus=bus, store=store, subscribe=False, close_bus=False,
+                start_bus=False))
             router = CommandRouter(h.gateway, bus=bus, store=store, replica_index=i,
                                    replica_count=replicas, timeout_s=timeout_s, poll_s=poll_s,
                                    **router_kwargs)
@@ -349,4 +359,6 @@ async def command_cluster(tmp_path: Path, *, replicas: int = 1, bus: EventBus | 
         yield cluster
     finally:
         await stack.aclose()
-        await bus.close()
+        await outcomes.stop()
+        if own:
+            await buses[0].close()
