@@ -141,6 +141,8 @@ class CommandRouter:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._renewed_at = 0.0
+        # Sessions whose claim the store refused: claimed again on the next rounds.
+        self._unclaimed: set[TerminalConnection] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -319,8 +321,9 @@ class CommandRouter:
                                            self.clock.time() + self.lease_s)
         except Exception as exc:
             # The connection works regardless; only commands from other replicas miss it
-            # until the next renewal round claims it again.
+            # until a later round manages to claim it.
             log.warning("terminal store: cannot record %s's session: %s", phone, exc)
+            self._unclaimed.add(conn)
         waiting = self._waiting.pop(phone, None)
         if waiting:
             self._waiting_count -= len(waiting)
@@ -341,6 +344,7 @@ class CommandRouter:
     def session_closed(self, conn: TerminalConnection) -> None:
         """``conn`` lost its session: release it; its unanswered commands fail."""
         phone = conn.phone
+        self._unclaimed.discard(conn)
         if phone is None:
             return
         self._spawn(self._release(phone, conn.session_id))
@@ -413,6 +417,13 @@ class CommandRouter:
                 await self._forward(cmd, replica)
 
     async def _renew(self) -> None:
+        for conn in list(self._unclaimed):
+            if conn.phone is None or self.gateway.sessions.get(conn.phone) is not conn:
+                self._unclaimed.discard(conn)
+                continue
+            await self.store.claim_session(conn.phone, self.index, conn.session_id,
+                                           self.clock.time() + self.lease_s)
+            self._unclaimed.discard(conn)
         sessions = list(self.gateway.sessions.values())
         if not sessions:
             return
