@@ -38,6 +38,12 @@ from urllib.parse import quote
 from shared.events import Area, CapMsgType, Warning, WarningKind, WarningStatus
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
+PUBLIC_SENDER = "tti.hubei-transport"
+"""The ``sender`` of TTI's public messages: every channel that renders one uses it, so the same
+warning version has the same identifier wherever it is fetched."""
+PUBLIC_SENDER_NAME = "湖北省交通出行信息服务 TTI"
+PUBLIC_SENDER_NAME_EN = "Hubei traffic and travel information (TTI)"
+CAP_CONTENT_TYPE = "application/cap+xml"
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 """The offset every CAP time is written with (GB/T 35965.1: Beijing time, +08:00)."""
 

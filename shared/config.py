@@ -199,6 +199,11 @@ class Config:
     warning_url: str = setting(
         "http://127.0.0.1:8080/warning", PUBLISHER,
         "Base URL of the warning service's HTTP API (routes, index, incidents).")
+    public_id_key: str = setting(
+        "", PUBLISHER,
+        "Secret key of the public vehicle labels (HMAC of the vehicle id, so a terminal's "
+        "phone number cannot be recovered from them); give every publisher replica the same "
+        "one. Empty: a random key per process (labels change at restart).")
 
     # --- simulator ---
     demo_size: int = setting(

@@ -389,12 +389,29 @@ CITIZEN_REPORT_KINDS = ("congestion", "accident", "road_damage", "closure", "bus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReportPhoto:
+    """A photo attached to a citizen report: too large for the bus, so it is referenced.
+
+    ``url`` is where the publisher that took it serves it; ``sha256`` (hex) its content,
+    ``content_type`` ``image/jpeg`` or ``image/png`` as checked from the bytes themselves.
+    """
+
+    url: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CitizenReport:
     """A report from a citizen or a hotline agent, accepted by the publisher.
 
     The warning service owns reports: it stores and numbers them and answers their status.
     ``report_id`` is deterministic from the channel and the channel's own message id, so a
-    resent report is one report.
+    resent report is one report. ``reported_at`` is when it was submitted, ``occurred_at`` when
+    the reporter says it happened (if they said).
     """
 
     report_id: str
@@ -407,6 +424,8 @@ class CitizenReport:
     segment_id: str | None = None
     contact: str | None = None
     details: dict[str, object] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+    photo: ReportPhoto | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

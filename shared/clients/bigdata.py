@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -264,10 +264,47 @@ class BigdataClient(JsonClient):
         and counted by kind."""
         return parse_geofences(await self._get("/v1/geofences"))
 
+    async def list_features(self, kinds: Sequence[str], *,
+                            bbox: tuple[float, float, float, float] | None = None,
+                            limit: int = 5000) -> list[dict[str, Any]]:
+        """``GET /v1/features`` of ``kinds`` without geometry (center, attrs, live state), as
+        bigdata's JSON; the caller parses the records it uses."""
+        params = {"kinds": ",".join(kinds), "limit": str(limit), "geometry": "false"}
+        if bbox is not None:
+            params["bbox"] = ",".join(repr(v) for v in bbox)
+        return _records(await self._get("/v1/features", params), "features")
+
+    async def list_gtfs_routes(self) -> list[dict[str, Any]]:
+        """``GET /v1/gtfs/routes``: every route of every imported GTFS feed, as bigdata's JSON."""
+        return _records(await self._get("/v1/gtfs/routes"), "routes")
+
+    async def list_gtfs_stops(self, bbox: tuple[float, float, float, float], *,
+                              limit: int = 5000) -> list[dict[str, Any]]:
+        """``GET /v1/gtfs/stops?bbox=``: GTFS stops in a box (at most ``limit``)."""
+        return _records(await self._get("/v1/gtfs/stops", {
+            "bbox": ",".join(repr(v) for v in bbox), "limit": str(limit)}), "stops")
+
+    async def stop_arrivals(self, stop_id: str, *, horizon_min: int = 60,
+                            limit: int = 20) -> dict[str, Any]:
+        """``GET /v1/stops/{stop_id}/arrivals``: live and timetable arrivals, as bigdata's JSON."""
+        data = await self._get("/v1/stops/" + quote(stop_id, safe="") + "/arrivals",
+                               {"horizon_min": str(horizon_min), "limit": str(limit)})
+        if not isinstance(data, dict) or not isinstance(data.get("arrivals"), list):
+            raise TransientError("bigdata arrivals answer lacks 'arrivals'",
+                                 code="bigdata_bad_answer")
+        return dict(data)
+
     async def get_profiles(self, at: datetime) -> ProfileSnapshot:
         """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
         return parse_profiles(await self._get("/v1/profiles",
                                               {"at": at.astimezone(UTC).isoformat()}))
+
+
+def _records(data: object, key: str) -> list[dict[str, Any]]:
+    records = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise TransientError(f"bigdata answer lacks {key!r}", code="bigdata_bad_answer")
+    return [r for r in records if isinstance(r, dict)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
