@@ -5,8 +5,10 @@ registers (0x0100 → 0x8100 with an auth code kept in the terminal store) and a
 (0x0102) before its positions count. A location report (0x0200) or batch (0x0704) is
 acknowledged with 0x8001 only after the bus has taken the resulting ``VehiclePosition`` (and
 ``TerminalAlarm``) events, so an acknowledged report is never lost; when the bus refuses them
-the terminal gets result 1 and keeps the report. Replies echo the raw phone digits and the
-header layout of the frame they answer (a 2019 terminal gets 2019 replies).
+the terminal gets result 1 and keeps the report. A driver identity report (0x0702, IC card in
+or out; mapped by ``driver_identity.py``) is published as ``DriverIdentity`` on
+``tti.driver.identity.<p>`` the same way before its 0x8001. Replies echo the raw phone digits
+and the header layout of the frame they answer (a 2019 terminal gets 2019 replies).
 
 Bad input loses nothing else: a frame with a bad check code (a missing check byte included) or
 body length gets 0x8001 result 2, however often, and the connection carries on; garbage, an
@@ -51,12 +53,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Counter, Gauge
 
+from services.collector.driver_identity import RejectedCard, identity_event
 from services.collector.registry import VehicleRegistry
 from services.collector.terminals import TerminalStore
 from shared.bus import EventBus
 from shared.clock import Clock
 from shared.errors import BusError
-from shared.events import TERMINAL_ALARM, VEHICLE_POSITION, TerminalAlarm, VehiclePosition
+from shared.events import (
+    DRIVER_IDENTITY,
+    TERMINAL_ALARM,
+    VEHICLE_POSITION,
+    DriverIdentity,
+    TerminalAlarm,
+    VehiclePosition,
+)
 from shared.jt808 import (
     GMT8,
     MAX_FRAME_SIZE,
@@ -94,6 +104,9 @@ from shared.jt808 import (
     escape,
     unescape,
     xor_checksum,
+)
+from shared.jt808 import (
+    DriverIdentity as DriverCard,
 )
 from shared.jt808._fast import fast_constructor
 
@@ -543,6 +556,8 @@ class TerminalConnection(asyncio.Protocol):
             return self._register(msg, body)
         elif mid == MsgId.T_AUTH and isinstance(body, TerminalAuth):
             return self._authenticate(msg, body)
+        elif mid == MsgId.T_DRIVER_IDENTITY and isinstance(body, DriverCard):
+            return self._driver_identity(header, body, body_bytes)
         elif mid == MsgId.T_LOGOUT:
             self._reply(header, RESULT_OK)
             self._forget_session()
@@ -624,6 +639,35 @@ class TerminalConnection(asyncio.Protocol):
             self._reply(header, RESULT_FAILURE)
             return
         self._published += published
+        self._reply(header, RESULT_OK)
+
+    def _driver_identity(self, header: Header, card: DriverCard,
+                         raw: bytes) -> Coroutine[Any, Any, None] | None:
+        """0x0702: a driver signing in or out, published as ``DriverIdentity`` before the ack."""
+        if not self.authenticated:
+            _error("unauthenticated").inc()
+            self._reply(header, RESULT_FAILURE)
+            return None
+        vid = header.terminal_phone
+        try:
+            event = identity_event(vid, card, now=self.gateway.clock.now())
+        except RejectedCard as exc:
+            _error(exc.kind).inc()
+            log.debug("0x0702 from %s refused: %s", vid, exc)
+            self._reply(header, RESULT_BAD_MESSAGE)
+            return None
+        return self._publish_identity(header, event, report_event_id(vid, raw, b"driver"))
+
+    async def _publish_identity(self, header: Header, event: DriverIdentity, eid: str) -> None:
+        try:
+            await self.gateway.bus.publish(DRIVER_IDENTITY, event, key=event.vehicle_id,
+                                           correlation_id=eid, event_id=eid)
+        except Exception as exc:
+            # Not taken: result 1, so the terminal keeps the card report and sends it again.
+            _error("driver_identity_bus_unavailable").inc()
+            self.gateway._bus_failed(exc)
+            self._reply(header, RESULT_FAILURE)
+            return
         self._reply(header, RESULT_OK)
 
     async def _register(self, msg: Message, body: TerminalRegister) -> None:
