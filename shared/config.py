@@ -194,6 +194,27 @@ class Config:
         15.0, WARNING,
         "A standby warning replica takes over this many seconds (plus a poll) after the "
         "active one stops renewing its lease.")
+    speeding_tolerance_kmh: float = setting(
+        5.0, WARNING,
+        "Speeding rule: km/h over the binding limit that a 两客一危 vehicle may go before it "
+        "counts as speeding.")
+    speeding_tolerance_s: float = setting(
+        30.0, WARNING,
+        "Speeding rule: seconds a vehicle must stay over limit + tolerance before an alarm is "
+        "raised (and within it before the alarm ends).")
+    match_min_confidence: float = setting(
+        0.6, WARNING,
+        "Matching confidence (0-1) a fix needs before the speeding and geofence rules take "
+        "its road's limit or fence as certain (elevated roads over their ground roads).")
+    coach_routes: str = setting(
+        "", WARNING,
+        "CSV of long-distance coach routes, route_id,length_km: routes under 100 km are "
+        "exempt from the 02:00-05:00 rule; empty: no route is known (none exempt).",
+        show_default=False)
+    driver_text_ttl_s: float = setting(
+        600.0, WARNING,
+        "A JT/T 808 text to the driver about an alarm that cannot be delivered within this "
+        "many seconds expires (it would be stale).")
 
     # --- publisher ---
     warning_url: str = setting(
