@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.warning.rules.episodes import Key
+from shared.config import Config
 from shared.errors import ConfigError
 from shared.events import (
     Area,
@@ -44,6 +45,16 @@ class RuleSettings:
     min_confidence: float = 0.6
     coach_routes: Mapping[str, float] = field(default_factory=dict)
     """Coach route id → route length in km (routes under 100 km are exempt from 02:00-05:00)."""
+    driver_text_ttl_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> RuleSettings:
+        """The rules' settings from the service's (reads the coach routes CSV)."""
+        return cls(speeding_tolerance_kmh=config.speeding_tolerance_kmh,
+                   speeding_tolerance_s=config.speeding_tolerance_s,
+                   min_confidence=config.match_min_confidence,
+                   coach_routes=load_coach_routes(config.coach_routes),
+                   driver_text_ttl_s=config.driver_text_ttl_s)
 
 
 def load_coach_routes(path: str) -> dict[str, float]:
@@ -128,16 +139,17 @@ def duration_en(seconds: float) -> str:
 
 
 def vehicle_alarm(*, warning_id: str, cause: str, started_at: datetime,
-                  **fields: object) -> Warning:
+                  decided_at: datetime | None = None, **fields: object) -> Warning:
     """The first (Alert) message of a rule's episode: a Safety vehicle alarm, observed.
 
+    ``decided_at``: the event that raised it, when later than its start (a tolerance passed);
     ``fields``: severity, the texts, details and where (the rest of `Warning`'s fields).
     """
     return Warning(
         warning_id=warning_id, kind=WarningKind.VEHICLE_ALARM, status=WarningStatus.RAISED,
         category=CapCategory.SAFETY, urgency=CapUrgency.IMMEDIATE,
         certainty=CapCertainty.OBSERVED, msg_type=CapMsgType.ALERT, started_at=started_at,
-        updated_at=started_at, cause=cause, **fields)  # type: ignore[arg-type]
+        updated_at=decided_at or started_at, cause=cause, **fields)  # type: ignore[arg-type]
 
 
 def utc(ts: float) -> datetime:
