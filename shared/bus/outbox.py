@@ -33,7 +33,9 @@ OUTBOX = Counter("tti_bus_outbox_total",
 class Outgoing:
     """One event to publish: its id (JetStream's ``Nats-Msg-Id``), subject, payload, key.
 
-    ``bucket`` is the speed window it belongs to, for owners that expire what is too late.
+    ``bucket`` is the speed window it belongs to, for owners that expire what is too late;
+    ``correlation_id`` the input's (one vehicle report followed through the services), None
+    for the bus's default.
     """
 
     event_id: str
@@ -41,6 +43,7 @@ class Outgoing:
     payload: Any
     key: str | None
     bucket: int = 0
+    correlation_id: str | None = None
 
 
 class Outbox:
@@ -95,7 +98,7 @@ class Outbox:
             # Concurrent publishes share JetStream round trips.
             results = await asyncio.gather(*(
                 self.bus.publish(item.subject, item.payload, key=item.key,
-                                 event_id=item.event_id)
+                                 event_id=item.event_id, correlation_id=item.correlation_id)
                 for item in batch), return_exceptions=True)
             failed = [item for item, r in zip(batch, results, strict=True)
                       if isinstance(r, BaseException)]
