@@ -113,7 +113,7 @@ def test_a_silent_terminal_is_not_resting() -> None:
     rule = FatigueRule()
     out = run(rule, drive(0, 3 * H) + drive(4.5 * H, 4.6 * H))  # 90 minutes without a report
     assert [w.status for w in out][:1] == [WarningStatus.RAISED]
-    assert out[0].details["driving_s"] > 4 * H
+    assert float(out[0].details["driving_s"]) > 4 * H  # type: ignore[arg-type]
     # A terminal that reports with the ignition off is resting: the time does not count.
     parked = FatigueRule()
     trip = [*drive(0, 3 * H), fix(3 * H + 60, 0.0, acc=False), *drive(4.5 * H, 4.6 * H)]
@@ -154,7 +154,7 @@ def test_more_than_eight_hours_in_24_is_its_own_alarm() -> None:
     daily = of(out, DAILY)
     assert len({w.warning_id for w in daily}) == 1
     assert daily[0].status is WarningStatus.RAISED and daily[0].cause == DAILY
-    assert daily[0].details["day_driving_s"] > 8 * H
+    assert float(daily[0].details["day_driving_s"]) > 8 * H  # type: ignore[arg-type]
     assert "24小时内累计驾驶" in daily[0].headline
     assert daily[-1].status is WarningStatus.RESOLVED  # the last rest ends that stretch
 
