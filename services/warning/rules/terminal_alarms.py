@@ -12,10 +12,15 @@ power, camera …) are the operator's business, not the departments', and make n
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from services.warning.rules.episodes import (
+    UPDATE_EVERY_S,
+    Episode,
+    EpisodeBook,
+    Key,
+    episode_id,
+)
 from shared.events import (
     Area,
     CapCategory,
@@ -32,7 +37,6 @@ from shared.geo import haversine_m
 
 CLEAR_AFTER_S = 120.0
 """An alarm not repeated for this long is over (terminals repeat it in every report)."""
-UPDATE_EVERY_S = 60.0
 MOVED_M = 200.0
 """An episode's warning is updated at most once a minute, or when the vehicle moved this far."""
 TWO_PASSENGER_ONE_DANGER = frozenset({"coach", "tourist_bus", "dangerous_goods"})
@@ -67,89 +71,76 @@ def _matters(name: str, vehicle_class: str) -> bool:
     return name == "emergency" or vehicle_class in TWO_PASSENGER_ONE_DANGER
 
 
-@dataclass(slots=True)
-class _Episode:
-    warning: Warning
-    last_seen: datetime
+def _key(w: Warning) -> Key:
+    return str(w.details.get("vehicle_id")), str(w.details.get("alarm"))
 
 
 class TerminalAlarmRule:
     """Open episodes by (vehicle, alarm); what each report and each tick changes."""
 
+    rule = "terminal_alarm"
+
     def __init__(self, *, clear_after_s: float = CLEAR_AFTER_S) -> None:
         self.clear_after = timedelta(seconds=clear_after_s)
-        self.open: dict[tuple[str, str], _Episode] = {}
+        self.book = EpisodeBook(key_of=_key, update_every_s=UPDATE_EVERY_S)
 
     def on_alarm(self, a: TerminalAlarm) -> list[Warning]:
-        """Warnings raised or updated by one report's alarm bits (oldest first)."""
+        """Warnings raised, updated or resolved by one report's alarm bits (oldest first)."""
         out: list[Warning] = []
         for name in a.alarms:
             if not _matters(name, a.vehicle_class):
                 continue
             key = (a.vehicle_id, name)
-            ep = self.open.get(key)
+            ep = self.book.find(key)
             if ep is not None and a.observed_at <= ep.last_seen:
                 continue  # redelivered or late: nothing new
+            if ep is not None and a.observed_at - ep.last_seen >= self.clear_after:
+                # Over already, whether or not this replica's tick has said so yet: end it as
+                # the tick would, so every replica publishes the same messages.
+                out.append(self._end(ep))
+                ep = None
             if ep is None:
-                w = self._raise(a, name)
-                self.open[key] = _Episode(w, a.observed_at)
-            else:
-                ep.last_seen = a.observed_at
-                if not self._news(ep.warning, a):
-                    continue  # the same alarm going on where it was: one update a minute
-                w = self._update(ep.warning, a, name)
-                ep.warning = w
-            out.append(w)
+                out.append(self.book.raise_(key, self._raise(a, name), at=a.observed_at))
+                continue
+            reports = int(ep.warning.details.get("reports", 1)) + 1  # type: ignore[call-overload]
+            lon, lat, area = self._where(a)
+            w = self.book.update(ep, at=a.observed_at, news=self._news(ep.warning, a),
+                                 lon=lon, lat=lat, area=area,
+                                 details={"reports": reports, "alarm_bits": a.alarm_bits})
+            if w is not None:
+                out.append(w)
         return out
 
     @staticmethod
     def _news(w: Warning, a: TerminalAlarm) -> bool:
-        if (a.observed_at - w.updated_at).total_seconds() >= UPDATE_EVERY_S:
-            return True
         if w.details.get("alarm_bits") != a.alarm_bits:
             return True
         if w.lon is None or w.lat is None or not (a.lon or a.lat):
             return bool(a.lon or a.lat) and w.lon is None
         return haversine_m(w.lon, w.lat, a.lon, a.lat) >= MOVED_M
 
+    def _end(self, ep: Episode) -> Warning:
+        return self.book.resolve(ep, end=ep.last_seen + self.clear_after,
+                                 because="alarm_cleared")
+
     def expire(self, now: datetime) -> list[Warning]:
         """Episodes whose alarm stopped more than ``clear_after`` ago, resolved."""
-        out: list[Warning] = []
-        for key, ep in list(self.open.items()):
-            if now - ep.last_seen < self.clear_after:
-                continue
-            del self.open[key]
-            end = ep.last_seen + self.clear_after
-            out.append(replace(ep.warning, status=WarningStatus.RESOLVED,
-                               msg_type=CapMsgType.UPDATE, urgency=CapUrgency.PAST,
-                               updated_at=max(end, ep.warning.updated_at), ended_at=end,
-                               version=ep.warning.version + 1,
-                               details={**ep.warning.details, "ended_because": "alarm_cleared"}))
-        return out
+        return [self._end(ep) for ep in self.book if now - ep.last_seen >= self.clear_after]
 
     def resume(self, w: Warning) -> None:
         """An open episode a previous run persisted (its warning still active)."""
-        key = (str(w.details.get("vehicle_id")), str(w.details.get("alarm")))
-        self.open[key] = _Episode(w, w.updated_at)
+        self.book.resume(w)
 
     def adopt(self, w: Warning) -> None:
         """Take a department's change of an open episode's warning (ack, assign, close …)."""
-        key = (str(w.details.get("vehicle_id")), str(w.details.get("alarm")))
-        ep = self.open.get(key)
-        if ep is None:
-            return
-        if w.active:
-            ep.warning = w
-        else:
-            del self.open[key]  # closed or cancelled by hand: the episode is over for us too
+        self.book.adopt(w)
 
     def _raise(self, a: TerminalAlarm, name: str) -> Warning:
         zh, en, severity = _SAFETY[name]
         who = f"{_CLASS_NAMES.get(a.vehicle_class, '车辆')} {a.vehicle_id}"
-        key = f"alarm|{a.vehicle_id}|{name}|{a.observed_at.isoformat()}"
         lon, lat, area = self._where(a)
         return Warning(
-            warning_id="alarm-" + hashlib.sha1(key.encode()).hexdigest()[:20],
+            warning_id=episode_id("alarm", "alarm", a.vehicle_id, name, a.observed_at),
             kind=WarningKind.VEHICLE_ALARM, status=WarningStatus.RAISED,
             category=CapCategory.RESCUE if name == "emergency" else CapCategory.SAFETY,
             severity=severity, urgency=CapUrgency.IMMEDIATE, certainty=CapCertainty.OBSERVED,
@@ -160,16 +151,7 @@ class TerminalAlarmRule:
                 f"The terminal of {a.vehicle_class} {a.vehicle_id} reports {en}."),
             lon=lon, lat=lat, area=area,
             details={"vehicle_id": a.vehicle_id, "vehicle_class": a.vehicle_class,
-                     "alarm": name, "alarm_bits": a.alarm_bits, "reports": 1})
-
-    def _update(self, w: Warning, a: TerminalAlarm, name: str) -> Warning:
-        status = w.status if w.status in (WarningStatus.ACKNOWLEDGED,
-                                          WarningStatus.ASSIGNED) else WarningStatus.UPDATED
-        reports = int(w.details.get("reports", 1)) + 1  # type: ignore[call-overload]
-        lon, lat, area = self._where(a)
-        return replace(w, status=status, msg_type=CapMsgType.UPDATE, updated_at=a.observed_at,
-                       version=w.version + 1, lon=lon, lat=lat, area=area,
-                       details={**w.details, "reports": reports, "alarm_bits": a.alarm_bits})
+                     "rule": self.rule, "alarm": name, "alarm_bits": a.alarm_bits, "reports": 1})
 
     @staticmethod
     def _where(a: TerminalAlarm) -> tuple[float | None, float | None, Area | None]:
