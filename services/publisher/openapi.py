@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.publisher.openapi_schemas import SCHEMAS as _MORE_SCHEMAS
 from shared.events import SPEED_SOURCES
 from shared.schemas import NULLABLE_TIME as _NULLABLE_TIME
 from shared.schemas import TIME as _TIME
@@ -25,6 +26,7 @@ def _error(name: str) -> dict[str, Any]:
 
 _SCHEMAS: dict[str, Any] = {
     **contract_schemas(),
+    **_MORE_SCHEMAS,
     "Levels": {
         "type": "object", "required": ["levels"],
         "properties": {"levels": {"type": "array", "items": {
@@ -32,8 +34,8 @@ _SCHEMAS: dict[str, Any] = {
             "properties": {"level": {"type": "integer", "minimum": 1, "maximum": 5},
                            "name": {"type": "string"}, "name_en": {"type": "string"}}}}},
     },
-    "RouteList": {
-        "type": "object", "required": ["routes", "as_of", "time_zone"],
+    "Directions": {
+        "type": "object", "required": ["routes", "as_of", "time_zone", "generated_at"],
         "properties": {
             "routes": {"type": "array", "items": {
                 "type": "object",
@@ -41,8 +43,12 @@ _SCHEMAS: dict[str, Any] = {
                 "properties": {"travel_time_s": {"type": "number"},
                                "length_m": {"type": "number"},
                                "segment_ids": {"type": "array", "items": {"type": "string"}},
-                               "geometry": _ref("LineString")}}},
+                               "geometry": _ref("LineString"),
+                               "travel_time_min": {"type": "number"},
+                               "warning_ids": {"type": "array", "items": {"type": "string"},
+                                               "description": "Active warnings on the way"}}}},
             "as_of": _NULLABLE_TIME,
+            "generated_at": _TIME,
             "time_zone": {"const": "UTC"},
         },
     },
@@ -112,6 +118,7 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "geometry": _ref("LineString"),
             "properties": _ref("RoadProperties"),
+            "generated_at": _TIME,
         },
     },
     "RoadCollection": {
@@ -196,7 +203,180 @@ _PARAMETERS: dict[str, Any] = {
     "filename": {
         "name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
     },
+    "coord": {
+        "name": "coord", "in": "query", "required": False,
+        "description": "Coordinate system of the points sent and answered: WGS-84 (default) "
+                       "or GCJ-02 (Chinese map SDKs)",
+        "schema": {"enum": ["wgs84", "gcj02"], "default": "wgs84"},
+    },
+    "q": {"name": "q", "in": "query", "required": False, "description": "Name to look for",
+          "schema": {"type": "string", "minLength": 1, "maxLength": 100}},
+    "bridge": {"name": "bridge", "in": "query", "required": False,
+               "description": "Only bridges (true) or no bridges (false)",
+               "schema": {"type": "boolean"}},
+    "tunnel": {"name": "tunnel", "in": "query", "required": False,
+               "description": "Only tunnels (true) or no tunnels (false)",
+               "schema": {"type": "boolean"}},
+    "limit": {"name": "limit", "in": "query", "required": False,
+              "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+    "near": {"name": "near", "in": "query", "required": False,
+             "description": "LON,LAT (WGS-84 unless coord=gcj02)",
+             "schema": {"type": "string", "examples": ["114.405,30.505"]}},
+    "radius_m": {"name": "radius_m", "in": "query", "required": False,
+                 "schema": {"type": "number", "minimum": 1, "maximum": 5000}},
+    "route_id": {"name": "route_id", "in": "path", "required": True,
+                 "schema": {"type": "string"}, "description": "GTFS route_id"},
+    "stop_id": {"name": "stop_id", "in": "path", "required": True,
+                "schema": {"type": "string"}, "description": "GTFS stop_id"},
+    "feed_format": {"name": "format", "in": "query", "required": False,
+                    "description": "protobuf (default) or json (for debugging)",
+                    "schema": {"enum": ["protobuf", "json"], "default": "protobuf"}},
+    "incident_status": {
+        "name": "status", "in": "query", "required": False,
+        "schema": {"enum": ["active", "cleared", "all"], "default": "active"}},
 }
+
+
+def _p(*names: str) -> list[dict[str, str]]:
+    return [{"$ref": f"#/components/parameters/{n}"} for n in names]
+
+
+def _op(op_id: str, tag: str, summary: str, schema: str, *, params: list[Any] | None = None,
+        errors: tuple[str, ...] = (), geojson: bool = False) -> dict[str, Any]:
+    codes = {"400": "BadRequest", "404": "NotFound", "503": "Unavailable"}
+    ok = (_geojson if geojson else _json)(_ref(schema), summary)
+    return {"get": {"tags": [tag], "operationId": op_id, "summary": summary,
+                    "parameters": params or [],
+                    "responses": {"200": ok, "304": {"description": "Not modified (ETag)"},
+                                  **{c: _error(codes[c]) for c in errors}}}}
+
+
+def _feed(op_id: str, summary: str) -> dict[str, Any]:
+    return {"get": {"tags": ["feeds"], "operationId": op_id, "summary": summary,
+                    "parameters": _p("feed_format"),
+                    "responses": {"200": {"description": "A GTFS-realtime FeedMessage",
+                                          "content": {"application/x-protobuf": {
+                                              "schema": {"type": "string",
+                                                         "contentMediaType":
+                                                             "application/x-protobuf"}},
+                                              "application/json": {
+                                                  "schema": {"type": "object"}}}},
+                                  "304": {"description": "Not modified (ETag)"},
+                                  "400": _error("BadRequest")}}}
+
+
+_POINT = {"type": "string", "examples": ["114.405,30.505"]}
+
+
+def _more_paths() -> dict[str, Any]:
+    """Buses, stops, parking, places, index, incidents, directions, reports, stream, feeds."""
+    route_params = [
+        {"name": "from", "in": "query", "required": True,
+         "description": "Origin LON,LAT (WGS-84 unless coord=gcj02)", "schema": _POINT},
+        {"name": "to", "in": "query", "required": True,
+         "description": "Destination LON,LAT", "schema": _POINT},
+        {"name": "alternatives", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0, "maximum": 3, "default": 0}},
+        *_p("coord")]
+    directions = _op("getDirections", "roads", "Routes under live traffic, fastest first, with "
+                     "the warnings on them", "Directions", params=route_params,
+                     errors=("400", "404", "503"))
+    route = {"get": {**directions["get"], "operationId": "getRoute",
+                     "summary": "The older name of /api/v1/directions"}}
+    xml = {"type": "string"}
+    return {
+        "/api/v1/directions": directions,
+        "/api/v1/route": route,
+        "/api/v1/incidents": _op("listIncidents", "warnings", "Incidents, newest first",
+                                 "IncidentList", params=_p("incident_status", "coord"),
+                                 errors=("400",)),
+        "/api/v1/index": _op("getIndex", "roads", "Traffic performance index (GB/T 33171) of "
+                             "the network and each area", "IndexAnswer"),
+        "/api/v1/routes": _op("listBusRoutes", "buses", "Bus routes", "RouteList",
+                              errors=("503",)),
+        "/api/v1/routes/{route_id}/vehicles": _op(
+            "listRouteVehicles", "buses", "The live buses of a route", "VehicleList",
+            params=_p("route_id", "coord"), errors=("400", "404", "503")),
+        "/api/v1/vehicles": _op(
+            "listVehicles", "buses", "Live buses (public labels only)", "VehicleList",
+            params=[*_p("bbox", "coord"), {"name": "route_id", "in": "query",
+                                           "required": False, "schema": {"type": "string"}}],
+            errors=("400",)),
+        "/api/v1/stops": _op("listStops", "buses", "Stops by name (q) or near a point",
+                             "StopList", params=_p("q", "near", "radius_m", "limit", "coord"),
+                             errors=("400", "503")),
+        "/api/v1/stops/{stop_id}/arrivals": _op(
+            "listArrivals", "buses", "Next arrivals at a stop: live with occupancy, else the "
+            "timetable", "ArrivalList", params=_p("stop_id", "limit", "coord"),
+            errors=("400", "404", "503")),
+        "/api/v1/parking": _op(
+            "listParking", "places", "Car parks near a point: free spaces, capacity, age",
+            "ParkingList", params=[{**_PARAMETERS["near"], "required": True},
+                                   *_p("radius_m", "limit", "coord")],
+            errors=("400", "503")),
+        "/api/v1/places": _op(
+            "listPlaces", "places", "Scenic spots, hotels, stations, ports … by name",
+            "PlaceList", params=[{**_PARAMETERS["q"], "required": True},
+                                 {"name": "kinds", "in": "query", "required": False,
+                                  "schema": {"type": "string"}}, *_p("limit", "coord")],
+            errors=("400", "503")),
+        "/api/v1/reports": {"post": {
+            "tags": ["reports"], "operationId": "postReport",
+            "summary": "A citizen's report (what, where, when, an optional photo)",
+            "parameters": _p("coord"),
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": _ref("ReportForm")},
+                "application/json": {"schema": _ref("ReportForm")}}},
+            "responses": {"201": _json(_ref("ReportStatus"), "Accepted; its number"),
+                          "200": _json(_ref("ReportStatus"), "Sent before (same client_id)"),
+                          "400": _error("BadRequest"),
+                          "413": _json(_ref("Error"), "Photo or body too large")}}},
+        "/api/v1/reports/{number}": _op(
+            "getReport", "reports", "A report's status", "ReportStatus",
+            params=[{"name": "number", "in": "path", "required": True,
+                     "schema": {"type": "string"}}], errors=("404",)),
+        "/api/v1/reports/{number}/photo": {"get": {
+            "tags": ["reports"], "operationId": "getReportPhoto",
+            "summary": "A report's photo",
+            "parameters": [{"name": "number", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The photo", "content": {
+                "image/jpeg": {"schema": {"type": "string"}},
+                "image/png": {"schema": {"type": "string"}}}},
+                "304": {"description": "Not modified (ETag)"}, "404": _error("NotFound")}}},
+        "/api/v1/stream": {"get": {
+            "tags": ["roads"], "operationId": "getStream",
+            "summary": "Server-Sent Events of changes: road, warning, incident, vehicle, "
+                       "arrival, index (follow exactly one of bbox, stop, route)",
+            "parameters": [*_p("bbox", "coord"),
+                           {"name": "stop", "in": "query", "required": False,
+                            "schema": {"type": "string"}},
+                           {"name": "route", "in": "query", "required": False,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "text/event-stream", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}},
+                "400": _error("BadRequest"), "503": _error("Unavailable")}}},
+        "/gtfs-rt/vehicle-positions": _feed("getGtfsRtVehiclePositions",
+                                            "GTFS-realtime VehiclePositions"),
+        "/gtfs-rt/trip-updates": _feed("getGtfsRtTripUpdates",
+                                       "GTFS-realtime TripUpdates (with uncertainty)"),
+        "/gtfs-rt/alerts": _feed("getGtfsRtAlerts",
+                                 "GTFS-realtime Alerts (warnings affecting bus routes)"),
+        "/cap/alerts.atom": {"get": {
+            "tags": ["feeds"], "operationId": "getCapAtom",
+            "summary": "Atom index of the public warnings' CAP 1.2 documents",
+            "responses": {"200": {"description": "Atom 1.0 feed", "content": {
+                "application/atom+xml": {"schema": xml}}},
+                "304": {"description": "Not modified (ETag)"}}}},
+        "/cap/{name}": {"get": {
+            "tags": ["feeds"], "operationId": "getCapDocument",
+            "summary": "A public warning's latest CAP 1.2 message ({warning_id}.xml)",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^.+\\.xml$"}}],
+            "responses": {"200": {"description": "CAP 1.2 alert", "content": {
+                "application/cap+xml": {"schema": xml}}},
+                "304": {"description": "Not modified (ETag)"}, "404": _error("NotFound")}}},
+    }
 
 
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
@@ -217,15 +397,15 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": "roads"}, {"name": "warnings"}, {"name": "operations"},
-                 {"name": "web"}],
+        "tags": [{"name": "roads"}, {"name": "warnings"}, {"name": "buses"},
+                 {"name": "places"}, {"name": "reports"}, {"name": "feeds"},
+                 {"name": "operations"}, {"name": "web"}],
         "paths": {
             "/api/v1/roads": {"get": {
                 "tags": ["roads"],
                 "operationId": "listRoads",
                 "summary": "Roads with their live congestion level, as GeoJSON",
-                "parameters": [{"$ref": "#/components/parameters/bbox"},
-                               {"$ref": "#/components/parameters/min_level"}],
+                "parameters": _p("bbox", "min_level", "q", "bridge", "tunnel", "coord"),
                 "responses": {
                     "200": _geojson(_ref("RoadCollection"),
                                     "A GeoJSON FeatureCollection of LineStrings"),
@@ -237,7 +417,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "tags": ["roads"],
                 "operationId": "getRoad",
                 "summary": "One road segment with all attributes and its live values",
-                "parameters": [{"$ref": "#/components/parameters/segment_id"}],
+                "parameters": _p("segment_id", "coord"),
                 "responses": {
                     "200": _geojson(_ref("RoadFeature"), "A GeoJSON Feature"),
                     "404": _error("NotFound"),
@@ -248,7 +428,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "tags": ["warnings"],
                 "operationId": "listWarnings",
                 "summary": "Traffic warnings, newest first",
-                "parameters": [{"$ref": "#/components/parameters/status"}],
+                "parameters": _p("status", "coord"),
                 "responses": {
                     "200": _json(_ref("WarningList"), "Warnings matching the status filter"),
                     "400": _error("BadRequest"),
@@ -260,33 +440,13 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "summary": "The five GB/T 33171 congestion levels and their names",
                 "responses": {"200": _json(_ref("Levels"), "Levels 1 (smooth) to 5")},
             }},
-            "/api/v1/route": {"get": {
-                "tags": ["roads"],
-                "operationId": "getRoute",
-                "summary": "Fastest route between two points under live traffic, and others",
-                "parameters": [
-                    {"name": "from", "in": "query", "required": True,
-                     "description": "Origin LON,LAT (WGS-84)",
-                     "schema": {"type": "string", "examples": ["114.405,30.505"]}},
-                    {"name": "to", "in": "query", "required": True,
-                     "description": "Destination LON,LAT (WGS-84)",
-                     "schema": {"type": "string", "examples": ["114.42,30.51"]}},
-                    {"name": "alternatives", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 0, "maximum": 3, "default": 0}},
-                ],
-                "responses": {
-                    "200": _json(_ref("RouteList"), "Routes, fastest first"),
-                    "400": _error("BadRequest"),
-                    "404": _error("NotFound"),
-                    "503": unavailable,
-                },
-            }},
             "/api/v1/region": {"get": {
                 "tags": ["roads"],
                 "operationId": "getRegion",
                 "summary": "The region covered: name, bounding box, segment count",
                 "responses": {"200": _json(_ref("Region"), "The region"), "503": unavailable},
             }},
+            **_more_paths(),
             "/openapi.json": {"get": {
                 "tags": ["operations"],
                 "operationId": "getOpenapi",

@@ -74,6 +74,12 @@ class Catalogue:
         self._by_id = by_id
         self._order = list(by_id.values())
         self._tree = STRtree([LineString(s.coords) for s in self._order])
+        names: dict[str, list[int]] = {}
+        for i, s in enumerate(self._order):
+            for n in {s.name, s.name_en}:
+                if n:
+                    names.setdefault(n.casefold(), []).append(i)
+        self._names = names
 
     def __len__(self) -> int:
         return len(self._order)
@@ -88,6 +94,12 @@ class Catalogue:
             return list(self._order)
         hits = self._tree.query(box(*bbox), predicate="intersects")
         return [self._order[i] for i in sorted(hits.tolist())]
+
+    def search(self, query: str) -> list[Segment]:
+        """Segments whose name or English name contains ``query`` (case-insensitive)."""
+        q = query.casefold()
+        found = {i for name, idx in self._names.items() if q in name for i in idx}
+        return [self._order[i] for i in sorted(found)]
 
 
 def validate_road_status(status: RoadStatus) -> RoadStatus:

@@ -12,7 +12,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from shared.errors import DecodeError
-from shared.events import Warning
+from shared.events import INCIDENT_STATUSES, AreaIndex, Incident, Warning
 
 STATUS_FILTERS = ("active", "cleared", "all")
 """Values of the ``status`` filter of ``GET /api/v1/warnings``."""
@@ -100,3 +100,81 @@ class WarningBoard:
         for wid in old:
             del self._by_id[wid]
         return len(old)
+
+
+class IncidentBoard:
+    """Latest state of each incident by id (newest ``updated_at`` wins); cleared ones expire."""
+
+    def __init__(self, *, max_entries: int = 5000, cleared_ttl_s: float = 86_400.0) -> None:
+        self.max_entries = max_entries
+        self.cleared_ttl_s = cleared_ttl_s
+        self._by_id: dict[str, Incident] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def apply(self, incident: Incident) -> bool:
+        """Insert or update; False when a newer state is held."""
+        if not incident.incident_id:
+            raise DecodeError("incident_id is empty", code="bad_field")
+        if incident.status not in INCIDENT_STATUSES:
+            raise DecodeError(f"unknown incident status {incident.status!r}", code="bad_field")
+        incident = dataclasses.replace(incident, detected_at=_utc(incident.detected_at),
+                                       updated_at=_utc(incident.updated_at))
+        held = self._by_id.get(incident.incident_id)
+        if held is not None and held.updated_at > incident.updated_at:
+            return False
+        self._by_id[incident.incident_id] = incident
+        if len(self._by_id) > self.max_entries:
+            ranked = sorted(self._by_id.values(),
+                            key=lambda i: (i.status != "cleared", i.updated_at))
+            for i in ranked[: len(ranked) - int(self.max_entries * 0.9)]:
+                del self._by_id[i.incident_id]
+        return True
+
+    def list_incidents(self, status: str = "active") -> list[Incident]:
+        """``active`` (suspected or confirmed), ``cleared`` or ``all``, newest first."""
+        items = [i for i in self._by_id.values()
+                 if status == "all" or (status == "cleared") == (i.status == "cleared")]
+        return sorted(items, key=lambda i: (i.detected_at, i.incident_id), reverse=True)
+
+    def prune(self, now: datetime) -> int:
+        """Forget incidents cleared more than ``cleared_ttl_s`` ago."""
+        cutoff = now - timedelta(seconds=self.cleared_ttl_s)
+        old = [k for k, i in self._by_id.items() if i.status == "cleared" and i.updated_at < cutoff]
+        for k in old:
+            del self._by_id[k]
+        return len(old)
+
+
+class IndexBoard:
+    """The traffic performance index of the network and each area: newest ``observed_at``."""
+
+    def __init__(self, *, max_age_s: float = 1800.0) -> None:
+        self.max_age_s = max_age_s
+        self._by_id: dict[str, AreaIndex] = {}
+
+    def apply(self, area: AreaIndex) -> bool:
+        """Keep the newest index of an area; False when an older one."""
+        if not area.area_id:
+            raise DecodeError("area_id is empty", code="bad_field")
+        area = dataclasses.replace(area, observed_at=_utc(area.observed_at))
+        held = self._by_id.get(area.area_id)
+        if held is not None and held.observed_at > area.observed_at:
+            return False
+        self._by_id[area.area_id] = area
+        return True
+
+    def network(self, now: datetime) -> AreaIndex | None:
+        """The whole network's index, unless it is too old."""
+        return self._fresh(self._by_id.get("network"), now)
+
+    def areas(self, now: datetime) -> list[AreaIndex]:
+        """Every other area's index (fresh ones), by id."""
+        return [a for aid, a in sorted(self._by_id.items())
+                if aid != "network" and self._fresh(a, now) is not None]
+
+    def _fresh(self, area: AreaIndex | None, now: datetime) -> AreaIndex | None:
+        if area is None or (now - area.observed_at).total_seconds() > self.max_age_s:
+            return None
+        return area

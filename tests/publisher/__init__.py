@@ -1,7 +1,9 @@
 """Publisher tests and their helpers: a bigdata stand-in serving its HTTP contract, and a runner.
 
 The stand-in is a test double of another service's HTTP API (``/v1/segments``,
-``/v1/segments/{id}``, ``/v1/region``) over real HTTP; the bus is the real :class:`MemoryBus`.
+``/v1/segments/{id}``, ``/v1/region``; no stops, routes or places) over real HTTP; the bus is
+the real :class:`MemoryBus`. Tests of stops, buses and places run the real bigdata app instead
+(:mod:`tests.publisher.stack`).
 """
 
 from __future__ import annotations
@@ -95,7 +97,16 @@ def make_bigdata_app(state: BigdataState) -> web.Application:
         gate(request)
         return web.json_response(REGION)
 
+    def empty(key: str) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            gate(request)
+            return web.json_response({key: [], "count": 0})
+        return handler
+
     app = web.Application()
+    app.router.add_get("/v1/gtfs/stops", empty("stops"))
+    app.router.add_get("/v1/gtfs/routes", empty("routes"))
+    app.router.add_get("/v1/features", empty("features"))
     app.router.add_get("/v1/segments", segments)
     app.router.add_get("/v1/segments/{segment_id}", segment)
     app.router.add_get("/v1/region", region)

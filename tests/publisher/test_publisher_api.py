@@ -448,15 +448,16 @@ async def test_openapi_lists_every_route_the_app_serves(env: Env) -> None:
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == _served_paths(env.app)
     for path, item in doc["paths"].items():
-        assert "get" in item, path
-        assert item["get"]["responses"], path
+        assert set(item) <= {"get", "post"} and item, path
+        for operation in item.values():
+            assert operation["responses"], path
     assert "UTC" in doc["info"]["description"]
     assert "Error" in doc["components"]["schemas"]
     for name in ("/api/v1/roads", "/api/v1/roads/{segment_id}"):
         assert doc["paths"][name]["get"]["responses"]["200"]["content"]
     params = {p["$ref"].rsplit("/", 1)[1]
               for p in doc["paths"]["/api/v1/roads"]["get"]["parameters"]}
-    assert params == {"bbox", "min_level"}
+    assert params == {"bbox", "min_level", "q", "bridge", "tunnel", "coord"}
 
 
 def test_openapi_document_is_valid() -> None:
