@@ -23,6 +23,15 @@ heading, as JT/T 808 terminals do):
   sampling, 1 at 30 s; lag 0 decides at once), from the best path through the window, and the
   decision is then fixed: later paths must pass through it, so consecutive decisions are
   always joined by a drivable route.
+- **Confidence**: at the decision, the posterior probability that the fix is on the directed
+  road (OSM way and direction: its limit, class and name) of the decided candidate, by
+  forward-backward: forward over every path since the chain began (``alpha``, kept beside the
+  Viterbi scores and not narrowed by decisions, so a coin toss between an elevated road and
+  its ground road stays one for as long as they run together), backward over the window's
+  newer fixes. Calibrated on the Wuhan OSM traces (40 vehicles, 10 m noise; by true road):
+  at 10 s, fixes at ≥ 0.99 (88 % of them) are on the right road 99.8 % of the time, at
+  0.9-0.99 96 %, 0.7-0.9 83 %, 0.5-0.7 71 %, below 0.5 36 %; at 30 s, 99.8 / 94 / 80 / 66 /
+  53 % (74 % of the fixes at ≥ 0.99).
 - **Refinement along the road**: GPS noise along the road is as large as across it. When
   speeds are reported, a decided fix's position along its route is re-estimated by a Kalman
   smoother along the route: forward, the previous fix's filtered position plus the distance the
@@ -59,11 +68,12 @@ candidates each.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from dataclasses import dataclass, field
-from itertools import pairwise
 
-from shared.roadnet import Candidate, RoadNetwork, ShortestPaths
+from services.bigdata.match_graph import M_PER_DEG as _M_PER_DEG
+from services.bigdata.match_graph import MatchGraph
+from services.bigdata.match_graph import planar_m as _planar_m
+from shared.roadnet import Candidate, RoadNetwork
 
 __all__ = [
     "MatchGraph",
@@ -75,14 +85,7 @@ __all__ = [
 
 _NEG_INF = -math.inf
 _INF = math.inf
-_M_PER_DEG = 6_371_008.8 * math.pi / 180.0
 _SQRT2 = math.sqrt(2.0)
-
-
-def _planar_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    """Equirectangular distance: within 0.1 % of haversine over the few km between fixes."""
-    kx = _M_PER_DEG * math.cos(math.radians(0.5 * (lat1 + lat2)))
-    return math.hypot((lon2 - lon1) * kx, (lat2 - lat1) * _M_PER_DEG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +167,10 @@ class MatchResult:
     ``candidate`` is the matched position (segment, offset, point, distance from the fix), None
     when the fix matched no road. ``pieces`` cover the time from the previously decided fix of
     the same chain to this one; they are empty for the first fix of a chain (after a start, a
-    long gap, an off-road stretch or an impossible jump).
+    long gap, an off-road stretch or an impossible jump). ``confidence`` (0-1) is the posterior
+    probability, given the chain's fixes up to the newest one when it was decided, that the fix
+    is on the matched road (the segment's OSM way in its direction): low where a parallel road,
+    the other carriageway or a crossing street was almost as likely; 0 when unmatched.
     """
 
     t: float
@@ -172,6 +178,7 @@ class MatchResult:
     lat: float
     candidate: Candidate | None
     pieces: tuple[Piece, ...] = ()
+    confidence: float = 1.0
 
 
 def _combine(estimates: list[tuple[float, float]]) -> tuple[float, float]:
@@ -181,100 +188,6 @@ def _combine(estimates: list[tuple[float, float]]) -> tuple[float, float]:
         num += value / var
         den += 1.0 / var
     return num / den, 1.0 / den
-
-
-class MatchGraph:
-    """The network's topology as flat lists, plus cached routing searches; one per network.
-
-    Build it once per `RoadNetwork` (about 0.1 s per 30,000 segments) and give it to every
-    vehicle's `OnlineMatcher`. Routes are costed as length plus ``link_penalty_m`` per ramp
-    segment. The search cache holds at most ``cache_sources`` source nodes and is guarded by a
-    lock, so matchers in several threads may share one graph.
-    """
-
-    def __init__(self, network: RoadNetwork, *, link_penalty_m: float = 40.0,
-                 cache_sources: int = 8192) -> None:
-        self.network = network
-        segments = list(network)
-        self.seg_ids: list[str] = [s.segment_id for s in segments]
-        self.seg_index: dict[str, int] = {sid: i for i, sid in enumerate(self.seg_ids)}
-        self.seg_len: list[float] = [s.length_m for s in segments]
-        self.seg_free_flow_kmh: list[float] = [s.free_flow_kmh for s in segments]
-        self._coords = [s.coords for s in segments]
-        ways: dict[str, int] = {}
-        self.seg_way: list[int] = [ways.setdefault(str(s.way_id), len(ways)) for s in segments]
-        # Cumulative sub-edge lengths, filled on first use (only for segments matched to).
-        self._cum: dict[int, list[float]] = {}
-        nodes: dict[int, int] = {}
-        self.seg_from: list[int] = [nodes.setdefault(s.from_node, len(nodes)) for s in segments]
-        self.seg_to: list[int] = [nodes.setdefault(s.to_node, len(nodes)) for s in segments]
-        self.seg_cost: list[float] = [
-            s.length_m + (link_penalty_m if s.road_class.endswith("_link") else 0.0)
-            for s in segments]
-        self._paths = ShortestPaths(len(nodes), self.seg_from, self.seg_to, self.seg_cost,
-                                    arc_metres=self.seg_len, cache_sources=cache_sources)
-
-    def costs(self, source: int, targets: list[int],
-              bound: float) -> list[tuple[float, float]]:
-        """(cost, metres) of the cheapest route from node ``source`` to each target node.
-
-        Cost is length plus the ramp penalties; (inf, inf) for targets beyond ``bound``.
-        """
-        return self._paths.costs(source, targets, bound)
-
-    def path(self, source: int, target: int, bound: float = _INF) -> list[int] | None:
-        """Segments of the cheapest route from node source to node target (None if none)."""
-        return self._paths.path(source, target, bound)
-
-    def cached_sources(self) -> int:
-        """Number of source nodes with a cached search (at most ``cache_sources``)."""
-        return self._paths.cached_sources()
-
-    def _cumulative(self, seg: int) -> list[float]:
-        cum = self._cum.get(seg)
-        if cum is None:
-            cum = [0.0]
-            for (x1, y1), (x2, y2) in pairwise(self._coords[seg]):
-                cum.append(cum[-1] + _planar_m(x1, y1, x2, y2))
-            self._cum[seg] = cum
-        return cum
-
-    def project(self, seg: int, lon: float, lat: float) -> tuple[float, float, float]:
-        """(offset, distance, bearing°) of a point's projection onto segment index ``seg``.
-
-        Unlike a `Candidate`'s, the offset is not clamped to the segment: a point beyond an end
-        projects onto the extension of the end's sub-edge (offset < 0 or > length).
-        """
-        coords = self._coords[seg]
-        cum = self._cumulative(seg)
-        kx = _M_PER_DEG * math.cos(math.radians(lat))
-        ky = _M_PER_DEG
-        best = (_INF, 0.0, 0.0, 0.0)
-        last = len(coords) - 2
-        for k, ((x1, y1), (x2, y2)) in enumerate(pairwise(coords)):
-            ax, ay = (x1 - lon) * kx, (y1 - lat) * ky
-            dx, dy = (x2 - x1) * kx, (y2 - y1) * ky
-            ll = dx * dx + dy * dy
-            f = 0.0 if ll <= 0.0 else -(ax * dx + ay * dy) / ll
-            fc = f if (f < 0.0 and k == 0) or (f > 1.0 and k == last) else min(1.0, max(0.0, f))
-            px, py = ax + fc * dx, ay + fc * dy
-            d2 = px * px + py * py
-            if d2 < best[0]:
-                best = (d2, cum[k] + fc * (cum[k + 1] - cum[k]), dx, dy)
-        d2, off, dx, dy = best
-        return off, math.sqrt(d2), math.degrees(math.atan2(dx, dy)) % 360.0
-
-    def point_at(self, seg: int, offset_m: float) -> tuple[float, float, float]:
-        """(lon, lat, bearing°) at ``offset_m`` along segment index ``seg``."""
-        cum = self._cumulative(seg)
-        coords = self._coords[seg]
-        k = min(max(bisect_right(cum, offset_m) - 1, 0), len(coords) - 2)
-        (x1, y1), (x2, y2) = coords[k], coords[k + 1]
-        d = cum[k + 1] - cum[k]
-        f = 0.0 if d <= 0.0 else min(1.0, max(0.0, (offset_m - cum[k]) / d))
-        kx = math.cos(math.radians(y1))
-        bearing = math.degrees(math.atan2((x2 - x1) * kx, y2 - y1)) % 360.0
-        return x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, bearing
 
 
 @dataclass(slots=True)
@@ -291,6 +204,9 @@ class _Step:
     emissions: list[float]
     scores: list[float]
     back: list[int]
+    # Log forward probabilities (sum over every path since the chain began, normalised to a
+    # maximum of 0), unlike ``scores`` not narrowed by decisions: the confidence's forward term.
+    alpha: list[float]
     # trans[j][i]: log transition from the previous step's candidate i to candidate j, and the
     # route cost behind it, negative for jitter backwards on one segment (None for the first
     # step of a chain).
@@ -355,7 +271,7 @@ class OnlineMatcher:
         if last is not None and t <= last.t:
             return []
         if not (math.isfinite(lon) and math.isfinite(lat)):
-            return [*self.flush(), MatchResult(t, lon, lat, None)]
+            return [*self.flush(), MatchResult(t, lon, lat, None, confidence=0.0)]
         if speed_kmh is not None and not math.isfinite(speed_kmh):
             speed_kmh = None
         out: list[MatchResult] = []
@@ -363,7 +279,7 @@ class OnlineMatcher:
         if not cands:
             # Off the network (parking lot, GPS jump): end the chain rather than guess through.
             out.extend(self.flush())
-            out.append(MatchResult(t, lon, lat, None))
+            out.append(MatchResult(t, lon, lat, None, confidence=0.0))
             return out
         step = self._make_step(t, lon, lat, heading, speed_kmh, cands)
         if last is not None and t - last.t <= p.max_gap_s and self._link(last, step):
@@ -421,7 +337,7 @@ class OnlineMatcher:
             segs = [segs[n] for n in kept]
             emissions = [emissions[n] for n in kept]
         return _Step(t, lon, lat, speed_kmh, heading if use_heading else None, cands, segs,
-                     emissions, list(emissions), [-1] * len(cands))
+                     emissions, list(emissions), [-1] * len(cands), list(emissions))
 
     def _link(self, prev: _Step, step: _Step) -> bool:
         """Fill the transitions from prev to step and step's Viterbi scores; False if none."""
@@ -455,8 +371,11 @@ class OnlineMatcher:
         targets = [seg_from[s] for s in step.segs]
         scores = [_NEG_INF] * n_cur
         back = [-1] * n_cur
-        for i, (pc, ps, pseg) in enumerate(zip(prev.cands, prev.scores, prev.segs, strict=True)):
-            if ps == _NEG_INF:
+        # Transitions from every candidate the forward probabilities still hold, not only from
+        # those a path through the last decision reaches (ps = -inf adds nothing to scores).
+        for i, (pc, ps, pseg, pa) in enumerate(zip(prev.cands, prev.scores, prev.segs,
+                                                    prev.alpha, strict=True)):
+            if pa == _NEG_INF:
                 continue
             rest = seg_len[pseg] - pc.offset_m
             # Cost of finishing this segment, in route-cost units (ramps carry their penalty).
@@ -511,6 +430,17 @@ class OnlineMatcher:
         step.back = back
         step.trans = trans
         step.route_m = route_m
+        exp, log = math.exp, math.log
+        alpha = []
+        for row, em in zip(trans, step.emissions, strict=True):
+            terms = [a + tr for a, tr in zip(prev.alpha, row, strict=True) if tr != _NEG_INF]
+            if terms:
+                m = max(terms)
+                alpha.append(em + m + log(sum(exp(x - m) for x in terms)))
+            else:
+                alpha.append(_NEG_INF)
+        top = max(alpha)
+        step.alpha = [a - top for a in alpha]
         return True
 
     # --- decoding ---
@@ -527,6 +457,7 @@ class OnlineMatcher:
             path.append(j)
         path.reverse()  # best candidate of steps[k], steps[k + 1], ...
         step = steps[k]
+        confidence = self._confidence(k, j)
         step.decided = j
         anchor = steps[0] if k == 1 else None
         self._refine(anchor, step, steps[k + 1:], path)
@@ -555,7 +486,59 @@ class OnlineMatcher:
             nxt.scores = [s - top if s != _NEG_INF else s for s in scores]
             nxt.back = back
             prev = nxt
-        return MatchResult(step.t, step.lon, step.lat, self._candidate(step), pieces)
+        return MatchResult(step.t, step.lon, step.lat, self._candidate(step), pieces, confidence)
+
+    def _confidence(self, k: int, j: int) -> float:
+        """Posterior probability that steps[k] is on the directed road of its candidate j.
+
+        Forward-backward: the forward term sums over every path since the chain began
+        (``alpha``: not conditioned on earlier decisions, or a coin toss between an elevated
+        road and its ground road, once decided, would make every later fix look sure), the
+        backward one over every continuation through the newer fixes of the window
+        (``trans[j][i]``: row j of the newer step, column i of the older, so each row is
+        weighted by its newer candidate's emission and backward term and the columns are
+        summed). The road is the candidate's
+        OSM way in its direction (`MatchGraph.seg_road`): "just before or just after a node" of
+        the same street has the same limit, class and name, while a parallel ground road, the
+        other carriageway or direction, or a crossing street compete.
+        """
+        steps = self._steps
+        step = steps[k]
+        seg_road = self.graph.seg_road
+        road = seg_road[step.segs[j]]
+        forward = step.alpha
+        if all(seg_road[s] == road for s, f in zip(step.segs, forward, strict=True)
+               if f != _NEG_INF):
+            return 1.0  # nothing else is possible: no need to look ahead
+        exp, log = math.exp, math.log
+        beta = [0.0] * len(steps[-1].cands)
+        for n in range(len(steps) - 1, k, -1):
+            nxt = steps[n]
+            assert nxt.trans is not None
+            # Rows whose newer candidate cannot be reached or continued add nothing.
+            rows = [(row, em + b) for row, em, b in zip(nxt.trans, nxt.emissions, beta,
+                                                        strict=True) if b != _NEG_INF]
+            msg = []
+            for i in range(len(steps[n - 1].cands)):
+                col = [row[i] + w for row, w in rows if row[i] != _NEG_INF]
+                if not col:
+                    msg.append(_NEG_INF)
+                    continue
+                top = max(col)
+                msg.append(top + log(sum(exp(x - top) for x in col)))
+            beta = msg
+        total = [f + b for f, b in zip(forward, beta, strict=True)]
+        top = max(total)
+        if top == _NEG_INF:
+            return 1.0  # no path on through the window: nothing competes either
+        z = mass = 0.0
+        for x, s in zip(total, step.segs, strict=True):
+            if x != _NEG_INF:
+                p = exp(x - top)
+                z += p
+                if seg_road[s] == road:
+                    mass += p
+        return min(1.0, mass / z)
 
     def _candidate(self, step: _Step) -> Candidate:
         """The matched position of a decided step as a Candidate."""

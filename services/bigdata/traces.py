@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from services.bigdata.match_graph import directed_road_keys
 from services.bigdata.matching import MatchResult, OnlineMatcher
 from shared.roadnet import RoadNetwork
 
@@ -312,25 +313,13 @@ def road_keys(network: RoadNetwork) -> dict[str, int]:
     """Directed road of each segment: equal for segments of one OSM way driven one way.
 
     Segments of a way that follow each other (one ends where the next starts, not its U-turn)
-    are joined; the two directions of a two-way way stay apart. Keys are small integers.
+    are joined; the two directions of a two-way way stay apart. Keys are small integers: the
+    matcher's own (`directed_road_keys`, what its confidence is about).
     """
-    parent: dict[str, str] = {s.segment_id: s.segment_id for s in network}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for seg in network:
-        back = network.find_reverse(seg.segment_id)
-        for nxt in network.successors(seg.segment_id):
-            if nxt != back and network.get_segment(nxt).way_id == seg.way_id:
-                a, b = find(seg.segment_id), find(nxt)
-                if a != b:
-                    parent[a] = b
-    roots: dict[str, int] = {}
-    return {sid: roots.setdefault(find(sid), len(roots)) for sid in parent}
+    segments = list(network)
+    keys = directed_road_keys([s.way_id for s in segments], [s.from_node for s in segments],
+                              [s.to_node for s in segments])
+    return {s.segment_id: k for s, k in zip(segments, keys, strict=True)}
 
 
 def _accuracy(traces: Sequence[Trace], results: Sequence[Sequence[MatchResult]],
