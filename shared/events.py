@@ -590,15 +590,29 @@ SPEED_LIMIT_SOURCES = ("osm", "statutory", "none")
 kind of road (道路交通安全法实施条例 §45), or nowhere."""
 
 
+TWO_PASSENGER_ONE_DANGER: frozenset[str] = frozenset({"coach", "tourist_bus", "dangerous_goods"})
+"""两客一危 (long-distance and tourist coaches, dangerous-goods trucks): the vehicle classes bigdata
+publishes as `MatchedPosition` and the warning service's safety rules watch."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MatchedPosition:
     """One decided fix of a 两客一危 vehicle on its road, as bigdata's matcher placed it.
 
     Published on ``tti.position.matched.<p>`` (partitioned like positions) for coaches, tourist
-    buses and dangerous-goods trucks only, so the warning service's rules never import the
-    matcher. ``confidence`` (0-1) is how sure the matcher is of the segment (low where an
-    elevated road runs over its ground road, say); ``status`` the terminal's status bits (bit 0:
-    ignition on). Times UTC, speeds km/h.
+    buses and dangerous-goods trucks only (`TWO_PASSENGER_ONE_DANGER`), so the warning service's
+    rules never import the matcher. ``confidence`` (0-1) is how sure the matcher is of the road
+    (the segment's OSM way in its direction: the posterior over every path through the fixes
+    it had; low where an elevated road runs over its ground road, say); ``status`` the
+    terminal's status bits (bit 0: ignition on). Times UTC, speeds km/h.
+
+    ``lon``/``lat`` are where the matcher placed the fix on the segment, ``offset_m`` from the
+    segment's start; ``speed_kmh``, ``heading_deg``, ``status`` and ``route_id`` are the fix's
+    own as reported. A fix that matched no road (off the network: a yard, a service area's
+    parking) is published too, so the rules see the vehicle's time go on: ``segment_id`` and
+    ``road_class`` empty, ``speed_limit_kmh`` None with source ``none``, ``confidence`` 0, and
+    the reported ``lon``/``lat``. Event id ``matched:<vehicle_id>:<observed_at ms>``, the same
+    from whichever replica decides it.
     """
 
     vehicle_id: str

@@ -51,6 +51,7 @@ from prometheus_client import Counter, Gauge
 
 from services.bigdata.api import ApiContext, add_routes
 from services.bigdata.gtfs_import import import_gtfs_file
+from services.bigdata.matched import MatchedPositions, monitored
 from services.bigdata.matching import MatchGraph, OnlineMatcher
 from services.bigdata.osm_features import import_osm_file
 from services.bigdata.profiles import keep_profiles
@@ -199,6 +200,8 @@ class Bigdata:
                                    batch=self.PUBLISH_BATCH)
         self.speeds_out = Outbox(bus, SEGMENT_SPEED, limit=self.MAX_OUTBOX,
                                  batch=self.PUBLISH_BATCH)
+        # 两客一危 vehicles' decided fixes on their roads, for the warning service's rules.
+        self.matched = MatchedPositions(bus, limit=self.MAX_OUTBOX, batch=self.PUBLISH_BATCH)
         self._position_sub: Subscription | None = None
         self._subs: list[Subscription] = []
         self.partials_published = 0
@@ -228,6 +231,7 @@ class Bigdata:
         # One routing graph shared by every vehicle's matcher (its search cache is the point).
         self.graph = MatchGraph(network)
         self.network = network
+        self.matched.use_network(network)
         return network
 
     async def load_gtfs(self) -> None:
@@ -322,7 +326,8 @@ class Bigdata:
         # publishes them as a value of their own; from the next window on all is exact again.
         await self._close(math.inf, self.clock.time())
         await self._send_speeds()
-        unsent = len(self.partials_out) + len(self.speeds_out)
+        await self.matched.send()
+        unsent = len(self.partials_out) + len(self.speeds_out) + len(self.matched.outbox)
         if unsent:
             log.error("stopping with %d events the bus did not take (lost)", unsent)
 
@@ -345,9 +350,11 @@ class Bigdata:
         self.matchers[pos.vehicle_id] = (self.clock.time(), probe)
         # JT/T 808 status bit 0 is ACC (ignition); other sources do not say.
         acc_on = bool(pos.status & 1) if pos.source == "jt808" else None
+        # A 两客一危 vehicle's fix carries its envelope to its decision (matched.py).
         self._add_samples(pos.vehicle_id, probe.update(
             t, pos.lon, pos.lat, heading=pos.heading_deg, speed_kmh=pos.speed_kmh,
-            acc_on=acc_on, vehicle_class=pos.vehicle_class))
+            acc_on=acc_on, vehicle_class=pos.vehicle_class,
+            tag=env if monitored(pos.vehicle_class) else None))
 
     def _add_samples(self, vehicle_id: str, samples: list[ProbeSample]) -> None:
         # The matcher decides fixes a little late (its lag): each sample carries its own time.
@@ -358,6 +365,8 @@ class Bigdata:
             self.windows.add_sample(vehicle_id, sample, now=now)
             if self.windows.late_pieces != before:
                 LATE.inc(self.windows.late_pieces - before)
+            if sample.tag is not None:
+                self.matched.add(sample)
 
     async def on_detector_reading(self, env: Envelope[DetectorReading]) -> None:
         """Keep a reading of a registered detector until its segment's window closes."""
@@ -524,6 +533,7 @@ class Bigdata:
             shares = self.windows.drain_partials(math.inf if final else now, hold_s=self.grace_s)
             await self._publish_partials(shares, now)
         self._evict_idle(now)
+        await self.matched.send()
         closed = await self._close(now, now)
         await self._send_speeds()
         return closed

@@ -38,6 +38,7 @@ of the same segment and window by a vehicle-count-weighted harmonic mean (see it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -128,13 +129,16 @@ class ProbeSample:
     The interval's pieces are split into ``moving`` (driven, with the time spent driving) and
     ``standing`` (zero distance; the rest of the time), and ``motion`` labels the standing
     part (`Motion.MOVING` when the vehicle never stood). An interval in which a vehicle pulled
-    up or drove off has both.
+    up or drove off has both. ``tag`` is what the caller passed with the fix to
+    `VehicleProbe.update` (the app: the position's envelope, for the vehicles it publishes on
+    their roads), None otherwise.
     """
 
     result: MatchResult
     motion: Motion
     moving: tuple[Piece, ...] = ()
     standing: tuple[Piece, ...] = ()
+    tag: object = None
 
 
 class VehicleProbe:
@@ -153,9 +157,10 @@ class VehicleProbe:
         self.vehicle_class = vehicle_class
         self.rules = rules or DwellRules()
         self.stops = stops
-        # (t, speed, acc_on) of fixes the matcher has not decided yet: with a lag, a result is
-        # for a fix older than the one just received, and that fix's own values are wanted.
-        self._inputs: list[tuple[float, float | None, bool | None]] = []
+        # (t, speed, acc_on, tag) of fixes the matcher has not decided yet: with a lag, a
+        # result is for a fix older than the one just received, and that fix's own values are
+        # wanted.
+        self._inputs: list[tuple[float, float | None, bool | None, object]] = []
         self._last_t = -math.inf
         # The previous decided fix: reported speed, ignition, matched position.
         self._prev: tuple[float | None, bool | None, float, float] | None = None
@@ -163,14 +168,17 @@ class VehicleProbe:
 
     def update(self, t: float, lon: float, lat: float, *, heading: float | None = None,
                speed_kmh: float | None = None, acc_on: bool | None = None,
-               vehicle_class: str | None = None) -> list[ProbeSample]:
-        """Feed one fix (``t`` in epoch seconds); return the samples it lets us decide."""
+               vehicle_class: str | None = None, tag: object = None) -> list[ProbeSample]:
+        """Feed one fix (``t`` in epoch seconds); return the samples it lets us decide.
+
+        ``tag`` comes back on the fix's own sample (held only until it is decided).
+        """
         if vehicle_class is not None:
             self.vehicle_class = vehicle_class
         if t <= self._last_t:
             return []  # the matcher ignores it too
         self._last_t = t
-        self._inputs.append((t, speed_kmh, acc_on))
+        self._inputs.append((t, speed_kmh, acc_on, tag))
         return self._label(self.matcher.update(t, lon, lat, heading=heading,
                                                speed_kmh=speed_kmh))
 
@@ -185,11 +193,13 @@ class VehicleProbe:
         for r in results:
             speed: float | None = None
             acc_on: bool | None = None
+            tag: object = None
             while self._inputs and self._inputs[0][0] <= r.t:
-                t_in, v, acc = self._inputs.pop(0)
+                t_in, v, acc, held = self._inputs.pop(0)
                 if t_in == r.t:
-                    speed, acc_on = v, acc
-            out.append(self._sample(r, speed, acc_on))
+                    speed, acc_on, tag = v, acc, held
+            sample = self._sample(r, speed, acc_on)
+            out.append(sample if tag is None else dataclasses.replace(sample, tag=tag))
             where = r.candidate
             self._prev = None if where is None else (speed, acc_on, where.lon, where.lat)
         return out
