@@ -3,7 +3,8 @@
 Each replica is a pod of its own: its own bus connection, its own copy of the geodatabase,
 replica index 0 or 1 of 2. A third connection publishes positions and detector readings as the
 collector does. The SegmentSpeeds they publish together must equal what one replica computes
-from every vehicle (the same events on the embedded memory bus).
+from every vehicle (the same events on the embedded memory bus), and so must the
+MatchedPositions of the 两客一危 vehicles among them, each in its vehicle's partition.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from services.bigdata.store import GeoStore, store_from_url
 from shared.bus.nats import NatsBus
 from shared.codec import Envelope
 from shared.config import Config
-from shared.events import SEGMENT_SPEED, DetectorReading, VehiclePosition, partition_of
+from shared.events import (
+    MATCHED_POSITION,
+    SEGMENT_SPEED,
+    TWO_PASSENGER_ONE_DANGER,
+    DetectorReading,
+    MatchedPosition,
+    VehiclePosition,
+    partition_of,
+)
 from shared.roadnet import RoadNetwork
 from tests.bigdata.test_bigdata_live import (  # noqa: F401 - fixtures used by name
     PARTITIONS,
@@ -117,6 +126,12 @@ async def test_two_replicas_merge_over_jetstream(
         [reading("LOOP-A", window_a, count=9, speed_kmh=45.0)])
 
     single = await make_run(detectors=loop)
+    single_matched: list[Envelope[MatchedPosition]] = []
+
+    async def on_single(env: Envelope[MatchedPosition]) -> None:
+        single_matched.append(env)
+
+    await single.bus.subscribe(MATCHED_POSITION, on_single, durable="test-matched")
     await drive(single, events)
     expected = single.sink.by_window()
     assert expected[(seg_a, start_a)].source == "probe+detector"
@@ -131,6 +146,13 @@ async def test_two_replicas_merge_over_jetstream(
     pods.buses.append(feeder)
     sink = Sink()
     await feeder.subscribe(SEGMENT_SPEED, sink.on_speed, durable="test-sink")
+    matched: dict[int, list[Envelope[MatchedPosition]]] = {p: [] for p in range(PARTITIONS)}
+    for part in range(PARTITIONS):
+        async def on_matched(env: Envelope[MatchedPosition], part: int = part) -> None:
+            matched[part].append(env)
+
+        await feeder.subscribe(MATCHED_POSITION, on_matched, durable=f"test-matched-{part}",
+                               partitions=[part])
     clock = Clock()
     for index in range(2):
         db = tmp_path / f"pod{index}.db"
@@ -176,6 +198,25 @@ async def test_two_replicas_merge_over_jetstream(
         assert run.flushed[index]
         assert all(partition_of(s.segment_id, PARTITIONS) % 2 == index
                    for s in run.flushed[index])
+    # The 两客一危 vehicles' positions on their roads: what one process publishes, each fix once,
+    # in its vehicle's partition and in order.
+    monitored = {t.vehicle_id: len(t.points) for t in traces
+                 if t.vehicle_class in TWO_PASSENGER_ONE_DANGER}
+    assert monitored and len(monitored) < len(traces)
+    want = sum(monitored.values())
+    assert len(single_matched) == want
+    await _wait_for(lambda: sum(map(len, matched.values())) >= want, "every MatchedPosition")
+    got = [env for envs in matched.values() for env in envs]
+    assert len(got) == want
+    assert (sorted((e.event_id, e.payload) for e in got)
+            == sorted((e.event_id, e.payload) for e in single_matched))
+    for part, envs in matched.items():
+        by_vehicle: dict[str, list[float]] = {}
+        for env in envs:
+            assert partition_of(env.payload.vehicle_id, PARTITIONS) == part
+            by_vehicle.setdefault(env.payload.vehicle_id, []).append(
+                env.payload.observed_at.timestamp())
+        assert all(ts == sorted(ts) for ts in by_vehicle.values())
     # Every replica knows every segment's latest value, whichever replica merged it.
     await _wait_for(lambda: pods.replicas[0].latest.keys() == pods.replicas[1].latest.keys(),
                     "both replicas to know every latest value")
