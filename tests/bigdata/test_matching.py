@@ -336,4 +336,3 @@ def test_lag_is_bounded_in_time(interval_s: float, decided_at: int) -> None:
             assert got == []
         else:
             assert [r.t for r in got] == [interval_s * (k - decided_at)]
-
