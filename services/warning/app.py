@@ -1,7 +1,9 @@
 """The warning service's composition root: engine, inputs, lease, HTTP API.
 
-Consumes ``tti.segment.speed`` and ``tti.detector.event``; produces ``tti.road.status``,
-``tti.warning``, ``tti.incident`` and ``tti.area.index``; serves ``/v1/route``,
+Consumes ``tti.segment.speed`` and ``tti.detector.event`` (and follows ``tti.terminal.command``
+and its outcomes into the workflow store); produces ``tti.road.status``, ``tti.warning``,
+``tti.incident``, ``tti.area.index`` and, for the departments' texts to drivers,
+``tti.terminal.command``; serves ``/v1/route``,
 ``/v1/warnings``, ``/v1/incidents``, ``/v1/index`` and ``/openapi.json``. See README.md beside
 this file.
 """
@@ -15,8 +17,10 @@ from aiohttp import web
 
 from services.warning.api.cap import add_cap_routes
 from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
+from services.warning.api.dept_messages import add_message_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
 from services.warning.console import add_console_routes
+from services.warning.driver_messages import DriverMessages
 from services.warning.engine import WarningEngine
 from services.warning.service import LeaseOutput, WarningService
 from services.warning.workflow.store import WorkflowStore
@@ -56,6 +60,8 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     engine = WarningEngine(window_s=config.speed_window_s, clock=clock, output=output)
     service = WarningService(config, bus=bus, clock=clock, bigdata=client, engine=engine,
                              lease=lease, store=store, output=output)
+    messages = DriverMessages(bus, store, durable=service.durable,
+                              ttl_s=config.driver_text_ttl_s)
     app[ENGINE] = engine
     app[SERVICE] = service
 
@@ -63,6 +69,7 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         await store.open()
         await client.start()
         await service.subscribe()
+        await messages.subscribe()
         await lease.start()
         spawn(app, service.prepare(), name="warning-prepare")
         spawn(app, service.tick_loop(), name="warning-tick")
@@ -71,6 +78,7 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         spawn(app, service.upkeep_loop(), name="warning-upkeep")
         yield
         await service.unsubscribe()
+        await messages.unsubscribe()
         await engine.stop()
         if lease.held:
             await output.retry()  # what is still owed goes out before the hand-over
@@ -85,6 +93,7 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_routes(app)
     add_dept_routes(app, DeptContext(store=store, engine=engine, service=service, bus=bus,
                                      clock=clock, limiter=AttemptLimiter(clock)))
+    add_message_routes(app, messages)
     add_cap_routes(app)
     add_console_routes(app)
     return app

@@ -9,11 +9,27 @@ the terminal's connection sends it and publishes each step as a ``CommandOutcome
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
+from prometheus_client import Counter
+
+from services.warning.workflow.store import REQUESTED, AuditNote, CommandRecord, WorkflowStore
+from shared.bus import EventBus, Subscription
+from shared.codec import Envelope
 from shared.errors import TtiError
-from shared.events import TEXT_FLAGS, TerminalCommand
+from shared.events import (
+    COMMAND_OUTCOME,
+    COMMAND_STATUSES,
+    TERMINAL_COMMAND,
+    TEXT_FLAGS,
+    CommandOutcome,
+    TerminalCommand,
+)
+
+log = logging.getLogger("tti.warning.driver_messages")
 
 MAX_TEXT_CHARS = 200
 """At most this many characters in a text to a driver (a TTS terminal reads ~4 a second)."""
@@ -86,7 +102,7 @@ def text_command(vehicle_id: str, text: str, *, correlation: str, requested_by: 
     sends once; pass a different ``key`` (e.g. the alarm's version) to send it again on purpose.
     ``ttl_s`` is how long it may wait for an offline terminal (``TTI_DRIVER_TEXT_TTL_S``).
     """
-    body, names = check_text(text, tuple(flags))
+    body, names = check_text(text, flags)
     if not vehicle_id:
         raise BadText("vehicle_id must not be empty", code="bad_vehicle")
     if ttl_s <= 0:
@@ -96,3 +112,143 @@ def text_command(vehicle_id: str, text: str, *, correlation: str, requested_by: 
         kind="text", requested_at=now, expires_at=now + timedelta(seconds=ttl_s),
         requested_by=requested_by, text=body, flags=names, text_type=text_type,
         correlation=correlation)
+
+
+# --- following what became of them ------------------------------------------------------------
+
+SUMMARY: dict[str, tuple[str, str]] = {
+    REQUESTED: ("已请求下发", "requested"),
+    "offline_waiting": ("终端不在线，等待上线", "terminal offline: waiting"),
+    "sent": ("已下发", "text sent"),
+    "acknowledged": ("终端已确认", "terminal acknowledged"),
+    "failed": ("失败", "failed"),
+    "unsupported": ("终端不支持", "unsupported by the terminal"),
+    "expired": ("已过期，未能下发", "expired before it could be sent"),
+}
+"""Status → (Chinese, English) words the audit trail and the console show."""
+
+RECORDED = Counter("tti_warning_terminal_commands_total",
+                   "Terminal commands logged by vehicle, by who asked (rule, department, other)",
+                   ["source"])
+OUTCOMES = Counter("tti_warning_command_outcomes_total",
+                   "Command outcomes heard, by status (other: not a known status) and whether "
+                   "they were new or heard already", ["status", "new"])
+
+
+def summary(outcome: CommandOutcome) -> tuple[str, str]:
+    """What an outcome means, in Chinese and English, e.g. "terminal acknowledged (0x0001
+    result 0)", "failed: no reply within 30 s"."""
+    zh, en = SUMMARY.get(outcome.status, (outcome.status, outcome.status))
+    if outcome.status == "acknowledged" and outcome.kind == "position_query":
+        return "终端已报告位置", "terminal reported its position (0x0201)"
+    if outcome.result is not None and outcome.status in ("acknowledged", "failed",
+                                                         "unsupported"):
+        zh, en = f"{zh}（0x0001 结果 {outcome.result}）", f"{en} (0x0001 result {outcome.result})"
+    elif outcome.status in ("failed", "unsupported") and outcome.detail:
+        zh, en = f"{zh}：{outcome.detail}", f"{en}: {outcome.detail}"
+    return zh, en
+
+
+def action_of(kind: str) -> str:
+    """The audit action of a command of this kind (``driver_text`` for 0x8300 texts)."""
+    return "driver_text" if kind == "text" else f"terminal_{kind}"
+
+
+def _source(requested_by: str) -> str:
+    """Who asked, as a bounded label and audit role: ``rule`` for ``rule:…``, else ``dept``."""
+    return "rule" if requested_by.startswith("rule:") else "dept"
+
+
+def command_json(record: CommandRecord) -> dict[str, Any]:
+    """A logged command as the department API shows it."""
+    cmd = record.command
+    latest = record.latest
+    zh, en = summary(latest) if latest is not None else SUMMARY[REQUESTED]
+    return {
+        "command_id": cmd.command_id, "vehicle_id": cmd.vehicle_id, "kind": cmd.kind,
+        "text": cmd.text, "flags": list(cmd.flags), "requested_at": cmd.requested_at,
+        "expires_at": cmd.expires_at, "requested_by": cmd.requested_by,
+        "warning_id": cmd.correlation or None, "status": record.status,
+        "status_at": record.status_at, "summary": zh, "summary_en": en,
+        "outcomes": [{"status": o.status, "at": o.at, "detail": o.detail, "result": o.result,
+                      "result_text": o.result_text, "replica": o.replica,
+                      "summary": summary(o)[0], "summary_en": summary(o)[1]}
+                     for o in record.outcomes],
+    }
+
+
+class DriverMessages:
+    """Sends commands to terminals and follows their outcomes into the workflow store.
+
+    Every command on ``tti.terminal.command`` (the departments', the rules', anyone's) is logged
+    by vehicle; every ``CommandOutcome`` is recorded once per (command, status), and when the
+    command's ``correlation`` names a warning, as an audit entry on that warning ("text sent",
+    "terminal acknowledged (0x0001 result 0)", "failed: no reply within 30 s"). Every replica
+    consumes every partition (its own durable) and writes idempotently, so a replica that dies
+    loses nothing and two replicas record each step once between them.
+    """
+
+    def __init__(self, bus: EventBus, store: WorkflowStore, *, durable: str,
+                 ttl_s: float = DEFAULT_TTL_S) -> None:
+        self.bus = bus
+        self.store = store
+        self.durable = durable
+        self.ttl_s = ttl_s
+        self._subs: list[Subscription] = []
+
+    async def subscribe(self) -> None:
+        """Start following commands and outcomes (every partition)."""
+        self._subs.append(await self.bus.subscribe(TERMINAL_COMMAND, self.on_command,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(COMMAND_OUTCOME, self.on_outcome,
+                                                   durable=self.durable))
+
+    async def unsubscribe(self) -> None:
+        """Stop following (in-flight events finish first)."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.stop()
+
+    async def send(self, cmd: TerminalCommand, *, request_key: str | None = None,
+                   note: AuditNote | None = None) -> bool:
+        """Log ``cmd`` (with ``note`` audited, if it is new) and publish it; False if it was
+        logged already (it is published again all the same: the collector sends it once)."""
+        added = await self.store.record_command(cmd, request_key=request_key, note=note)
+        if added:
+            RECORDED.labels(_source(cmd.requested_by)).inc()
+        await self.bus.publish(TERMINAL_COMMAND, cmd, key=cmd.vehicle_id,
+                               correlation_id=cmd.correlation or cmd.command_id,
+                               event_id=f"cmd:{cmd.command_id}")
+        return added
+
+    async def on_command(self, env: Envelope[TerminalCommand]) -> None:
+        """Bus handler: log a command; one nobody logged before (a rule's) is audited."""
+        cmd = env.payload
+        source = _source(cmd.requested_by)
+        note = None if not cmd.correlation else AuditNote(
+            user=cmd.requested_by, role=source, action=action_of(cmd.kind),
+            warning_id=cmd.correlation, outcome=REQUESTED,
+            details={"command_id": cmd.command_id, "vehicle_id": cmd.vehicle_id,
+                     "text": cmd.text, "flags": list(cmd.flags),
+                     "expires_at": cmd.expires_at.isoformat(),
+                     "summary": SUMMARY[REQUESTED][0], "summary_en": SUMMARY[REQUESTED][1]})
+        if await self.store.record_command(cmd, note=note):
+            RECORDED.labels(source).inc()
+
+    async def on_outcome(self, env: Envelope[CommandOutcome]) -> None:
+        """Bus handler: record one step; on the warning it concerns, once."""
+        o = env.payload
+        zh, en = summary(o)
+        note = None if not o.correlation else AuditNote(
+            user=f"terminal {o.vehicle_id}", role="jt808", action=action_of(o.kind),
+            warning_id=o.correlation, outcome=o.status,
+            details={"command_id": o.command_id, "vehicle_id": o.vehicle_id,
+                     "summary": zh, "summary_en": en, "detail": o.detail, "result": o.result,
+                     "result_text": o.result_text, "replica": o.replica})
+        added = await self.store.record_outcome(o, note=note)
+        status = o.status if o.status in COMMAND_STATUSES else "other"
+        OUTCOMES.labels(status, "yes" if added else "no").inc()
+        if status == "other":
+            log.warning("command %s: unknown outcome status %r (recorded, "
+                        "not taken as final)",
+                        o.command_id, o.status)

@@ -13,17 +13,27 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from services.warning.api.public import SERVICE
 from services.warning.app import create_app
 from services.warning.workflow.store import WorkflowStore
 from shared.bus.memory import MemoryBus
 from shared.clock import Clock
+from shared.codec import Envelope
 from shared.config import Config
 from shared.db import database_from_url
-from shared.events import SEGMENT_SPEED
+from shared.events import (
+    COMMAND_OUTCOME,
+    SEGMENT_SPEED,
+    TERMINAL_ALARM,
+    TERMINAL_COMMAND,
+    CommandOutcome,
+    TerminalAlarm,
+    TerminalCommand,
+)
 from tests.publisher import wait_for
-from tests.warning.support import LON0, bigdata_standin, build_network, main_road, window
+from tests.warning.support import LON0, T0, bigdata_standin, build_network, main_road, window
 
 NETWORK = build_network()
 QUEUE = main_road(NETWORK, 2, 7)
@@ -82,7 +92,7 @@ async def dept(tmp_path: Path) -> AsyncIterator[Dept]:
     await store.open()
     now = Clock().now()
     tokens = {role: await store.add_user(f"{role}-1", role, now)
-              for role in ("police", "safety", "transport", "admin")}
+              for role in ("police", "safety", "transport", "admin", "hotline")}
     await store.close()
     bus = MemoryBus(partitions=2)
     await bus.start()
@@ -287,3 +297,148 @@ async def test_every_cap_document_of_a_lifecycle_validates(dept: Dept) -> None:
     assert restricted.status == 200
     assert (await dept.client.get(f"/v1/dept/cap/{wid}.xml",
                                   headers=dept.auth("safety"))).status == 403
+
+
+# --- texts to drivers -------------------------------------------------------------------------
+
+VEHICLE = "13800000001"
+
+
+async def sos_alarm(dept: Dept) -> str:
+    """A vehicle alarm raised by the terminal alarm rule (an SOS), its warning id."""
+    await dept.bus.publish(TERMINAL_ALARM, TerminalAlarm(
+        vehicle_id=VEHICLE, lon=LON0, lat=30.5, observed_at=T0, alarms=("emergency",),
+        alarm_bits=1, vehicle_class="coach"), key=VEHICLE)
+
+    async def raised() -> bool:
+        body = await (await dept.client.get("/v1/dept/alarms", headers=dept.auth("safety"))
+                      ).json()
+        return body["count"] == 1
+
+    await wait_for(raised, within_s=20)
+    body = await (await dept.client.get("/v1/dept/alarms", headers=dept.auth("safety"))).json()
+    return str(body["warnings"][0]["warning_id"])
+
+
+async def commands_on_the_bus(dept: Dept) -> list[TerminalCommand]:
+    """Every TerminalCommand published from now on (the collector's view of the subject)."""
+    seen: list[TerminalCommand] = []
+
+    async def keep(env: Envelope[TerminalCommand]) -> None:
+        seen.append(env.payload)
+
+    await dept.bus.subscribe(TERMINAL_COMMAND, keep, durable="test-collector")
+    return seen
+
+
+async def test_texting_a_driver_needs_credentials_and_a_role_that_may(dept: Dept) -> None:
+    wid = await sos_alarm(dept)
+    path = f"/v1/dept/vehicles/{VEHICLE}/messages"
+    resp = await dept.client.post(path, data=orjson.dumps({"text": "请停车"}))
+    assert resp.status == 401
+    assert (await dept.client.get(path)).status == 401
+    for role, body in (("hotline", {"text": "请停车"}),
+                       ("police", {"text": "请停车"}),  # police: only about their warnings
+                       ("police", {"text": "请停车", "warning_id": wid})):  # not an alarm's
+        status, answer = await dept.post(path, role, body)
+        assert status == 403 and answer["error"]["code"] == "forbidden", (role, body)
+    assert (await dept.client.get(path, headers=dept.auth("hotline"))).status == 403
+    status, answer = await dept.post(path, "safety", {"text": "请停车", "warning_id": "nope"})
+    assert status == 404
+    status, answer = await dept.post("/v1/dept/vehicles/999/messages", "safety",
+                                     {"text": "请停车", "warning_id": wid})
+    assert status == 422 and answer["error"]["code"] == "other_vehicle"
+    trail = await (await dept.client.get(f"/v1/dept/warnings/{wid}/audit",
+                                         headers=dept.auth("safety"))).json()
+    assert [(e["user"], e["outcome"]) for e in trail["audit"]
+            if e["action"] == "driver_text"] == [("police-1", "forbidden"),
+                                                 ("safety-1", "other_vehicle")]
+
+
+async def test_a_text_no_terminal_can_take_is_422_with_the_reason(dept: Dept) -> None:
+    seen = await commands_on_the_bus(dept)
+    path = f"/v1/dept/vehicles/{VEHICLE}/messages"
+    for body, code, words in (
+            ({"text": "   "}, "empty_text", "non-empty"),
+            ({}, "empty_text", "non-empty"),
+            ({"text": "减速" * 101}, "text_too_long", "202 characters"),
+            ({"text": "前方拥堵🚗请绕行"}, "text_not_gbk", "GBK"),
+            ({"text": "ok\x07"}, "text_control_chars", "U+0007"),
+            ({"text": "请减速", "flags": ["tts", "siren"]}, "bad_flags", "siren"),
+            ({"text": "请减速", "flags": "tts"}, "bad_flags", "list")):
+        status, answer = await dept.post(path, "safety", body)
+        assert status == 422, body
+        assert answer["error"]["code"] == code and words in answer["error"]["message"], answer
+    status, _ = await dept.post("/v1/dept/vehicles/bad%20id/messages", "safety", {"text": "x"})
+    assert status == 400
+    await asyncio.sleep(0.1)
+    assert seen == [], "nothing went to the terminal"
+    listed = await (await dept.client.get(path, headers=dept.auth("safety"))).json()
+    assert listed["count"] == 0
+
+
+async def test_a_text_goes_to_the_terminal_and_its_outcomes_onto_the_alarm(dept: Dept) -> None:
+    wid = await sos_alarm(dept)
+    seen = await commands_on_the_bus(dept)
+    path = f"/v1/dept/vehicles/{VEHICLE}/messages"
+    status, answer = await dept.post(path, "safety", {
+        "text": "请立即靠边停车并报告情况", "flags": ["tts", "display", "emergency"],
+        "warning_id": wid})
+    assert status == 202, answer
+    assert answer["duplicate"] is False and answer["status"] == "requested"
+    await wait_for(lambda: len(seen) == 1)
+    cmd = seen[0]
+    assert cmd.command_id == answer["command_id"] and cmd.vehicle_id == VEHICLE
+    assert (cmd.kind, cmd.text, cmd.flags) == ("text", "请立即靠边停车并报告情况",
+                                               ("tts", "display", "emergency"))
+    assert cmd.requested_by == "safety-1" and cmd.correlation == wid
+    assert (cmd.expires_at - cmd.requested_at).total_seconds() == 600.0
+    # The same request again (a double click) is the same command; an explicit key is its own.
+    status, again = await dept.post(path, "safety", {
+        "text": "请立即靠边停车并报告情况", "flags": ["tts", "display", "emergency"],
+        "warning_id": wid})
+    assert status == 202 and again["command_id"] == cmd.command_id and again["duplicate"]
+    keyed = {**dept.auth("transport"), "Idempotency-Key": "k-1"}
+    first = await (await dept.client.post(path, headers=keyed,
+                                          data=orjson.dumps({"text": "请减速"}))).json()
+    repeat = await dept.client.post(path, headers=keyed, data=orjson.dumps({"text": "请减速"}))
+    assert (await repeat.json())["command_id"] == first["command_id"] != cmd.command_id
+    other = await dept.client.post(path, headers=keyed, data=orjson.dumps({"text": "别的"}))
+    assert other.status == 409
+    # The collector's outcomes, one redelivered: each is recorded once on the alarm.
+    heard_again = _repeats()
+    for status_, result, detail in (("sent", None, "0x8300 serial 7"),
+                                    ("acknowledged", 0, "terminal answered 0x0001 result 0"),
+                                    ("acknowledged", 0, "terminal answered 0x0001 result 0")):
+        await dept.bus.publish(COMMAND_OUTCOME, CommandOutcome(
+            command_id=cmd.command_id, vehicle_id=VEHICLE, kind="text", status=status_,
+            at=cmd.requested_at, replica=0, detail=detail, result=result,
+            result_text="success" if result == 0 else "", correlation=wid), key=VEHICLE)
+
+    async def trail() -> list[dict[str, Any]]:
+        body = await (await dept.client.get(f"/v1/dept/warnings/{wid}/audit",
+                                            headers=dept.auth("safety"))).json()
+        return [e for e in body["audit"] if e["action"] == "driver_text"]
+
+    await wait_for(lambda: _repeats() == heard_again + 1)  # the third one was handled
+    entries = await trail()
+    assert [(e["user"], e["outcome"]) for e in entries] == [
+        ("safety-1", "ok"), ("safety-1", "duplicate"), (f"terminal {VEHICLE}", "sent"),
+        (f"terminal {VEHICLE}", "acknowledged")]
+    assert entries[0]["details"]["command_id"] == cmd.command_id
+    assert entries[-1]["details"]["summary_en"] == "terminal acknowledged (0x0001 result 0)"
+    listed = await (await dept.client.get(path, headers=dept.auth("safety"))).json()
+    assert listed["count"] == 2
+    mine = next(c for c in listed["commands"] if c["command_id"] == cmd.command_id)
+    assert mine["status"] == "acknowledged" and mine["warning_id"] == wid
+    assert [o["status"] for o in mine["outcomes"]] == ["sent", "acknowledged"]
+    assert mine["requested_at"].endswith("Z")
+    # Police read none of them: no command concerns a warning they see.
+    police = await (await dept.client.get(path, headers=dept.auth("police"))).json()
+    assert police["count"] == 0
+
+
+def _repeats() -> float:
+    """Outcomes the warning service heard a second time (and recorded nothing for)."""
+    return REGISTRY.get_sample_value("tti_warning_command_outcomes_total",
+                                     {"status": "acknowledged", "new": "no"}) or 0.0

@@ -44,3 +44,19 @@ def sees(role: str, kind: WarningKind) -> bool:
 def may_raise(role: str, kind: WarningKind) -> bool:
     """Whether a role may raise a warning of this kind by hand."""
     return kind in RAISES.get(role, frozenset())
+
+
+TEXTS_ANY_VEHICLE = frozenset({"safety", "transport", "admin"})
+"""Roles that may text any vehicle's driver (JT/T 808 0x8300) and read any vehicle's command log.
+
+Police may text a driver only about a warning they see (a closure or an incident ahead, the
+vehicle of their warning): the request must name it, and they read only the commands sent about
+the warnings they see. Hotline agents text nobody.
+"""
+
+
+def may_text(role: str, about: WarningKind | None) -> bool:
+    """Whether a role may text a driver about a warning of kind ``about`` (None: no warning)."""
+    if role in TEXTS_ANY_VEHICLE:
+        return about is None or sees(role, about)
+    return role == "police" and about is not None and sees(role, about)

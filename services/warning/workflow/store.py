@@ -7,6 +7,9 @@
   log, which a console that reconnects with ``Last-Event-ID`` replays from.
 - ``warnings_current``: the latest message of each warning (what a restarted service resumes).
 - ``dept_audit``: who (user, role), when, what (action, warning), from which address, outcome.
+- ``terminal_commands``: every command sent to a vehicle's terminal (texts to drivers from the
+  departments and the rules), with its latest outcome; ``terminal_command_outcomes`` each step
+  once (``(command_id, status)`` is the key, so a redelivered outcome is recorded once).
 
 Everything is kept ``RETENTION_DAYS`` (180) days and then pruned.
 """
@@ -22,9 +25,9 @@ from typing import Any
 import orjson
 
 from shared.codec import dumps, payload_from_dict
-from shared.db import Database
+from shared.db import Database, Query
 from shared.errors import BadRequest, NotFound
-from shared.events import DEPARTMENT_ROLES, Warning
+from shared.events import DEPARTMENT_ROLES, CommandOutcome, TerminalCommand, Warning
 
 RETENTION_DAYS = 180
 SESSION_HOURS = 12
@@ -50,7 +53,31 @@ MIGRATIONS = [
     CREATE INDEX dept_audit_warning ON dept_audit (warning_id, seq);
     CREATE INDEX dept_audit_at ON dept_audit (at)
     """,
+    """
+    CREATE TABLE terminal_commands (command_id TEXT PRIMARY KEY, vehicle_id TEXT NOT NULL,
+        kind TEXT NOT NULL, requested_at {TS} NOT NULL, expires_at {TS} NOT NULL,
+        requested_by TEXT NOT NULL, correlation TEXT NOT NULL, request_key TEXT,
+        status TEXT NOT NULL, status_at {TS} NOT NULL, body {JSON} NOT NULL);
+    CREATE INDEX terminal_commands_vehicle ON terminal_commands (vehicle_id, requested_at);
+    CREATE INDEX terminal_commands_request ON terminal_commands (vehicle_id, request_key);
+    CREATE INDEX terminal_commands_at ON terminal_commands (requested_at);
+    CREATE TABLE terminal_command_outcomes (command_id TEXT NOT NULL, status TEXT NOT NULL,
+        vehicle_id TEXT NOT NULL, at {TS} NOT NULL, body {JSON} NOT NULL,
+        PRIMARY KEY (command_id, status));
+    CREATE INDEX terminal_command_outcomes_at ON terminal_command_outcomes (at)
+    """,
 ]
+
+REQUESTED = "requested"
+"""The status of a command no outcome has been heard of yet."""
+
+_RANK = {REQUESTED: 0, "offline_waiting": 1, "sent": 2, "acknowledged": 3, "failed": 3,
+         "unsupported": 3, "expired": 3}
+"""How far a command got (3: final); a status this service does not know ranks as sent."""
+
+
+def _rank(status: str) -> int:
+    return _RANK.get(status, 2)
 
 
 def token_hash(token: str) -> str:
@@ -103,6 +130,33 @@ class AuditEntry:
     address: str | None
     outcome: str
     details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit entry written together with a command or an outcome (not by a request)."""
+
+    user: str
+    role: str
+    action: str
+    warning_id: str | None
+    outcome: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command sent to a vehicle's terminal, its latest status and every outcome heard."""
+
+    command: TerminalCommand
+    status: str
+    status_at: datetime
+    outcomes: tuple[CommandOutcome, ...] = ()
+
+    @property
+    def latest(self) -> CommandOutcome | None:
+        """The outcome that decided ``status`` (None while only requested)."""
+        return next((o for o in reversed(self.outcomes) if o.status == self.status), None)
 
 
 def _warning(body: str) -> Warning:
@@ -263,6 +317,106 @@ class WorkflowStore:
                            r["warning_id"], r["address"], r["outcome"],
                            orjson.loads(r["details"])) for r in rows]
 
+    # --- commands to terminals ---
+
+    async def record_command(self, cmd: TerminalCommand, *, request_key: str | None = None,
+                             note: AuditNote | None = None) -> bool:
+        """Log a command sent to a vehicle (once per command id); False if logged already.
+
+        ``note`` is audited with it, only when it is new. Outcomes heard before the command
+        (the subjects are consumed apart) already count towards its status.
+        """
+        async with self.db.transaction() as tx:
+            added = await tx.execute(
+                "INSERT INTO terminal_commands (command_id, vehicle_id, kind, requested_at, "
+                "expires_at, requested_by, correlation, request_key, status, status_at, body) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $4, $10) "
+                "ON CONFLICT (command_id) DO NOTHING", cmd.command_id, cmd.vehicle_id, cmd.kind,
+                cmd.requested_at, cmd.expires_at, cmd.requested_by, cmd.correlation,
+                request_key, REQUESTED, dumps(cmd).decode())
+            if not added:
+                return False
+            rows = await tx.fetch("SELECT status, at FROM terminal_command_outcomes WHERE "
+                                  "command_id = $1", cmd.command_id)
+            if rows:
+                best = max(rows, key=lambda r: (_rank(r["status"]), r["at"]))
+                await tx.execute("UPDATE terminal_commands SET status = $2, status_at = $3 "
+                                 "WHERE command_id = $1", cmd.command_id, best["status"],
+                                 best["at"])
+            if note is not None:
+                await self._note(tx, note, cmd.requested_at)
+        return True
+
+    async def record_outcome(self, outcome: CommandOutcome, *, note: AuditNote | None = None
+                             ) -> bool:
+        """Record one step of a command (once per command and status); False if heard already.
+
+        The command's status moves on only forward (requested → waiting → sent → final), so a
+        late redelivery of ``sent`` never hides ``acknowledged``. ``note`` is audited with it.
+        """
+        async with self.db.transaction() as tx:
+            added = await tx.execute(
+                "INSERT INTO terminal_command_outcomes (command_id, status, vehicle_id, at, "
+                "body) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (command_id, status) DO NOTHING",
+                outcome.command_id, outcome.status, outcome.vehicle_id, outcome.at,
+                dumps(outcome).decode())
+            if not added:
+                return False
+            row = await tx.fetch_one("SELECT status, status_at FROM terminal_commands WHERE "
+                                     "command_id = $1", outcome.command_id)
+            if row is not None and (_rank(outcome.status), outcome.at) > (
+                    _rank(row["status"]), row["status_at"]):
+                await tx.execute("UPDATE terminal_commands SET status = $2, status_at = $3 "
+                                 "WHERE command_id = $1", outcome.command_id, outcome.status,
+                                 outcome.at)
+            if note is not None:
+                await self._note(tx, note, outcome.at)
+        return True
+
+    @staticmethod
+    async def _note(tx: Query, note: AuditNote, at: datetime) -> None:
+        await tx.execute(
+            "INSERT INTO dept_audit (at, user_name, role, action, warning_id, address, outcome, "
+            "details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", at, note.user, note.role,
+            note.action, note.warning_id, None, note.outcome, dumps(note.details).decode())
+
+    async def find_command_for_request(self, vehicle_id: str, request_key: str
+                                       ) -> CommandRecord | None:
+        """The newest command a request with this key made for the vehicle, or None."""
+        row = await self.db.fetch_one(
+            "SELECT command_id FROM terminal_commands WHERE vehicle_id = $1 AND request_key = $2 "
+            "ORDER BY requested_at DESC LIMIT 1", vehicle_id, request_key)
+        return None if row is None else await self.find_command(row["command_id"])
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        """One command with its outcomes, or None."""
+        found = await self._commands("WHERE command_id = $1", command_id, limit=1)
+        return found[0] if found else None
+
+    async def commands_of(self, vehicle_id: str, *, limit: int = 100) -> list[CommandRecord]:
+        """The commands sent to a vehicle, newest first, each with its outcomes (oldest first)."""
+        return await self._commands("WHERE vehicle_id = $1", vehicle_id, limit=limit)
+
+    async def _commands(self, where: str, arg: str, *, limit: int) -> list[CommandRecord]:
+        rows = await self.db.fetch(
+            f"SELECT command_id, status, status_at, body FROM terminal_commands {where} "
+            "ORDER BY requested_at DESC, command_id LIMIT $2", arg, limit)
+        if not rows:
+            return []
+        ids = [r["command_id"] for r in rows]
+        marks = ", ".join(f"${i}" for i in range(1, len(ids) + 1))
+        heard: dict[str, list[CommandOutcome]] = {}
+        for o in await self.db.fetch(
+                f"SELECT command_id, body FROM terminal_command_outcomes WHERE command_id IN "
+                f"({marks}) ORDER BY at", *ids):
+            heard.setdefault(o["command_id"], []).append(
+                payload_from_dict(CommandOutcome, orjson.loads(o["body"])))
+        return [CommandRecord(payload_from_dict(TerminalCommand, orjson.loads(r["body"])),
+                              r["status"], r["status_at"],
+                              tuple(sorted(heard.get(r["command_id"], ()),
+                                           key=lambda o: (o.at, _rank(o.status)))))
+                for r in rows]
+
     # --- retention ---
 
     async def prune(self, now: datetime, *, days: int = RETENTION_DAYS) -> int:
@@ -273,5 +427,8 @@ class WorkflowStore:
             n += await tx.execute("DELETE FROM warnings_current WHERE active = 0 AND "
                                   "updated_at < $1", cutoff)
             n += await tx.execute("DELETE FROM dept_audit WHERE at < $1", cutoff)
+            n += await tx.execute("DELETE FROM terminal_commands WHERE requested_at < $1",
+                                  cutoff)
+            n += await tx.execute("DELETE FROM terminal_command_outcomes WHERE at < $1", cutoff)
             n += await tx.execute("DELETE FROM dept_sessions WHERE expires_at < $1", now)
         return n
