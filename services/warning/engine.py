@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from services.warning import congestion, incidents
 from services.warning.area_index import AreaGrid, compute_index
 from services.warning.congestion import STALE_WINDOWS, Grade, grade
-from services.warning.rules.terminal_alarms import TerminalAlarmRule
+from services.warning.rules.ruleset import RuleSet
 from services.warning.workflow import roles
 from services.warning.workflow.actions import apply_action, raised_warning
 from shared.clients.bigdata import DetectorSite, ProfileSnapshot
@@ -38,6 +38,7 @@ from shared.events import (
     AREA_INDEX,
     INCIDENT,
     ROAD_STATUS,
+    TERMINAL_COMMAND,
     WARNING,
     AreaIndex,
     CapCertainty,
@@ -116,7 +117,7 @@ class WarningEngine:
         self.ended: OrderedDict[str, Warning] = OrderedDict()
         self.queues: dict[str, set[str]] = {}
         self.incidents = incidents.IncidentBook()
-        self.alarms = TerminalAlarmRule()
+        self.rules = RuleSet(clock=clock)  # the 两客一危 rules; the service sets their settings
         self.detectors: Mapping[str, DetectorSite] = {}
         self.profiles: ProfileSnapshot | None = None
         self.index: dict[str, AreaIndex] = {}
@@ -178,8 +179,14 @@ class WarningEngine:
 
     async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
         """Bus handler for ``tti.alarm``: terminals' own alarm bits as vehicle alarms."""
-        for w in self.alarms.on_alarm(env.payload):
+        await self.put_rule_warnings(self.rules.on_alarm(env.payload))
+
+    async def put_rule_warnings(self, warnings: Iterable[Warning]) -> None:
+        """Publish what the safety rules concluded; a just-raised alarm's driver gets a text."""
+        for w in warnings:
             await self._put_warning(w, analyse=False)
+            for cmd in self.rules.commands_for(w):
+                await self.output.publish(TERMINAL_COMMAND, cmd, event_id=cmd.command_id)
 
     def set_profiles(self, snapshot: ProfileSnapshot) -> None:
         """The time-of-week profile speeds of the current bucket (the fallback)."""
@@ -195,8 +202,7 @@ class WarningEngine:
             await self.evaluate()
         await self.expire_stale(now)
         self.incidents.prune(now)
-        for w in self.alarms.expire(now):
-            await self._put_warning(w, analyse=False)
+        await self.put_rule_warnings(self.rules.expire(now))
 
     async def evaluate(self) -> None:
         """Re-trace the queues from the held grades and publish the area index."""
@@ -279,6 +285,8 @@ class WarningEngine:
         """Send what is active again (a standby that just took over, or a restarted consumer)."""
         for w in list(self.warnings.values()):
             await self.output.publish(WARNING, w, event_id=f"{w.warning_id}:{w.version}")
+            for cmd in self.rules.commands_for(w):  # the old holder may not have sent it
+                await self.output.publish(TERMINAL_COMMAND, cmd, event_id=cmd.command_id)
         for inc in self.incidents.active():
             await self.output.publish(INCIDENT, inc,
                                       event_id=f"{inc.incident_id}:{inc.updated_at.isoformat()}")
@@ -502,8 +510,7 @@ class WarningEngine:
             self.warnings[w.warning_id] = w
             if w.kind == WarningKind.CONGESTION and w.segment_ids:
                 self.queues[w.warning_id] = set(w.segment_ids)
-            if w.kind == WarningKind.VEHICLE_ALARM and w.details.get("alarm"):
-                self.alarms.resume(w)
+            self.rules.resume(w)  # vehicle alarms: their rule goes on with the episode
         self._count_active()
 
     async def on_action(self, env: Envelope[WarningAction]) -> None:
@@ -564,8 +571,7 @@ class WarningEngine:
         self.silenced.pop(w.warning_id, None)
         if w.warning_id in self.ended and w.active:
             del self.ended[w.warning_id]
-        if w.kind == WarningKind.VEHICLE_ALARM:
-            self.alarms.adopt(w)
+        self.rules.adopt(w)
         await self._put_warning(w, analyse=False)
         return w
 

@@ -5,7 +5,11 @@ routing graph, the detector registry, the profiles of the current bucket; the bu
 for that before they take their first event (JetStream keeps the events meanwhile). Then, on the
 one clock: a tick a few times per window (queues of a quiet window, staleness, the index), the
 routing weights once per window, the profiles when their bucket turns, the detector registry
-every few minutes.
+and the geofences every few minutes.
+
+The 两客一危 rules (``rules/ruleset.py``) read matched positions, driver identities and terminal
+alarm bits from every partition; what they conclude goes out through the engine like every
+warning, and a just-raised alarm's driver gets a JT/T 808 text (``tti.terminal.command.<p>``).
 
 Scaling: every replica consumes every event through its own durable consumer into the same
 deterministic state; only the holder of the ``warning`` lease publishes (see the README).
@@ -23,6 +27,9 @@ from prometheus_client import Counter, Gauge
 from services.warning.engine import WarningEngine
 from services.warning.network import load_network
 from services.warning.routing import LiveRouting
+from services.warning.rules.common import RuleSettings, load_coach_routes
+from services.warning.rules.geofences import load_fences
+from services.warning.rules.ruleset import RuleSet
 from services.warning.workflow.store import WorkflowStore
 from shared.bus import EventBus
 from shared.bus.lease import Lease
@@ -31,13 +38,17 @@ from shared.clients.bigdata import BigdataClient
 from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config
-from shared.errors import TransientError
+from shared.errors import ConfigError, TransientError
 from shared.events import (
     DETECTED_EVENT,
+    DRIVER_IDENTITY,
+    MATCHED_POSITION,
     SEGMENT_SPEED,
     TERMINAL_ALARM,
     WARNING_ACTION,
     DetectedEvent,
+    DriverIdentity,
+    MatchedPosition,
     SegmentSpeed,
     Subject,
     TerminalAlarm,
@@ -89,7 +100,9 @@ class LeaseOutput:
         if box is None:
             box = self._outboxes[subject.name] = Outbox(self.bus, subject,
                                                         limit=self.MAX_PENDING)
-        box.add(Outgoing(event_id=event_id, subject=subject, payload=payload, key=None))
+        # Per-vehicle subjects (commands to terminals) go to their vehicle's partition.
+        key = getattr(payload, "vehicle_id", None) if subject.partitioned else None
+        box.add(Outgoing(event_id=event_id, subject=subject, payload=payload, key=key))
         await self.retry()
 
     async def retry(self) -> None:
@@ -134,6 +147,8 @@ class WarningService:
         self.state = "starting"
         self._subs: list[Any] = []
         self.stopping = False
+        # Routes are read from their CSV in `prepare` (no I/O here).
+        engine.rules = RuleSet(RuleSettings.from_config(config, coach_routes={}), clock=clock)
 
     @property
     def durable(self) -> str:
@@ -157,6 +172,16 @@ class WarningService:
         await self.ready.wait()
         await self.engine.on_terminal_alarm(env)
 
+    async def on_matched(self, env: Envelope[MatchedPosition]) -> None:
+        """Bus handler: a 两客一危 fix on its road, through every position rule."""
+        await self.ready.wait()
+        await self.engine.put_rule_warnings(self.engine.rules.on_matched(env.payload))
+
+    async def on_driver(self, env: Envelope[DriverIdentity]) -> None:
+        """Bus handler: a driver signing in or out (0x0702), for the fatigue rule."""
+        await self.ready.wait()
+        await self.engine.put_rule_warnings(self.engine.rules.on_driver(env.payload))
+
     async def on_action(self, env: Envelope[WarningAction]) -> None:
         """Bus handler: a department's action, applied by every replica in stream order."""
         await self.ready.wait()
@@ -171,6 +196,10 @@ class WarningService:
         self._subs.append(await self.bus.subscribe(TERMINAL_ALARM, self.on_terminal_alarm,
                                                    durable=self.durable))
         self._subs.append(await self.bus.subscribe(DETECTED_EVENT, self.on_detected_event,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(MATCHED_POSITION, self.on_matched,
+                                                   durable=self.durable))
+        self._subs.append(await self.bus.subscribe(DRIVER_IDENTITY, self.on_driver,
                                                    durable=self.durable))
 
     async def unsubscribe(self) -> None:
@@ -196,6 +225,8 @@ class WarningService:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 30.0)
         self.engine.set_network(network)
+        self._load_coach_routes()
+        await self._load_fences()
         while True:
             try:
                 self.engine.restore(await self.store.active_warnings())
@@ -213,6 +244,25 @@ class WarningService:
         self.state = f"{len(network)} segments"
         self.ready.set()
         log.info("warning service ready", extra={"segments": len(network)})
+
+    def _load_coach_routes(self) -> None:
+        try:
+            routes = load_coach_routes(self.config.coach_routes)
+        except ConfigError as exc:
+            # Stricter, not laxer: with no route known no coach is exempt at night.
+            log.error("coach routes not loaded, no route is exempt: %s", exc)
+            return
+        self.engine.rules.set_coach_routes(routes)
+
+    async def _load_fences(self) -> None:
+        """The geofences from bigdata; the ones held stay when bigdata does not answer."""
+        try:
+            fences = await load_fences(self.bigdata)
+        except Exception as exc:
+            log.info("geofences not loaded (keeping %d): %s",
+                     len(self.engine.rules.geofences.fences), exc)
+            return
+        self.engine.rules.set_fences(fences)
 
     async def _load_detectors(self) -> None:
         try:
@@ -314,6 +364,7 @@ class WarningService:
             if since >= DETECTOR_REFRESH_S:
                 since = 0.0
                 await self._load_detectors()
+                await self._load_fences()
 
     async def on_lease(self, held: bool) -> None:
         """Lease callback: a replica that becomes active republishes what is active."""

@@ -40,7 +40,11 @@ async def test_an_sos_is_one_warning_from_start_to_end() -> None:
         await e.on_terminal_alarm(alarm(s, "emergency"))
     await e.on_terminal_alarm(alarm(70, "emergency"))  # a minute on: one update
     await e.on_terminal_alarm(alarm(70, "emergency"))  # redelivered: nothing
-    await e.tick()  # clock now ≫ the last report: over
+    await e.tick()  # the stream's time is still 70 s: it goes on
+    assert len(out.of(WARNING)) == 2
+    # Another vehicle's report five minutes on: the stream's time has passed the SOS's end.
+    await e.on_terminal_alarm(alarm(370, "gnss_antenna_cut", vehicle="2"))
+    await e.tick()
     warnings: list[Warning] = out.of(WARNING)
     assert len({w.warning_id for w in warnings}) == 1
     assert [w.status for w in warnings] == [WarningStatus.RAISED, WarningStatus.UPDATED,
@@ -80,3 +84,15 @@ async def test_a_restarted_engine_goes_on_with_the_open_episode() -> None:
     again.restore([raised])
     await again.on_terminal_alarm(alarm(90, "emergency"))
     assert [w.warning_id for w in out2.of(WARNING)] == [raised.warning_id]
+
+
+async def test_a_backlog_caught_up_ends_nothing_the_stream_goes_on_with() -> None:
+    # Reports of hours ago replayed now (a restarted replica catching up): ticks between them
+    # judge silence by the stream's time, so the SOS is one episode, as it was live.
+    e, out = engine()
+    for s in range(0, 600, 30):
+        await e.on_terminal_alarm(alarm(s, "emergency"))
+        await e.tick()
+    warnings: list[Warning] = out.of(WARNING)
+    assert len({w.warning_id for w in warnings}) == 1
+    assert all(w.status is not WarningStatus.RESOLVED for w in warnings)

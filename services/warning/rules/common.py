@@ -48,12 +48,13 @@ class RuleSettings:
     driver_text_ttl_s: float = 600.0
 
     @classmethod
-    def from_config(cls, config: Config) -> RuleSettings:
-        """The rules' settings from the service's (reads the coach routes CSV)."""
+    def from_config(cls, config: Config, *,
+                    coach_routes: Mapping[str, float] | None = None) -> RuleSettings:
+        """The rules' settings from the service's; reads the coach routes CSV unless given."""
+        routes = load_coach_routes(config.coach_routes) if coach_routes is None else coach_routes
         return cls(speeding_tolerance_kmh=config.speeding_tolerance_kmh,
                    speeding_tolerance_s=config.speeding_tolerance_s,
-                   min_confidence=config.match_min_confidence,
-                   coach_routes=load_coach_routes(config.coach_routes),
+                   min_confidence=config.match_min_confidence, coach_routes=routes,
                    driver_text_ttl_s=config.driver_text_ttl_s)
 
 

@@ -22,6 +22,7 @@ from services.warning.rules.episodes import (
     episode_id,
 )
 from shared.events import (
+    TWO_PASSENGER_ONE_DANGER,
     Area,
     CapCategory,
     CapCertainty,
@@ -39,7 +40,6 @@ CLEAR_AFTER_S = 120.0
 """An alarm not repeated for this long is over (terminals repeat it in every report)."""
 MOVED_M = 200.0
 """An episode's warning is updated at most once a minute, or when the vehicle moved this far."""
-TWO_PASSENGER_ONE_DANGER = frozenset({"coach", "tourist_bus", "dangerous_goods"})
 
 _SAFETY: dict[str, tuple[str, str, CapSeverity]] = {
     "emergency": ("紧急报警", "emergency (SOS)", CapSeverity.EXTREME),
