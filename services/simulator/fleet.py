@@ -2,7 +2,10 @@
 
 Each vehicle registers (0x0100), authenticates (0x0102) with the code it was given, then sends a
 location report (0x0200) every few seconds and a heartbeat (0x0002) between them, and counts the
-platform's 0x8001 acknowledgments. Vehicles drive the road graph (``world.py``); incidents slow a
+platform's 0x8001 acknowledgments. Like real terminals they answer platform commands: a text
+(0x8300) with a general reply (0x0001, result 0) — the text is kept (``texts``, the status
+route) and counted —, a position query (0x8201) with 0x0201 and the current fix, an alarm
+confirmation (0x8203) with 0x0001. Vehicles drive the road graph (``world.py``); incidents slow a
 segment down for a while. The fleet lives on the clock it is given (``shared/clock.py``): its
 reports carry clock time and it paces itself with the clock's sleep, so under a clock at rate 10
 every vehicle drives, reports and heartbeats ten times faster than real time. Ground truth —
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,20 +30,32 @@ from typing import IO
 import orjson
 from aiohttp import web
 
+from services.simulator.safety_demo import (
+    ScenarioVehicle,
+    departure,
+    plan_scenario,
+    scenario_day,
+)
 from services.simulator.world import Incident, Leg, Vehicle, World, parse_incident
 from shared.clock import Clock
 from shared.config import Config
 from shared.errors import BadRequest
 from shared.jt808 import (
+    RESULT_OK,
+    RESULT_UNSUPPORTED,
     FrameSplitter,
     Heartbeat,
     Jt808Error,
     LocationReport,
+    Message,
     MsgId,
     PlatformGeneralResponse,
+    PositionReply,
     RegisterResponse,
     TerminalAuth,
+    TerminalGeneralResponse,
     TerminalRegister,
+    TextMessage,
     datetime_to_bcd_time,
     decode_frame,
     encode_message,
@@ -72,6 +88,10 @@ class SimConfig:
     gtfs_rt_share: float = 0.0
     """Share of the buses that report through the GTFS-rt feed instead of JT/T 808 (each bus
     uses one channel, so no bus is counted twice downstream)."""
+    safety_demo: bool = False
+    """Add the four scripted vehicles of ``safety_demo.py`` (``tti run --safety-demo``)."""
+    tunnel_segment_ids: tuple[str, ...] = ()
+    """The demo tunnel's segments (both directions), which the safety demo closes."""
 
 
 def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
@@ -79,6 +99,7 @@ def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     stops: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     incident_seg = None
+    tunnel: tuple[str, ...] = ()
     if demo is not None:
         patterns = [(f"{r.route_id}:{p.direction_id}", p)
                     for r in demo.bus_routes for p in r.patterns]  # type: ignore[attr-defined]
@@ -86,13 +107,16 @@ def sim_config_from(config: Config, *, demo: object | None = None) -> SimConfig:
         stops = tuple((key, tuple((st.segment_id, st.offset_m) for st in p.stops))
                       for key, p in patterns)
         incident_seg = demo.incident_segment_id  # type: ignore[attr-defined]
+        tunnels = demo.tunnels  # type: ignore[attr-defined]
+        tunnel = tuple(tunnels[0].segment_ids) if tunnels else ()
     return SimConfig(
         host=config.sim_host, port=config.jt808_port, osm=config.osm,
         vehicles=config.sim_vehicles, interval_s=config.sim_interval_s, seed=config.sim_seed,
         noise_m=config.sim_noise_m, incidents=config.sim_incidents,
         truth_path=config.sim_truth or str(config.var_path / "sim" / "truth.jsonl"),
         registry_path=str(config.var_path / "sim" / "vehicles.csv"),
-        bus_routes=routes, bus_stops=stops, demo_incident_segment=incident_seg)
+        bus_routes=routes, bus_stops=stops, demo_incident_segment=incident_seg,
+        tunnel_segment_ids=tunnel)
 
 
 @dataclass(slots=True)
@@ -107,6 +131,33 @@ class TerminalStats:
     reports_nacked: int = 0
     heartbeats_sent: int = 0
     reconnects: int = 0
+    texts_received: int = 0
+    """0x8300 text messages received (each answered 0x0001 result 0)."""
+    position_queries: int = 0
+    """0x8201 position queries answered with 0x0201."""
+    alarm_confirmations: int = 0
+    """0x8203 alarm confirmations answered with 0x0001."""
+    commands_unsupported: int = 0
+    """Other platform commands, answered 0x0001 result 3 (unsupported)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceivedText:
+    """A 0x8300 text a simulated terminal received (and answered)."""
+
+    vehicle_id: str
+    text: str
+    flags: tuple[str, ...]
+    serial: int
+    received_at: datetime
+    """Clock time, UTC."""
+
+
+_PLATFORM_ANSWERS = frozenset({MsgId.P_GENERAL_RESPONSE, MsgId.P_RESEND_REQUEST,
+                               MsgId.P_SERVER_TIME, MsgId.P_REGISTER_RESPONSE})
+"""Platform messages that answer the terminal (nothing to answer back); the rest are commands."""
+MAX_TEXTS = 1000
+"""Texts kept for the status route (the newest; the counter counts them all)."""
 
 
 @dataclass(slots=True)
@@ -115,6 +166,7 @@ class _Terminal:
     auth_code: str = ""
     serial: int = 0
     pending: dict[int, int] = field(default_factory=dict)  # serial -> msg id awaiting a reply
+    texts: list[str] = field(default_factory=list)
 
     def next_serial(self) -> int:
         s = self.serial
@@ -158,7 +210,11 @@ class Simulator:
         self.world: World | None = None
         self.fleet: list[Vehicle] = []
         self.feed_buses: set[str] = set()
+        self.scenario: list[tuple[ScenarioVehicle, Vehicle]] = []
+        """The safety demo's scripted vehicles (empty without ``safety_demo``)."""
+        self.scenario_departures: dict[str, datetime] = {}
         self.stats = TerminalStats()
+        self.texts: deque[ReceivedText] = deque(maxlen=MAX_TEXTS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._truth: IO[bytes] | None = None
         self._t0 = self.clock.monotonic()  # reset by start(); so bus_fixes() works before
@@ -184,6 +240,14 @@ class Simulator:
             self.world.incidents.append(parse_incident(spec, self.network, default_segment=hot))
         self.fleet = self.world.make_fleet(self.config.vehicles)
         buses = [v for v in self.fleet if v.route_id]
+        if self.config.safety_demo:
+            if not self.config.tunnel_segment_ids:
+                raise BadRequest("the safety demo needs the demo city (its tunnel)")
+            for sv in plan_scenario(self.network, self.config.tunnel_segment_ids):
+                v = Vehicle(phone=sv.phone, plate=sv.plate, vehicle_class=sv.vehicle_class,
+                            route_id=sv.route_id)
+                self.scenario.append((sv, v))
+                self.fleet.append(v)
         n_feed = round(len(buses) * self.config.gtfs_rt_share)
         # Every other bus, so both channels cover every route.
         self.feed_buses = {v.vehicle_id for v in buses[1::2][:n_feed]}
@@ -271,6 +335,7 @@ class Simulator:
         await asyncio.to_thread(self.prepare)
         self._t0 = self.clock.monotonic()
         self._epoch = self.clock.now()
+        self._plan_scenario()
         self._truth = await asyncio.to_thread(_open_append, Path(self.config.truth_path))
         self._running = True
         rng = random.Random(self.config.seed)
@@ -284,6 +349,18 @@ class Simulator:
             t.add_done_callback(self._tasks.discard)
         log.info("simulator started", extra={"vehicles": len(self.fleet),
                                              "collector": f"{self.config.host}:{self.config.port}"})
+
+    def _plan_scenario(self) -> None:
+        """Script the scenario's vehicles from local clock times (they leave on schedule, or at
+        once when the start came later)."""
+        assert self.world is not None
+        day = scenario_day(self._epoch)
+        for sv, v in self.scenario:
+            at = departure(sv, day)
+            self.scenario_departures[v.vehicle_id] = max(at, self._epoch)
+            self.world.plan_script(v, max(0.0, (at - self._epoch).total_seconds()), sv.path)
+            log.info("scenario vehicle %s (%s, %s) leaves at %s: %s", v.vehicle_id, sv.key,
+                     sv.vehicle_class, at.isoformat(), sv.description)
 
     async def stop(self) -> None:
         """Disconnect every terminal and close the truth file."""
@@ -369,7 +446,7 @@ class Simulator:
             raise ConnectionError("authentication refused")
         self.stats.authenticated += 1
         term.pending.clear()
-        acks = asyncio.create_task(self._read_acks(term, reader, splitter))
+        acks = asyncio.create_task(self._read_acks(term, reader, writer, splitter))
         try:
             clock = self.clock
             last_hb = next_t = clock.monotonic()
@@ -389,7 +466,8 @@ class Simulator:
                 await acks
 
     async def _read_acks(self, term: _Terminal, reader: asyncio.StreamReader,
-                         splitter: FrameSplitter) -> None:
+                         writer: asyncio.StreamWriter, splitter: FrameSplitter) -> None:
+        """Count the platform's 0x8001 answers; answer its commands as a terminal does."""
         while True:
             data = await reader.read(4096)
             if not data:
@@ -404,6 +482,40 @@ class Simulator:
                             self.stats.reports_acked += 1
                         else:
                             self.stats.reports_nacked += 1
+                elif msg.msg_id >= 0x8000 and msg.msg_id not in _PLATFORM_ANSWERS:
+                    writer.write(self._answer(term, msg))
+            await writer.drain()
+
+    def _answer(self, term: _Terminal, msg: Message) -> bytes:
+        """The terminal's answer to a platform command (0x8300, 0x8201, 0x8203, others)."""
+        mid, serial = msg.msg_id, msg.header.serial
+        if mid == MsgId.P_POSITION_QUERY:
+            self.stats.position_queries += 1
+            return self._reply_frame(term, MsgId.T_POSITION_REPLY,
+                                     PositionReply(serial, self._report(term.vehicle)))
+        result = RESULT_OK
+        if mid == MsgId.P_TEXT_MESSAGE and isinstance(msg.body, TextMessage):
+            self.stats.texts_received += 1
+            text = msg.body.text
+            term.texts.append(text)
+            del term.texts[:-16]  # a terminal's screen keeps the last few
+            self.texts.append(ReceivedText(
+                vehicle_id=term.vehicle.vehicle_id, text=text, flags=tuple(msg.body.flags),
+                serial=serial, received_at=self.clock.now()))
+            log.info("terminal %s received text %r", term.vehicle.vehicle_id, text)
+        elif mid == MsgId.P_ALARM_CONFIRM:
+            self.stats.alarm_confirmations += 1
+        else:
+            self.stats.commands_unsupported += 1
+            result = RESULT_UNSUPPORTED
+        return self._reply_frame(term, MsgId.T_GENERAL_RESPONSE,
+                                 TerminalGeneralResponse(serial, mid, result))
+
+    def _reply_frame(self, term: _Terminal, msg_id: int, body: object) -> bytes:
+        """A frame answering the platform: the platform does not answer it back."""
+        return encode_message(msg_id, body, phone_bcd=term.vehicle.phone,  # type: ignore[arg-type]
+                              serial=term.next_serial(),
+                              version=self.config.version)  # type: ignore[arg-type]
 
     def _report(self, v: Vehicle) -> LocationReport:
         assert self.world is not None
@@ -415,7 +527,8 @@ class Simulator:
         lat = fix.lat + rng.gauss(0, noise) / 110_574
         lon = fix.lon + rng.gauss(0, noise) / (111_320 * math.cos(math.radians(fix.lat)))
         now = self._epoch + timedelta(seconds=t)
-        status = 0x3  # ACC on, positioned; north latitude, east longitude
+        # Positioned, north latitude, east longitude; bit 0: ACC (ignition) on.
+        status = 0x3 if fix.ignition else 0x2
         return LocationReport(
             alarm=0, status=status, lat_e6=round(abs(lat) * 1e6), lon_e6=round(abs(lon) * 1e6),
             altitude_m=30, speed_0_1kmh=round(fix.speed_kmh * 10),
@@ -473,7 +586,18 @@ async def _get_sim(request: web.Request) -> web.Response:
         "connected": s.connected, "authenticated": s.authenticated,
         "reports_sent": s.reports_sent, "reports_acked": s.reports_acked,
         "reports_nacked": s.reports_nacked, "heartbeats_sent": s.heartbeats_sent,
+        "texts_received": s.texts_received, "position_queries": s.position_queries,
+        "alarm_confirmations": s.alarm_confirmations,
+        "commands_unsupported": s.commands_unsupported,
+        "texts": [{"vehicle_id": t.vehicle_id, "text": t.text, "flags": list(t.flags),
+                   "received_at": t.received_at.isoformat()} for t in sim.texts],
         "demo_incident_segment": sim.demo_incident_segment,
+        "scenario": [{"key": sv.key, "vehicle_id": v.vehicle_id, "plate": v.plate,
+                      "vehicle_class": v.vehicle_class, "route_id": v.route_id,
+                      "expected_rule": sv.expected_rule, "description": sv.description,
+                      "departs_at": sim.scenario_departures[v.vehicle_id].isoformat()
+                      if v.vehicle_id in sim.scenario_departures else None}
+                     for sv, v in sim.scenario],
         "incidents": [{"segment_id": i.segment_id, "start_s": i.start_s,
                        "duration_s": i.duration_s, "speed_kmh": i.speed_kmh}
                       for i in (sim.world.incidents if sim.world else [])]})

@@ -3,6 +3,11 @@
 Movement is a pure function of time: each vehicle holds a plan (a list of segments with the
 times it enters and leaves each), so a position at any instant is an interpolation, and the
 ground truth — every segment traversal with its true speed — falls out of the plan.
+
+Most vehicles plan as they go (random trips, bus routes in a loop). A *scripted* vehicle (a
+scenario's, e.g. ``safety_demo.py``) gets its whole day at once from :meth:`World.plan_script`:
+it stands with the ignition off until it departs, drives a given path at given speeds, then
+parks with the ignition off.
 """
 
 from __future__ import annotations
@@ -96,6 +101,8 @@ class Leg:
     exit_s: float
     dwell_at_m: float | None = None
     dwell_s: float = 0.0
+    parked: bool = False
+    """The dwell is parking with the ignition off (a bus at a stop keeps its engine on)."""
 
     @property
     def speed_kmh(self) -> float:
@@ -129,6 +136,8 @@ class Vehicle:
     legs: list[Leg] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     route_pos: int = 0
+    scripted: bool = False
+    """Its plan was given whole (:meth:`World.plan_script`): never extended at random."""
 
     @property
     def vehicle_id(self) -> str:
@@ -145,6 +154,11 @@ class Fix:
     speed_kmh: float
     heading_deg: float
     segment_id: str
+    ignition: bool = True
+
+
+PARK_FOREVER_S = 30 * 86_400.0
+"""How long a scripted vehicle stays parked after its drive: longer than any run."""
 
 
 class World:
@@ -245,6 +259,8 @@ class World:
         Speeds are drawn when a vehicle is about to enter a segment, so an incident added while
         it is on its way still slows it down.
         """
+        if vehicle.scripted:
+            return
         t = vehicle.legs[-1].exit_s if vehicle.legs else until_s - 1.0
         node = vehicle.legs[-1].segment.to_node if vehicle.legs else None
         guard = 0
@@ -268,6 +284,38 @@ class World:
             t += dur
             node = seg.to_node
 
+    def plan_script(self, vehicle: Vehicle, depart_s: float,
+                    path: Sequence[tuple[str, float]]) -> None:
+        """Give ``vehicle`` its whole plan: parked (ignition off) at the first segment's start
+        until ``depart_s``, then each (segment id, speed km/h) of ``path`` in turn, then parked
+        at the last segment's end for good. Segments must connect; at least two of them."""
+        if len(path) < 2:
+            raise ValueError("a scripted drive needs at least two segments")
+        legs: list[Leg] = []
+        t = 0.0
+        prev: RoadSegment | None = None
+        for i, (segment_id, speed_kmh) in enumerate(path):
+            seg = self.network.get_segment(segment_id)
+            if prev is not None and prev.to_node != seg.from_node:
+                raise ValueError(f"scripted path breaks between {prev.segment_id} and "
+                                 f"{segment_id}")
+            if not speed_kmh > 0:
+                raise ValueError(f"scripted speed on {segment_id} must be positive")
+            dur = seg.length_m / (speed_kmh / 3.6)
+            if i == 0 and depart_s > 0:
+                leg = Leg(seg, t, t + depart_s + dur, 0.0, depart_s, parked=True)
+            elif i == len(path) - 1:
+                leg = Leg(seg, t, t + dur + PARK_FOREVER_S, seg.length_m, PARK_FOREVER_S,
+                          parked=True)
+            else:
+                leg = Leg(seg, t, t + dur)
+            legs.append(leg)
+            t = leg.exit_s
+            prev = seg
+        vehicle.legs = legs
+        vehicle.pending = []
+        vehicle.scripted = True
+
     def drop_past(self, vehicle: Vehicle, before_s: float) -> list[Leg]:
         """Remove and return legs finished before ``before_s`` (they become ground truth)."""
         done = []
@@ -289,6 +337,7 @@ class World:
         coords = leg.segment.coords
         target, moving = leg.distance_at(t)
         speed = leg.speed_kmh if moving else 0.0
+        ignition = moving or not leg.parked
         # Walk the polyline, measured as the segment's length is (haversine): in any other
         # metric the vehicle would run a little faster than its speed and then wait at the end.
         acc = 0.0
@@ -297,7 +346,7 @@ class World:
             if acc + d >= target or (x2, y2) == coords[-1]:
                 f = 0.0 if d == 0 else min(1.0, (target - acc) / d)
                 return Fix(x1 + (x2 - x1) * f, y1 + (y2 - y1) * f, speed,
-                           bearing_deg(x1, y1, x2, y2), leg.segment.segment_id)
+                           bearing_deg(x1, y1, x2, y2), leg.segment.segment_id, ignition)
             acc += d
         x, y = coords[-1]
-        return Fix(x, y, speed, 0.0, leg.segment.segment_id)
+        return Fix(x, y, speed, 0.0, leg.segment.segment_id, ignition)
