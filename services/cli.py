@@ -1,7 +1,8 @@
 """The ``tti`` command: the composition root, the only module that imports every service.
 
 ``tti run`` starts all four services in one process (memory bus, SQLite, generated demo region,
-fleet simulator); ``tti serve <service>`` starts one alone with the bus and database the
+fleet simulator; ``--safety-demo``: the 两客一危 scenario of ``services/simulator/safety_demo.py``
+on a fast clock); ``tti serve <service>`` starts one alone with the bus and database the
 configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
 ``tti import-osm FILE`` loads a road network and its features into the geodatabase;
 ``tti import-gtfs FILE`` loads a GTFS static feed; ``tti import-detectors FILE`` the registry of
@@ -225,17 +226,97 @@ def build_embedded(config: Config, bus: EventBus, clock: Clock
     return root, subapps
 
 
-async def run_embedded(config: Config) -> None:
-    """``tti run``: everything in one process until SIGINT/SIGTERM."""
+async def run_embedded(config: Config, *, safety_demo: bool = False,
+                       fresh_db: Path | None = None) -> None:
+    """``tti run``: everything in one process until SIGINT/SIGTERM.
+
+    ``safety_demo``: the 两客一危 scenario instead of the ordinary fleet (see
+    :func:`safety_demo_config`); ``fresh_db``: a SQLite file to delete first (the scenario's own
+    database: it replays the same night, and warning ids are deterministic).
+    """
     # Bound first: a port in use fails at once, before the demo city or an import.
     http_sock = listen_socket(config.http_host, config.http_port)
     try:
-        await _run_embedded(config, http_sock)
+        await _run_embedded(config, http_sock, safety_demo=safety_demo, fresh_db=fresh_db)
     finally:
         http_sock.close()
 
 
-async def _run_embedded(config: Config, http_sock: socket.socket) -> None:
+SAFETY_DEMO_DIR = "safety-demo"
+SAFETY_DEMO_COMMAND_TIMEOUT_S = 300.0
+"""The scenario's command reply timeout in clock seconds (2 s of real time at rate 150): a
+terminal's TCP round trip does not shrink with the clock."""
+
+
+def safety_demo_config(config: Config, args: argparse.Namespace) -> tuple[Config, Path | None]:
+    """``tti run --safety-demo`` settings, each yielding to an explicit flag or TTI_* variable:
+    the clock at rate 150 from 02:00 local today, the four scenario vehicles only, its own
+    database under ``var/safety-demo/`` (recreated each run; returned to delete), the coach
+    routes CSV the demo writes, a command timeout for a fast clock."""
+    from services.simulator.safety_demo import CLOCK_RATE, clock_start
+
+    if config.osm:
+        raise TtiError("--safety-demo runs on the demo city: leave out --osm", code="bad_input")
+    folder = config.var_path / SAFETY_DEMO_DIR
+    changes: dict[str, Any] = {}
+    if not _explicit(args, "clock_rate"):
+        changes["clock_rate"] = CLOCK_RATE
+    if not _explicit(args, "clock_start"):
+        changes["clock_start"] = clock_start(Clock().now()).isoformat()
+    if not _explicit(args, "sim_vehicles"):
+        changes["sim_vehicles"] = 0
+    if not _explicit(args, "coach_routes"):
+        changes["coach_routes"] = str(folder / "coach_routes.csv")
+    if not _explicit(args, "jt808_command_timeout_s"):
+        changes["jt808_command_timeout_s"] = SAFETY_DEMO_COMMAND_TIMEOUT_S
+    if not _explicit(args, "sim_truth"):
+        changes["sim_truth"] = str(folder / "truth.jsonl")
+    fresh: Path | None = None
+    if not _explicit(args, "db_url"):
+        fresh = folder / "tti.db"
+        changes["db_url"] = f"sqlite:///{fresh}"
+    return config.replace(**changes), fresh
+
+
+def _delete_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def _prepare_safety_demo(config: Config, demo: Any, fresh_db: Path | None) -> None:
+    """Write the scenario's files and load the geodatabase before any service starts: the demo
+    city's roads, then the geofence closing its tunnel to dangerous goods (what ``tti
+    import-osm`` and ``tti import-geofences`` do), so the warning service finds it at start."""
+    from services.bigdata.geofences import import_geofences_file
+    from services.bigdata.osm_features import import_osm_file
+    from services.simulator.safety_demo import write_files
+
+    if demo is None or not demo.tunnels:
+        raise TtiError("--safety-demo needs the demo city's tunnel", code="bad_input")
+    if fresh_db is not None:
+        await asyncio.to_thread(_delete_sqlite, fresh_db)
+    tunnel = demo.tunnels[0]
+    routes, fences = await asyncio.to_thread(
+        write_files, config.var_path / SAFETY_DEMO_DIR, tunnel_name=tunnel.name,
+        tunnel_name_en=tunnel.name_en, tunnel_segment_ids=tunnel.segment_ids)
+    if Path(config.coach_routes) != routes:
+        log.info("safety demo: coach routes from %s, not the demo's %s", config.coach_routes,
+                 routes)
+
+    async def load(store: GeoStore) -> None:
+        await import_osm_file(store, config.osm)
+        result = await import_geofences_file(store, fences)
+        if result.applied != 1:
+            raise TtiError(f"safety demo geofence not imported: {result.errors}",
+                           code="bad_input")
+
+    await _with_store(config, load)
+    log.info("safety demo ready", extra={"geofences": str(fences), "coach_routes": str(routes),
+                                         "db_url": config.db_url})
+
+
+async def _run_embedded(config: Config, http_sock: socket.socket, *, safety_demo: bool = False,
+                        fresh_db: Path | None = None) -> None:
     from services.simulator.fleet import Simulator, add_incident_routes, sim_config_from
     from services.simulator.gtfs_rt_feed import (
         FEED_PATH,
@@ -245,10 +326,15 @@ async def _run_embedded(config: Config, http_sock: socket.socket) -> None:
     )
 
     config, demo = ensure_demo(config)
+    sim_config = sim_config_from(config, demo=demo)
+    if safety_demo:
+        await _prepare_safety_demo(config, demo, fresh_db)
+        folder = config.var_path / SAFETY_DEMO_DIR
+        sim_config = dataclasses.replace(sim_config, safety_demo=True,
+                                         registry_path=str(folder / "vehicles.csv"))
     clock = config.make_clock()  # the one clock: services, bus envelopes and the fleet
     # Half the buses report through the simulator's GTFS-rt feed, the rest as JT/T 808 terminals.
-    sim = Simulator(dataclasses.replace(sim_config_from(config, demo=demo), gtfs_rt_share=0.5),
-                    clock=clock)
+    sim = Simulator(dataclasses.replace(sim_config, gtfs_rt_share=0.5), clock=clock)
     await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
     config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
                             warning_url=f"http://127.0.0.1:{config.http_port}/warning",
@@ -257,8 +343,8 @@ async def _run_embedded(config: Config, http_sock: socket.socket) -> None:
                             # The collector polls the simulator's GTFS-rt feed unless told others,
                             # as often as buses report: sparser fixes of the same buses would
                             # blur the probe speeds the JT/T 808 reports give.
-                            gtfs_rt_urls=config.gtfs_rt_urls
-                            or (f"sim=http://127.0.0.1:{config.http_port}{FEED_PATH}",),
+                            gtfs_rt_urls=config.gtfs_rt_urls or (() if safety_demo else (
+                                f"sim=http://127.0.0.1:{config.http_port}{FEED_PATH}",)),
                             gtfs_rt_poll_s=config.gtfs_rt_poll_s if config.gtfs_rt_urls
                             else min(config.gtfs_rt_poll_s, config.sim_interval_s))
     bus = make_bus(config, clock)
@@ -274,7 +360,8 @@ async def _run_embedded(config: Config, http_sock: socket.socket) -> None:
         await sim.start()
         log.info("TTI running", extra={"http": f"http://127.0.0.1:{config.http_port}/",
                                         "jt808_port": config.jt808_port,
-                                        "vehicles": config.sim_vehicles,
+                                        "vehicles": len(sim.fleet),
+                                        "safety_demo": safety_demo,
                                         "clock": repr(clock)})
 
     try:
@@ -488,7 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "JT/T 808 on --jt808-port (6808), the demo city (or --osm FILE) and the "
                     "simulated fleet. Listens on 127.0.0.1 unless --http-host/--jt808-host say "
                     "otherwise.")
-    _add_sim_aliases(_add_config_flags(p_run, dataclasses.fields(Config)))
+    run_groups = _add_config_flags(p_run, dataclasses.fields(Config))
+    _add_sim_aliases(run_groups)
+    run_groups["simulator"].add_argument(
+        "--safety-demo", dest="safety_demo", action="store_true",
+        help="the 两客一危 scenario: four coaches and dangerous-goods trucks, each breaking one "
+             "rule once (speeding, night driving, a closed tunnel, 4.5 h without rest), on a "
+             "clock at rate 150 from 02:00 local, with its own database under "
+             "var/safety-demo/ (recreated each run)")
     p_serve = sub.add_parser("serve", help="run one service (production)",
                              description="One service in its own process, with the bus and "
                                          "database the settings select.")
@@ -576,7 +670,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log_level, config.log_format)
         _install_uvloop()
         if args.command == "run":
-            asyncio.run(run_embedded(config))
+            fresh_db = None
+            if args.safety_demo:
+                config, fresh_db = safety_demo_config(config, args)
+            asyncio.run(run_embedded(config, safety_demo=args.safety_demo, fresh_db=fresh_db))
         elif args.command == "serve":
             asyncio.run(serve_one(args.service, config))
         elif args.command == "simulate":
