@@ -203,8 +203,12 @@ async def read_form(request: web.Request) -> tuple[dict[str, Any], bytes | None]
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object", code="bad_json")
         return body, None
+    if request.content_type == "application/x-www-form-urlencoded":
+        if request.content_length is not None and request.content_length > MAX_FIELD_BYTES:
+            raise PayloadTooLarge("a form without a photo is limited to 16 KiB")
+        return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}, None
     if request.content_type != "multipart/form-data":
-        raise BadRequest("send the report as application/json or multipart/form-data",
+        raise BadRequest("send the report as application/json, a form, or multipart/form-data",
                          code="bad_content_type")
     fields: dict[str, Any] = {}
     photo: bytes | None = None
