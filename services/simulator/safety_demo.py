@@ -300,8 +300,9 @@ def tunnel_geofence(name: str, name_en: str, segment_ids: Sequence[str]) -> dict
     """A GeoJSON FeatureCollection closing the tunnel (both bores) to dangerous goods."""
     return {"type": "FeatureCollection", "features": [{
         "type": "Feature", "id": TUNNEL_FENCE_ID, "geometry": None,
-        "properties": {"name": f"{name}禁止危险货物运输车通行", "name_en": f"{name_en}: no "
-                       f"dangerous goods", "kind": "restricted_road",
+        "properties": {"name": name, "name_en": name_en, "kind": "restricted_road",
+                       "description": f"{name}禁止危险货物运输车通行 ({name_en}: closed to "
+                                      f"dangerous goods)",
                        "vehicle_classes": ["dangerous_goods"],
                        "segment_ids": list(segment_ids), "source": "tti run --safety-demo"}}]}
 
