@@ -74,6 +74,9 @@ def is_night(ts: float) -> bool:
 
 def night_seconds(a: float, b: float) -> float:
     """Seconds of [a, b] (epoch) between 22:00 and 06:00 local."""
+    sa = local_seconds(a)
+    if sa >= NIGHT_TO_S and sa + (b - a) <= NIGHT_FROM_S:
+        return 0.0  # all of it by day (the common case, one report interval)
     total = 0.0
     d = local_day_start(a)
     while d < b:
@@ -371,6 +374,10 @@ class FatigueRule:
         return out
 
     def _check(self, d: _Drive, at: datetime) -> list[Warning]:
+        open_ = self.book.open
+        if (d.drive_s <= NIGHT_LIMIT_S and d.run_s <= DAILY_LIMIT_S
+                and (d.subject, CONTINUOUS) not in open_ and (d.subject, DAILY) not in open_):
+            return []  # under every limit (run_s bounds the 24 h total) and nothing open
         ts = at.timestamp()
         out: list[Warning] = []
         day_s = d.day_s(ts)

@@ -81,6 +81,8 @@ class _Track:
     under_since: datetime | None = None
     last_over: datetime | None = None
     max_kmh: float = 0.0
+    held: tuple[MatchedPosition, float | None, str] | None = None
+    """The latest fix of an open episode not yet written into its warning (with its limit)."""
 
 
 class SpeedingRule:
@@ -142,11 +144,18 @@ class SpeedingRule:
             t.over_since = None
             out.append(self._end(ep, t, t.under_since, "back_within_limit"))
             return out
-        fields = self._fields(p, t, ep.warning.started_at, ep.warning.details, limit, source)
         # Only a worse violation goes out at once: limits change from segment to segment, and
         # an update per change would be an update per fix on some roads.
-        news = (fields["severity"] is CapSeverity.SEVERE
-                and ep.warning.severity is not CapSeverity.SEVERE)
+        broken = ep.warning.details.get("limit_kmh")
+        news = (ep.warning.severity is not CapSeverity.SEVERE and isinstance(broken, float)
+                and t.max_kmh >= broken * SEVERE_RATIO)
+        if not news and at - ep.warning.updated_at < self.book.update_every:
+            # Held back: the texts are written when an update or the end goes out.
+            ep.last_seen = max(ep.last_seen, at)
+            t.held = (p, limit, source)
+            return out
+        t.held = None
+        fields = self._fields(p, t, ep.warning.started_at, ep.warning.details, limit, source)
         w = self.book.update(ep, at=at, news=news, **fields)
         if w is not None:
             out.append(w)
@@ -191,6 +200,11 @@ class SpeedingRule:
         return self._end(ep, t, t.under_since or t.last_over or ep.last_seen, "no_reports")
 
     def _end(self, ep: Episode, t: _Track, end: datetime, because: str) -> Warning:
+        if t.held is not None:  # where it was last seen goes into the last message
+            p, at_limit, source = t.held
+            t.held = None
+            ep.pending.update(self._fields(p, t, ep.warning.started_at, ep.warning.details,
+                                           at_limit, source))
         d = ep.warning.details
         over_s = (end - ep.warning.started_at).total_seconds()
         driver = d.get("driver_id")
