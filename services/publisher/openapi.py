@@ -381,6 +381,16 @@ def _more_paths() -> dict[str, Any]:
 
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     """The OpenAPI 3.1 document of every endpoint the publisher serves."""
+    doc = _document(version)
+    # Any operation that takes parameters refuses bad ones with a 400.
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if operation.get("parameters") or operation.get("requestBody"):
+                operation["responses"].setdefault("400", _error("BadRequest"))
+    return doc
+
+
+def _document(version: str) -> dict[str, Any]:
     unavailable = _error("Unavailable")
     return {
         "openapi": "3.1.0",

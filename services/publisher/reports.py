@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 
 from services.publisher.api import ANSWERS, cached_response, coords_of, json_body
@@ -228,7 +229,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, Any], bytes | None]
                 fields[part.name] = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("form fields must be UTF-8 text", code="bad_field") from None
-    except ValueError as exc:  # a malformed multipart body
+    except (ValueError, HttpProcessingError) as exc:  # a malformed multipart body
         raise BadRequest(f"malformed multipart body: {exc}", code="bad_multipart") from None
     return fields, photo
 
