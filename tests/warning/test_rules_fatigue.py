@@ -209,3 +209,24 @@ def test_a_redelivered_fix_or_card_changes_nothing() -> None:
     out = run(rule, events)
     assert out and run(rule, events) == []
     assert rule.drives["driver:D1"].drive_s == 4.2 * H  # signed in at 0, moving at 60 s
+
+
+def test_night_seconds_fast_paths_agree_with_the_day_by_day_sum() -> None:
+    import random
+
+    from services.warning.rules.common import DAY_S, local_day_start, overlap
+    from services.warning.rules.fatigue import NIGHT_FROM_S, NIGHT_TO_S, night_seconds
+
+    def by_day(a: float, b: float) -> float:
+        total, d = 0.0, local_day_start(a)
+        while d < b:
+            total += overlap(a, b, d, d + NIGHT_TO_S) + overlap(a, b, d + NIGHT_FROM_S, d + DAY_S)
+            d += DAY_S
+        return total
+
+    rng = random.Random(3)
+    for _ in range(20_000):
+        a = D0.timestamp() + rng.uniform(0, 3 * DAY_S)
+        b = a + rng.choice((rng.uniform(0, 600), rng.uniform(0, 1.5 * DAY_S)))
+        assert abs(night_seconds(a, b) - by_day(a, b)) < 1e-6
+    assert night_seconds(D0.timestamp(), D0.timestamp() + H) == 0.0  # 08:00-09:00

@@ -74,9 +74,12 @@ def is_night(ts: float) -> bool:
 
 def night_seconds(a: float, b: float) -> float:
     """Seconds of [a, b] (epoch) between 22:00 and 06:00 local."""
-    sa = local_seconds(a)
-    if sa >= NIGHT_TO_S and sa + (b - a) <= NIGHT_FROM_S:
-        return 0.0  # all of it by day (the common case, one report interval)
+    sa, span = local_seconds(a), b - a
+    # One report interval lies within one part of the day (the common case):
+    if sa >= NIGHT_TO_S and sa + span <= NIGHT_FROM_S:
+        return 0.0  # all by day
+    if sa + span <= NIGHT_TO_S or (sa >= NIGHT_FROM_S and sa + span <= DAY_S):
+        return span  # all at night
     total = 0.0
     d = local_day_start(a)
     while d < b:
