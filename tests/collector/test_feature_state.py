@@ -399,3 +399,28 @@ async def test_the_collector_app_asks_for_the_catalogue_and_checks_against_it(
     validate(spec)
     responses = spec["paths"]["/api/v1/features/{kind}/{feature_id}/state"]["post"]["responses"]
     assert {"400", "404", "422", "503"} <= set(responses)
+
+
+def test_the_once_per_sensor_log_remembers_a_bounded_number_of_sensors(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # MQTT topics name the feature, so a client can invent ids without end: the log keeps at
+    # most max_keys of them, the least recently refused forgotten first.
+    import logging
+
+    from services.collector.feature_state import OncePerSensorLog
+
+    once = OncePerSensorLog(logging.getLogger("tti.test.once"), max_keys=3)
+    with caplog.at_level(logging.INFO, logger="tti.test.once"):
+        assert once.refused("parking", "w1", "implausible_value", "-5", "t")
+        assert not once.refused("parking", "w1", "implausible_value", "-5", "t")
+        for i in range(1_000):
+            assert once.refused("parking", f"fz-{i}", "unknown_feature", "no such lot", "t")
+            if i % 2 == 0:  # w1 keeps sending (and failing): it stays remembered
+                assert not once.refused("parking", "w1", "implausible_value", "-5", "t")
+        assert len(once._failing) == 3
+        assert once.refused("parking", "fz-0", "unknown_feature", "no such lot", "t")  # forgotten
+        assert not once.refused("parking", "w1", "implausible_value", "-5", "t")
+        caplog.clear()
+        once.accepted("parking", "w1")
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "accepted again after 503 refused" in caplog.records[0].getMessage()
