@@ -23,7 +23,9 @@ from services.warning.workflow.store import WorkflowStore
 from shared.bus.memory import MemoryBus
 from shared.clock import Clock
 from shared.db import database_from_url
-from shared.events import SEGMENT_SPEED
+from shared.events import SEGMENT_SPEED, TERMINAL_ALARM, TerminalAlarm
+from shared.jt808 import MsgId, TextMessage
+from tests.collector.jt808_support import command_cluster
 from tests.conftest import unavailable
 from tests.publisher import wait_for
 from tests.warning.support import window
@@ -247,13 +249,23 @@ async def test_safety_sees_alarms_not_traffic_and_gets_403_on_a_traffic_warning(
     item = page.locator(f'#warnings li[data-id="{alarm["warning_id"]}"]')
     await item.wait_for()
     await item.click()
-    # Texting the driver is offered for alarms; its endpoint does not exist yet, and says so.
+    # Texting the driver is offered for alarms: a text no terminal can take is refused with
+    # the reason; a good one is on its way, in the vehicle's log (nobody answers here).
     await page.locator("#act-text").wait_for()
     await page.click("#act-text")
     await page.fill("#af-vehicle", "13800000001")
+    await page.fill("#af-note", "请立即减速🚚")
+    await page.click("#af-submit")
+    await page.locator('#action-msg[data-kind="error"]', has_text="422").wait_for()
+    await page.locator("#action-msg", has_text="GBK").wait_for()
     await page.fill("#af-note", "请立即减速")
     await page.click("#af-submit")
-    await page.locator("#action-msg", has_text="JT/T 808").wait_for()
+    await page.locator('#action-msg[data-kind="ok"]', has_text="txt-").wait_for()
+    row = page.locator('#commands tbody tr[data-status="requested"]', has_text="请立即减速")
+    await row.wait_for()
+    assert "safety-1" in await row.inner_text()
+    await page.locator('#audit tbody tr[data-action="driver_text"][data-outcome="text_not_gbk"]'
+                       ).wait_for()
     # The English toggle, and it persists.
     await page.click("#lang")
     await page.locator("#act-ack", has_text="Acknowledge").wait_for()
@@ -261,6 +273,49 @@ async def test_safety_sees_alarms_not_traffic_and_gets_403_on_a_traffic_warning(
     await page.locator("#act-ack", has_text="Acknowledge").wait_for(state="attached")
     await page.locator("#tab-alarms", has_text="Vehicle alarms").wait_for()
     w.check()
+
+
+async def test_a_text_to_the_driver_reaches_a_real_terminal_and_its_answer_the_console(
+        dept: Dept, browser: Any, tmp_path: Path) -> None:
+    phone = "13912345678"
+    async with command_cluster(tmp_path, buses=[dept.bus]) as collector:
+        terminal = await collector.replicas[0].terminal(phone)
+        await terminal.login()
+        await dept.bus.publish(TERMINAL_ALARM, TerminalAlarm(
+            vehicle_id=phone, lon=114.301, lat=30.5, observed_at=Clock().now(),
+            alarms=("emergency",), alarm_bits=1, vehicle_class="coach"), key=phone)
+        url = str(dept.client.make_url("/console/"))
+        w = await sign_in(browser, url, dept.tokens["safety"], "safety-1")
+        page = w.page
+        item = page.locator("#warnings li[data-id]").first
+        await item.wait_for()
+        await item.click()
+        await page.locator("#commands-box").wait_for()
+        await page.locator("#commands tbody td.muted").wait_for()  # nothing sent yet
+        await page.click("#act-text")
+        assert await page.input_value("#af-vehicle") == phone, "the alarm's vehicle"
+        await page.fill("#af-note", "请立即靠边停车并报告情况")
+        await page.uncheck("#af-flag-display")
+        await page.click("#af-submit")
+        await page.locator('#action-msg[data-kind="ok"]', has_text="txt-").wait_for()
+        # The terminal gets the 0x8300 and answers; the console shows it without a reload.
+        frame = await terminal.command()
+        assert frame.msg_id == MsgId.P_TEXT_MESSAGE and isinstance(frame.body, TextMessage)
+        assert frame.body.text == "请立即靠边停车并报告情况" and frame.body.flags == ["tts"]
+        await page.locator('#commands tbody tr[data-status="sent"]').wait_for()
+        await terminal.answer(frame, 0)
+        row = page.locator('#commands tbody tr[data-status="acknowledged"]')
+        await row.wait_for()
+        assert "终端已确认（0x0001 结果 0）" in await row.inner_text()
+        acked = page.locator('#audit tbody tr[data-action="driver_text"]'
+                             '[data-outcome="acknowledged"]')
+        await acked.wait_for()
+        assert "车载终端" in await acked.inner_text()
+        assert await page.locator('#audit tbody tr[data-action="driver_text"]').count() == 3
+        await page.click("#lang")
+        await page.locator("#commands tbody tr", has_text="terminal acknowledged (0x0001 "
+                           "result 0)").wait_for()
+        w.check()
 
 
 async def test_without_a_session_the_page_asks_to_sign_in_and_the_api_says_401(

@@ -50,10 +50,12 @@
         `约 ${mins(d.travel_time_s)} 分钟（平时 ${mins(d.usual_travel_time_s)} 分钟），${km(d.length_m)} 公里`,
       segments_text: (n) => `${n} 段`,
       ok_ack: "已确认", ok_assign: "已指派", ok_note: "备注已保存", ok_close: "已关闭",
-      ok_cancel: "已撤销", ok_text: "短信已发送",
+      ok_cancel: "已撤销", ok_text: "短信已提交下发（{id}）", dup_text: "同一短信已在下发中（{id}）",
+      af_flags: "方式", flag_display: "终端显示", flag_tts: "语音播报", flag_emergency: "紧急",
+      cmd_title: "发给司机的短信", col_text: "内容", col_by: "发送人", col_status: "状态",
+      no_commands: "尚未给该车辆发过短信",
       refused: "操作被拒绝", failed: "请求失败", network_error: "无法连接服务器，请检查网络。",
       need_assignee: "请填写指派对象。", need_note: "请填写内容。", need_vehicle: "请填写车辆。",
-      text_unavailable: "发短信功能尚未开通：需要 JT/T 808 下行通道（服务器回答 {status}）。",
       new_warning: "新预警", map_unavailable: "地图无法加载：", legend_queue: "排队/受影响路段",
       legend_detour: "绕行路线", legend_area: "影响范围",
       kind: { congestion: "拥堵", incident: "事件", closure: "封闭", weather: "天气",
@@ -63,11 +65,17 @@
       severity: { Extreme: "特别严重", Severe: "严重", Moderate: "较重", Minor: "一般",
                   Unknown: "未知" },
       role: { police: "交警", transport: "交通运输", safety: "安全监管", hotline: "热线",
-              admin: "管理员" },
+              admin: "管理员", rule: "规则", jt808: "车载终端" },
       action: { ack: "确认", assign: "指派", note: "备注", close: "关闭", cancel: "撤销",
-                raise: "发布" },
+                raise: "发布", driver_text: "发短信给司机", terminal_position_query: "查询位置",
+                terminal_alarm_confirm: "报警确认" },
       outcome: { ok: "成功", forbidden: "无权限", conflict: "状态冲突", bad_request: "参数错误",
-                 csrf: "缺少校验", action_pending: "处理中" },
+                 csrf: "缺少校验", action_pending: "处理中", duplicate: "重复提交",
+                 requested: "已请求", offline_waiting: "等待上线", sent: "已下发",
+                 acknowledged: "终端已确认", failed: "失败", unsupported: "不支持",
+                 expired: "已过期", empty_text: "内容为空", text_too_long: "内容过长",
+                 text_not_gbk: "含终端无法显示的字符", text_control_chars: "含控制字符",
+                 bad_flags: "方式无效", other_vehicle: "非该报警车辆", not_found: "不存在" },
     },
     en: {
       title: "TTI duty console", conn_offline: "not connected", conn_connected: "connected",
@@ -97,12 +105,15 @@
         `about ${mins(d.travel_time_s)} min (usually ${mins(d.usual_travel_time_s)} min), ${km(d.length_m)} km`,
       segments_text: (n) => `${n} segments`,
       ok_ack: "Acknowledged", ok_assign: "Assigned", ok_note: "Note saved", ok_close: "Closed",
-      ok_cancel: "Cancelled", ok_text: "Message sent",
+      ok_cancel: "Cancelled", ok_text: "Message on its way to the terminal ({id})",
+      dup_text: "The same message is on its way already ({id})",
+      af_flags: "How", flag_display: "show on the display", flag_tts: "read aloud",
+      flag_emergency: "emergency", cmd_title: "Texts to the driver", col_text: "Text",
+      col_by: "From", col_status: "Status", no_commands: "No texts sent to this vehicle yet",
       refused: "Refused", failed: "Request failed",
       network_error: "Cannot reach the server; check the network.",
       need_assignee: "Enter whom to assign it to.", need_note: "Enter the text.",
       need_vehicle: "Enter the vehicle.",
-      text_unavailable: "Texting drivers is not available yet: it needs the JT/T 808 downlink (the server answered {status}).",
       new_warning: "New warning", map_unavailable: "The map could not load: ",
       legend_queue: "Queue / affected roads", legend_detour: "Detour", legend_area: "Area",
       kind: { congestion: "congestion", incident: "incident", closure: "closure",
@@ -113,11 +124,20 @@
       severity: { Extreme: "Extreme", Severe: "Severe", Moderate: "Moderate", Minor: "Minor",
                   Unknown: "Unknown" },
       role: { police: "police", transport: "transport", safety: "safety", hotline: "hotline",
-              admin: "admin" },
+              admin: "admin", rule: "rule", jt808: "terminal" },
       action: { ack: "acknowledge", assign: "assign", note: "note", close: "close",
-                cancel: "cancel", raise: "raise" },
+                cancel: "cancel", raise: "raise", driver_text: "text to the driver",
+                terminal_position_query: "position query",
+                terminal_alarm_confirm: "alarm confirmation" },
       outcome: { ok: "ok", forbidden: "forbidden", conflict: "conflict",
-                 bad_request: "bad request", csrf: "no CSRF token", action_pending: "pending" },
+                 bad_request: "bad request", csrf: "no CSRF token", action_pending: "pending",
+                 duplicate: "duplicate", requested: "requested",
+                 offline_waiting: "waiting for the terminal", sent: "sent",
+                 acknowledged: "acknowledged", failed: "failed", unsupported: "unsupported",
+                 expired: "expired", empty_text: "empty text", text_too_long: "text too long",
+                 text_not_gbk: "not GBK", text_control_chars: "control characters",
+                 bad_flags: "bad flags", other_vehicle: "another vehicle",
+                 not_found: "not found" },
     },
   };
 
@@ -145,6 +165,10 @@
     drawn: null,         // "id@version" of the shapes on the map
     auditSeq: 0,
     toastTimer: 0,
+    commandsSeq: 0,
+    commandsTimer: 0,    // polls the command log while a text is on its way
+    textKey: null,       // the Idempotency-Key of the open text form (a double submit is one)
+    textVehicle: {},     // warning id → the vehicle a text about it went to
   };
 
   function readLastId() {
@@ -206,7 +230,7 @@
       fillKinds();
       renderList();
       renderDetail();
-      if (state.selected) loadAudit(state.selected);
+      if (state.selected) { loadAudit(state.selected); loadCommands(state.selected); }
     }
   }
 
@@ -220,8 +244,9 @@
     }
   }
 
-  async function api(method, path, body, { signal } = {}) {
+  async function api(method, path, body, { signal, key } = {}) {
     const headers = { Accept: "application/json" };
+    if (key) headers["Idempotency-Key"] = key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (method !== "GET" && state.me && state.me.csrf) headers["X-CSRF-Token"] = state.me.csrf;
     let resp;
@@ -254,6 +279,7 @@
 
   function showSignIn(message) {
     stopStream();
+    clearTimeout(state.commandsTimer);
     state.me = null;
     state.warnings.clear();
     state.selected = null;
@@ -542,6 +568,7 @@
     renderList();
     renderDetail();
     loadAudit(id);
+    loadCommands(id);
   }
 
   function field(dl, key, value) {
@@ -611,11 +638,15 @@
     state.form = action;
     $("af-assignee-row").hidden = action !== "assign";
     $("af-vehicle-row").hidden = action !== "text";
+    $("af-flags-row").hidden = action !== "text";
+    $("af-note").maxLength = action === "text" ? 200 : 2000;
+    state.textKey = action === "text" ? newKey() : null;
     $("af-note-label").textContent = action === "text" ? t("af_text") : t("af_note");
     $("af-submit").textContent = action === "close" ? t("af_close")
       : action === "cancel" ? t("af_cancel") : t("af_submit");
     $("af-assignee").value = (w.details && w.details.assigned_to) || "";
-    $("af-vehicle").value = (w.details && w.details.vehicle_id) || "";
+    $("af-vehicle").value = (w.details && w.details.vehicle_id)
+      || state.textVehicle[w.warning_id] || "";
     $("af-note").value = "";
     $("action-form").hidden = false;
     (action === "assign" ? $("af-assignee") : action === "text" && !$("af-vehicle").value
@@ -672,22 +703,85 @@
     }
   }
 
+  function newKey() {
+    const c = window.crypto;
+    if (c && c.randomUUID) return c.randomUUID();
+    const bytes = new Uint8Array(16);
+    c.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function sendText(vehicle, text) {
     if (!vehicle) { showMessage(t("need_vehicle"), "error"); return; }
     if (!text) { showMessage(t("need_note"), "error"); return; }
+    const id = state.selected;
+    const flags = ["display", "tts", "emergency"].filter((f) => $(`af-flag-${f}`).checked);
+    $("af-submit").disabled = true;
     try {
-      await api("POST", `vehicles/${encodeURIComponent(vehicle)}/messages`,
-                { text, warning_id: state.selected });
+      const answer = await api("POST", `vehicles/${encodeURIComponent(vehicle)}/messages`,
+                               { text, flags, warning_id: id }, { key: state.textKey });
+      state.textVehicle[id] = vehicle;
       closeForm();
-      showMessage(t("ok_text"), "ok");
+      showMessage(t(answer.duplicate ? "dup_text" : "ok_text").replace("{id}", answer.command_id),
+                  "ok");
     } catch (exc) {
-      if (exc instanceof ApiError && [404, 405, 501].includes(exc.status)) {
-        showMessage(t("text_unavailable").replace("{status}", String(exc.status)), "error");
-      } else {
-        showMessage(errorText(exc), "error");
-      }
+      if (exc instanceof ApiError && exc.status === 401) { showSignIn(t("session_ended")); return; }
+      showMessage(errorText(exc), "error");
+    } finally {
+      $("af-submit").disabled = false;
+      loadAudit(id);
+      loadCommands(id);
     }
   }
+
+  // The texts sent to the selected alarm's vehicle, with what became of them; polled while one
+  // is still on its way (outcomes come from the terminal, not on the warning stream).
+  const COMMAND_FINAL = new Set(["acknowledged", "failed", "unsupported", "expired"]);
+
+  async function loadCommands(id) {
+    clearTimeout(state.commandsTimer);
+    const w = state.warnings.get(id);
+    const vehicle = w && ((w.details && w.details.vehicle_id) || state.textVehicle[id]);
+    const box = $("commands-box");
+    if (!w || w.kind !== ALARM || !vehicle || !state.me || !state.me.sees.includes(ALARM)) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    $("commands-vehicle").textContent = String(vehicle);
+    const seq = ++state.commandsSeq;
+    let answer;
+    try {
+      answer = await api("GET", `vehicles/${encodeURIComponent(vehicle)}/messages?limit=20`);
+    } catch (exc) {
+      if (seq !== state.commandsSeq) return;
+      $("commands").tBodies[0].replaceChildren(
+        el("tr", {}, el("td", { colSpan: 4, class: "error", text: errorText(exc) })));
+      return;
+    }
+    if (seq !== state.commandsSeq || state.selected !== id) return;
+    const en = state.lang === "en";
+    const rows = answer.commands.map((c) => el("tr", {
+      "data-command": c.command_id, "data-status": c.status,
+      "data-warning": c.warning_id || "" },
+      el("td", { text: fmtTime(c.requested_at) }),
+      el("td", { class: "text", text: c.text || name("action", `terminal_${c.kind}`) }),
+      el("td", { class: "user", text: c.requested_by }),
+      el("td", { class: `status cmd-${c.status}`,
+                 text: `${en ? c.summary_en : c.summary} · ${fmtTime(c.status_at)}` })));
+    $("commands").tBodies[0].replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", { colSpan: 4, class: "muted", text: t("no_commands") }))]));
+    if (answer.commands.some((c) => !COMMAND_FINAL.has(c.status))) {
+      state.commandsTimer = setTimeout(() => {
+        if (state.selected !== id) return;
+        loadCommands(id);
+        loadAudit(id);
+      }, 2000);
+    }
+  }
+
+  const GOOD_OUTCOMES = new Set(["ok", "duplicate", "requested", "offline_waiting", "sent",
+                                 "acknowledged"]);
 
   async function loadAudit(id) {
     const seq = ++state.auditSeq;
@@ -703,12 +797,15 @@
     if (seq !== state.auditSeq || state.selected !== id) return;
     const rows = answer.audit.map((e) => {
       const d = e.details || {};
-      const said = [d.assignee ? `→ ${d.assignee}` : "", d.note || "", d.message || ""]
+      const summary = state.lang === "en" ? d.summary_en : d.summary;
+      const said = [d.assignee ? `→ ${d.assignee}` : "", d.note || "", d.message || "",
+                    d.text ? `“${d.text}”` : "", summary || "",
+                    d.command_id ? `#${d.command_id}` : ""]
         .filter(Boolean).join(" · ");
       return el("tr", { "data-action": e.action, "data-outcome": e.outcome },
         el("td", { text: fmtTime(e.at) }), el("td", { class: "user", text: e.user }),
         el("td", { text: name("role", e.role) }), el("td", { text: name("action", e.action) }),
-        el("td", { class: `outcome-${e.outcome === "ok" ? "ok" : "refused"}`,
+        el("td", { class: `outcome-${GOOD_OUTCOMES.has(e.outcome) ? "ok" : "refused"}`,
                    text: name("outcome", e.outcome) }),
         el("td", { text: said }));
     });
