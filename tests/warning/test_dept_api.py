@@ -445,3 +445,19 @@ def _repeats() -> float:
     """Outcomes the warning service heard a second time (and recorded nothing for)."""
     return REGISTRY.get_sample_value("tti_warning_command_outcomes_total",
                                      {"status": "acknowledged", "new": "no"}) or 0.0
+
+
+async def test_every_route_of_the_warning_app_is_in_the_openapi_document(dept: Dept) -> None:
+    from openapi_spec_validator import validate
+
+    doc = await (await dept.client.get("/openapi.json")).json()
+    validate(doc)
+    routes = {(r.method.lower(), r.resource.canonical) for r in dept.client.app.router.routes()
+              if r.method != "HEAD" and r.resource is not None}
+    documented = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert routes - documented == set(), "routes missing from /openapi.json"
+    assert documented - routes == set(), "documented routes the app does not serve"
+    for path in ("/v1/dept/vehicles/{vehicle_id}/messages", "/console/", "/v1/dept/map"):
+        assert path in doc["paths"], path
+    text = doc["paths"]["/v1/dept/vehicles/{vehicle_id}/messages"]["post"]
+    assert {"202", "401", "403", "422"} <= set(text["responses"])

@@ -1,4 +1,6 @@
-"""The OpenAPI 3.1 description of the warning service's public HTTP API (``/openapi.json``)."""
+"""The OpenAPI 3.1 description of every route of the warning service (``/openapi.json``): the
+public API, the departments' API (texts to drivers included), the console and its map data, and
+the operational endpoints. ``tests/warning/test_dept_api.py`` checks that no route is missing."""
 
 from __future__ import annotations
 
@@ -112,6 +114,9 @@ def build_openapi() -> dict[str, Any]:
                 "The index, as of the last window")}}},
     }
     paths.update(_dept_paths())
+    paths.update(_message_paths())
+    paths.update(_console_paths())
+    paths.update(_ops_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "TTI warning service", "version": "1",
@@ -158,13 +163,167 @@ _DEPT_SCHEMAS: dict[str, Any] = {
             "action": {"type": "string"}, "address": {"type": ["string", "null"]},
             "outcome": {"type": "string"}, "details": {"type": "object"}}}},
         "messages": {"type": "array", "items": {"type": "object"}}}},
+    "TextBody": {"type": "object", "required": ["text"], "properties": {
+        "text": {"type": "string", "minLength": 1, "maxLength": 200,
+                 "description": "What the driver reads or hears; GBK-encodable (the "
+                                "terminal's encoding), no control characters"},
+        "flags": {"type": "array", "uniqueItems": True,
+                  "items": {"enum": ["emergency", "display", "tts", "ad_screen", "can_info"]},
+                  "default": ["display", "tts"],
+                  "description": "JT/T 808 0x8300 flags"},
+        "warning_id": {"type": "string",
+                       "description": "The warning the text concerns: its outcomes are "
+                                      "recorded on that warning's audit"}}},
+    "DriverCommandOutcome": {"type": "object", "required": ["status", "at"], "properties": {
+        "status": {"enum": ["offline_waiting", "sent", "acknowledged", "failed",
+                            "unsupported", "expired"]},
+        "at": {"type": "string", "format": "date-time"}, "detail": {"type": "string"},
+        "result": {"type": ["integer", "null"], "description": "The 0x0001 result code"},
+        "result_text": {"type": "string"}, "replica": {"type": "integer"},
+        "summary": {"type": "string"}, "summary_en": {"type": "string"}}},
+    "DriverCommand": {"type": "object", "required": ["command_id", "vehicle_id", "kind",
+                                                     "status", "requested_at"], "properties": {
+        "command_id": {"type": "string"}, "vehicle_id": {"type": "string"},
+        "kind": {"enum": ["text", "position_query", "alarm_confirm"]},
+        "text": {"type": "string"}, "flags": {"type": "array", "items": {"type": "string"}},
+        "requested_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "requested_by": {"type": "string",
+                         "description": "A department user, or rule:<name> for a rule"},
+        "warning_id": {"type": ["string", "null"]},
+        "status": {"type": "string", "description": "requested, or the latest outcome"},
+        "status_at": {"type": "string", "format": "date-time"},
+        "summary": {"type": "string"}, "summary_en": {"type": "string"},
+        "outcomes": {"type": "array", "items": ref("DriverCommandOutcome")}}},
+    "FeatureCollection": {"type": "object", "required": ["type", "features"], "properties": {
+        "type": {"const": "FeatureCollection"},
+        "features": {"type": "array", "items": {"type": "object"}}}},
 }
 
 
+def _secured() -> tuple[list[dict[str, list[str]]], dict[str, Any]]:
+    return ([{"bearer": []}, {"session": []}],
+            {"401": _error("No or bad credentials"),
+             "403": _error("This role may not (or a console write without its CSRF token)")})
+
+
+def _message_paths() -> dict[str, Any]:
+    secured, errors = _secured()
+    vehicle = {"name": "vehicle_id", "in": "path", "required": True,
+               "description": "The terminal's phone number without leading zeros",
+               "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"}}
+    return {"/v1/dept/vehicles/{vehicle_id}/messages": {
+        "post": {
+            "summary": "Text the driver (JT/T 808 0x8300 through the collector)",
+            "description": "Safety, transport and admin text any vehicle; police only about a "
+                           "warning they see (warning_id). Answers once the command is on the "
+                           "bus; its outcomes follow in GET and on the warning's audit. The "
+                           "same Idempotency-Key (or, without one, the same text to the same "
+                           "vehicle about the same warning while it is pending or delivered) "
+                           "is the same command.",
+            "security": secured,
+            "parameters": [vehicle, {"name": "Idempotency-Key", "in": "header",
+                                     "required": False,
+                                     "schema": {"type": "string", "maxLength": 128}}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": ref("TextBody")}}},
+            "responses": {
+                "202": _json({"type": "object", "required": ["command_id", "duplicate",
+                                                             "status", "expires_at"],
+                              "properties": {"command_id": {"type": "string"},
+                                             "duplicate": {"type": "boolean"},
+                                             "status": {"type": "string"},
+                                             "expires_at": {"type": "string",
+                                                            "format": "date-time"},
+                                             "command": ref("DriverCommand")}},
+                             "Accepted: on its way to the terminal"),
+                "400": _error("Bad vehicle id, body or Idempotency-Key"),
+                "404": _error("Unknown warning_id"),
+                "409": _error("The Idempotency-Key was used for another message"),
+                "422": _error("A text no terminal can take (empty, too long, not GBK, bad "
+                              "flags) or a warning about another vehicle, with the reason"),
+                **errors}},
+        "get": {
+            "summary": "The commands sent to a vehicle, newest first, with their outcomes",
+            "security": secured,
+            "parameters": [vehicle, _query("limit", "At most this many",
+                                           {"type": "integer", "minimum": 1, "maximum": 200,
+                                            "default": 50}),
+                           _query("command_id", "Only this command", {"type": "string"})],
+            "responses": {
+                "200": _json({"type": "object", "required": ["vehicle_id", "commands",
+                                                             "count"],
+                              "properties": {"vehicle_id": {"type": "string"},
+                                             "commands": {"type": "array",
+                                                          "items": ref("DriverCommand")},
+                                             "count": {"type": "integer"}}},
+                             "The vehicle's command log"),
+                "400": _error("Bad vehicle id or limit"), **errors}}}}
+
+
+def _console_paths() -> dict[str, Any]:
+    secured, errors = _secured()
+    html = {"content": {"text/html": {"schema": {"type": "string"}}}}
+    wid = {"name": "warning_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/console": {"get": {"summary": "Redirects to the console page",
+                             "responses": {"302": {"description": "To console/"}}}},
+        "/console/": {"get": {"summary": "The departments' duty console (no credentials to "
+                                         "load; it signs in itself)",
+                              "responses": {"200": {"description": "The page", **html}}}},
+        "/console/static/{filename}": {"get": {
+            "summary": "The console's script, style and vendored Leaflet (only listed files)",
+            "parameters": [{"name": "filename", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file"},
+                          "404": _error("Not a console file")}}},
+        "/v1/dept/region": {"get": {
+            "summary": "The road network's extent (the console fits its map to it)",
+            "security": secured,
+            "responses": {"200": _json({"type": "object", "required": ["bbox",
+                                                                       "segment_count"],
+                                        "properties": {"bbox": {"type": "array",
+                                                                "items": {"type": "number"},
+                                                                "minItems": 4, "maxItems": 4},
+                                                       "segment_count": {"type": "integer"}}},
+                                       "[minlon, minlat, maxlon, maxlat] (WGS-84)"),
+                          "503": _error("The road network is still loading"), **errors}}},
+        "/v1/dept/map": {"get": {
+            "summary": "The roads in a box as GeoJSON, thinned to bigger classes when many",
+            "security": secured,
+            "parameters": [_query("bbox", "minlon,minlat,maxlon,maxlat (WGS-84); without: "
+                                          "the whole network", {"type": "string"})],
+            "responses": {"200": _json(ref("FeatureCollection"),
+                                       "Road pieces (min_class, truncated)"),
+                          "400": _error("Bad bbox"),
+                          "503": _error("The road network is still loading"), **errors}}},
+        "/v1/dept/warnings/{warning_id}/map": {"get": {
+            "summary": "A warning's shapes: its segments (queue), detour and area",
+            "security": secured, "parameters": [wid],
+            "responses": {"200": _json(ref("FeatureCollection"), "GeoJSON, part per feature"),
+                          "404": _error("Unknown warning"), **errors}}},
+    }
+
+
+def _ops_paths() -> dict[str, Any]:
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {
+            "description": "The process runs"}}}},
+        "/readyz": {"get": {"summary": "Readiness (the network loaded; active or standby)",
+                            "responses": {"200": {"description": "Ready"},
+                                          "503": {"description": "Not ready, and why"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (tti_warning_*, tti_lease_*)",
+                             "responses": {"200": {"description": "Exposition format",
+                                                   **text}}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": _json({"type": "object"},
+                                                             "OpenAPI 3.1")}}},
+    }
+
+
 def _dept_paths() -> dict[str, Any]:
-    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
-    errors = {"401": _error("No or bad credentials"),
-              "403": _error("This role may not (or a console write without its CSRF token)")}
+    secured, errors = _secured()
     warning_list = _json({"type": "object", "required": ["warnings", "count"],
                           "properties": {"warnings": {"type": "array", "items": ref("Warning")},
                                          "count": {"type": "integer"}}}, "Warnings")
