@@ -53,6 +53,7 @@ from services.bigdata.store.gtfs import gtfs_time
 from shared.clock import Clock
 from shared.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from shared.events import SegmentSpeed
+from shared.params import parse_bbox
 from shared.roadnet import RoadSegment
 from shared.service import CONFIG
 
@@ -78,25 +79,6 @@ API = web.AppKey("bigdata_api", ApiContext)
 
 
 # --- parameters --------------------------------------------------------------------------------
-
-
-def parse_bbox(raw: str | None) -> tuple[float, float, float, float] | None:
-    """``minlon,minlat,maxlon,maxlat`` → tuple; BadRequest with a reason when malformed."""
-    if raw is None:
-        return None
-    parts = raw.split(",")
-    if len(parts) != 4:
-        raise BadRequest("bbox must be minlon,minlat,maxlon,maxlat")
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError as exc:
-        raise BadRequest("bbox values must be numbers") from exc
-    if not all(math.isfinite(v) for v in vals):
-        raise BadRequest("bbox values must be finite")
-    min_lon, min_lat, max_lon, max_lat = vals
-    if not (-180 <= min_lon <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90):
-        raise BadRequest("bbox out of range or min > max")
-    return min_lon, min_lat, max_lon, max_lat
 
 
 def _parse_time(raw: str | None, default: datetime, name: str) -> datetime:

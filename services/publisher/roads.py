@@ -27,29 +27,6 @@ from shared.levels import level_names
 BBox = tuple[float, float, float, float]
 
 
-def parse_bbox(raw: str | None) -> BBox | None:
-    """``minlon,minlat,maxlon,maxlat`` → a bbox; None when absent; :class:`BadRequest` if bad."""
-    if raw is None:
-        return None
-    parts = raw.split(",")
-    if len(parts) != 4:
-        raise BadRequest("bbox must be four comma-separated numbers: minlon,minlat,maxlon,maxlat")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError as exc:
-        raise BadRequest(f"bbox must be four numbers: {exc}") from exc
-    if not all(math.isfinite(v) for v in values):
-        raise BadRequest("bbox values must be finite numbers")
-    minlon, minlat, maxlon, maxlat = values
-    if not (-180.0 <= minlon <= 180.0 and -180.0 <= maxlon <= 180.0):
-        raise BadRequest("bbox longitudes must be within [-180, 180]")
-    if not (-90.0 <= minlat <= 90.0 and -90.0 <= maxlat <= 90.0):
-        raise BadRequest("bbox latitudes must be within [-90, 90]")
-    if minlon >= maxlon or minlat >= maxlat:
-        raise BadRequest("bbox minimum must be less than maximum (minlon<maxlon, minlat<maxlat)")
-    return minlon, minlat, maxlon, maxlat
-
-
 def parse_min_level(raw: str | None) -> int | None:
     """``min_level`` query value → 1..5, None when absent; :class:`BadRequest` if bad."""
     if raw is None:
