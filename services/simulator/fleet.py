@@ -156,6 +156,8 @@ class ReceivedText:
 _PLATFORM_ANSWERS = frozenset({MsgId.P_GENERAL_RESPONSE, MsgId.P_RESEND_REQUEST,
                                MsgId.P_SERVER_TIME, MsgId.P_REGISTER_RESPONSE})
 """Platform messages that answer the terminal (nothing to answer back); the rest are commands."""
+SETTLE_S = 600.0
+"""Scenario vehicles leave no earlier than this many clock seconds after the fleet starts."""
 MAX_TEXTS = 1000
 """Texts kept for the status route (the newest; the counter counts them all)."""
 
@@ -355,9 +357,12 @@ class Simulator:
         once when the start came later)."""
         assert self.world is not None
         day = scenario_day(self._epoch)
+        # Every service must be consuming before the first violation: seconds of real start-up
+        # are minutes of a fast clock.
+        earliest = self._epoch + timedelta(seconds=SETTLE_S)
         for sv, v in self.scenario:
-            at = departure(sv, day)
-            self.scenario_departures[v.vehicle_id] = max(at, self._epoch)
+            at = max(departure(sv, day), earliest)
+            self.scenario_departures[v.vehicle_id] = at
             self.world.plan_script(v, max(0.0, (at - self._epoch).total_seconds()), sv.path)
             log.info("scenario vehicle %s (%s, %s) leaves at %s: %s", v.vehicle_id, sv.key,
                      sv.vehicle_class, at.isoformat(), sv.description)

@@ -25,9 +25,11 @@ fatigue limit; before departing and after arriving a vehicle stands with the ign
 **One clock for a night and a morning.** The clock starts at 02:00 local (``clock_start``) and
 runs ``CLOCK_RATE`` (150) times faster than real time: the three night drives happen at once,
 the day coach leaves at 06:01 and passes 4 h of driving at 10:01 — about 8 h of clock time,
-3.4 minutes of real time. Departures are local clock times, not offsets from the start, so a
-slow start-up (seconds of real time are minutes of clock time) only delays the night drives
-within the 02:00-05:00 window; a clock started after 04:00 runs the scenario the next night.
+3.4 minutes of real time. Departures are local clock times, not offsets from the start, and
+none is earlier than 10 clock minutes after the fleet starts (``fleet.SETTLE_S``: every service
+must be consuming first), so a slow start-up (seconds of real time are minutes of clock time)
+only delays the night drives within the 02:00-05:00 window; a clock started after 04:00 runs
+the scenario the next night.
 """
 
 from __future__ import annotations
