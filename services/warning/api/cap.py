@@ -12,15 +12,19 @@ from aiohttp import web
 
 from services.warning.api.dept import DEPT, authenticate
 from services.warning.workflow import roles
-from shared.cap import CapReference, message_reference, render_cap
+from shared.cap import (
+    CAP_CONTENT_TYPE,
+    PUBLIC_SENDER,
+    PUBLIC_SENDER_NAME,
+    PUBLIC_SENDER_NAME_EN,
+    CapReference,
+    message_reference,
+    render_cap,
+)
 from shared.errors import BadRequest, Forbidden, NotFound
 from shared.events import CapMsgType, Warning, WarningKind
 
-CAP_SENDER = "tti.hubei-transport"
-SENDER_NAME = "湖北省交通出行信息服务 TTI"
-SENDER_NAME_EN = "Hubei traffic and travel information (TTI)"
 RESTRICTED = "仅限交通、公安、安监部门 departments only"
-CONTENT_TYPE = "application/cap+xml"
 
 
 async def _messages(request: web.Request, warning_id: str) -> list[Warning]:
@@ -47,17 +51,17 @@ def _pick(history: list[Warning], raw: str | None) -> tuple[Warning, list[CapRef
     w = history[chosen]
     refs: list[CapReference] = []
     if w.msg_type in (CapMsgType.ACK, CapMsgType.ERROR) and chosen > 0:
-        refs = [message_reference(history[chosen - 1], sender=CAP_SENDER)]
+        refs = [message_reference(history[chosen - 1], sender=PUBLIC_SENDER)]
     elif w.msg_type in (CapMsgType.ACK, CapMsgType.ERROR):
-        refs = [message_reference(w, sender=CAP_SENDER)]
+        refs = [message_reference(w, sender=PUBLIC_SENDER)]
     return w, refs
 
 
 def _render(w: Warning, refs: list[CapReference], *, restricted: bool) -> web.Response:
-    body = render_cap(w, sender=CAP_SENDER, sender_name=SENDER_NAME,
-                      sender_name_en=SENDER_NAME_EN, references=refs or None,
+    body = render_cap(w, sender=PUBLIC_SENDER, sender_name=PUBLIC_SENDER_NAME,
+                      sender_name_en=PUBLIC_SENDER_NAME_EN, references=refs or None,
                       restriction=RESTRICTED if restricted else None)
-    return web.Response(body=body, content_type=CONTENT_TYPE, charset="utf-8")
+    return web.Response(body=body, content_type=CAP_CONTENT_TYPE, charset="utf-8")
 
 
 def _warning_id(request: web.Request) -> str:
