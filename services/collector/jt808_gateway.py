@@ -196,7 +196,7 @@ def position_from_report(vehicle_id: str, report: LocationReport, *, vehicle_cla
 
 
 def _position(vehicle_id: str, report: LocationReport, vehicle_class: str, observed: datetime,
-              now: datetime) -> VehiclePosition:
+              now: datetime, route_id: str | None = None) -> VehiclePosition:
     lat_e6, lon_e6, status = report.lat_e6, report.lon_e6, report.status
     if lat_e6 > 90_000_000 or lon_e6 > 180_000_000:
         raise RejectedPosition("coordinates_out_of_range",
@@ -212,7 +212,7 @@ def _position(vehicle_id: str, report: LocationReport, vehicle_class: str, obser
         vehicle_id=vehicle_id, lon=lon, lat=lat, observed_at=observed,
         speed_kmh=report.speed_0_1kmh / 10, heading_deg=float(report.direction_deg % 360),
         vehicle_class=vehicle_class, source="jt808", alarm=report.alarm, status=status,
-        trip_id=None, route_id=None, occupancy=None, occupancy_pct=None, received_at=now)
+        trip_id=None, route_id=route_id, occupancy=None, occupancy_pct=None, received_at=now)
 
 
 def report_event_id(vehicle_id: str, raw_report: bytes, kind: bytes = b"pos") -> str:
@@ -517,8 +517,10 @@ class TerminalConnection(asyncio.Protocol):
         if not r.status & 0x2 and not (r.lat_e6 or r.lon_e6):
             return None
         gw = self.gateway
-        return _position(vid, r, gw.registry.vehicle_class(vid), gw._times.utc(r.time_bcd),
-                         gw.clock.now())
+        info = gw.registry.find(vid)
+        return _position(vid, r, info.vehicle_class if info else "other",
+                         gw._times.utc(r.time_bcd), gw.clock.now(),
+                         info.route_id if info else None)
 
     def _bad_frame(self, frame: bytes, exc: Jt808Error) -> None:
         """Count a rejected frame; answer it when its header can be read, else count it
@@ -586,7 +588,9 @@ class TerminalConnection(asyncio.Protocol):
             return None
         gw = self.gateway
         vid = header.terminal_phone
-        vclass = gw.registry.vehicle_class(vid)
+        info = gw.registry.find(vid)
+        vclass = info.vehicle_class if info else "other"
+        route = info.route_id if info else None  # the registry's route (coach route lengths)
         now = gw.clock.now()
         times = gw._times
         events: list[tuple[VehiclePosition | None, LocationReport, str]] = []
@@ -602,7 +606,7 @@ class TerminalConnection(asyncio.Protocol):
                 POSITIONS.labels("not_positioned").inc()
             else:
                 try:
-                    pos = _position(vid, r, vclass, times.utc(r.time_bcd), now)
+                    pos = _position(vid, r, vclass, times.utc(r.time_bcd), now, route)
                 except RejectedPosition as exc:
                     POSITIONS.labels(exc.kind).inc()
                     impossible = True

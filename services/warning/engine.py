@@ -215,7 +215,8 @@ class WarningEngine:
         """Segments without a window for STALE_WINDOWS windows fall back to their profile."""
         limit = timedelta(seconds=self.window_s * STALE_WINDOWS)
         changed = False
-        for sid, seg in self.segments.items():
+        # A copy: publishing awaits, and speeds arriving meanwhile add segments.
+        for sid, seg in list(self.segments.items()):
             if seg.stale or now - seg.last.observed_at < limit:
                 continue
             seg.stale = True

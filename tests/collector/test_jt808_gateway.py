@@ -60,7 +60,8 @@ PHONE = "13912345678"
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    registry = VehicleRegistry({PHONE: VehicleInfo(PHONE, "鄂A12345", "coach", "Wuhan Coach")})
+    registry = VehicleRegistry({PHONE: VehicleInfo(PHONE, "鄂A12345", "coach", "Wuhan Coach",
+                                                    route_id="K-WH-YC")})
     async with running_gateway(tmp_path, registry=registry) as harness:
         yield harness
 
@@ -176,7 +177,7 @@ async def test_location_is_published_then_acknowledged(h: Harness) -> None:
     assert pos.observed_at == observed and pos.observed_at.tzinfo is not None
     assert pos.observed_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert pos.speed_kmh == pytest.approx(65.3) and pos.heading_deg == 359.0
-    assert pos.vehicle_class == "coach"  # from the registry
+    assert pos.vehicle_class == "coach" and pos.route_id == "K-WH-YC"  # from the registry
     assert pos.status == 0x3 | 0x4 | 0x8 and pos.alarm == 0
 
 
