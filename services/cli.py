@@ -1,9 +1,11 @@
-"""The ``tti`` command: the composition root, the only module that imports every service.
+"""The ``tti`` command: with ``services/runtime.py`` the composition root, the only modules
+that import every service.
 
-``tti run`` starts all four services in one process (memory bus, SQLite, generated demo region,
-fleet simulator; ``--safety-demo``: the 两客一危 scenario of ``services/simulator/safety_demo.py``
-on a fast clock); ``tti serve <service>`` starts one alone with the bus and database the
-configuration selects; ``tti simulate`` drives virtual JT/T 808 terminals against a collector;
+``tti run`` starts all four services in one process (memory bus, SQLite, generated demo
+region, fleet simulator; ``--safety-demo``: the 两客一危 scenario of
+``services/simulator/safety_demo.py`` on a fast clock); ``tti serve <service>`` starts one
+alone with the bus and database the configuration selects; ``tti simulate`` drives virtual
+JT/T 808 terminals against a collector;
 ``tti import-osm FILE`` loads a road network and its features into the geodatabase;
 ``tti import-gtfs FILE`` loads a GTFS static feed; ``tti import-detectors FILE`` the registry of
 roadside detectors and cameras (which segment each watches); ``tti import-geofences FILE`` the
@@ -20,15 +22,19 @@ import errno
 import logging
 import os
 import signal
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from shared.bus import EventBus, bus_from_url
+from services.runtime import (
+    SAFETY_DEMO_COMMAND_TIMEOUT_S,
+    SAFETY_DEMO_DIR,
+    ensure_demo,
+    run_embedded,
+    serve_one,
+    with_store,
+)
 from shared.clock import Clock
 from shared.config import (
     GROUPS,
@@ -41,12 +47,11 @@ from shared.config import (
 )
 from shared.errors import TtiError
 from shared.events import DEPARTMENT_ROLES
-from shared.service import READINESS, configure_logging, listen_socket, make_runner
+from shared.service import configure_logging
 
 if TYPE_CHECKING:
-    from services.bigdata.store import GeoStore
+    pass
 
-T = TypeVar("T")
 
 log = logging.getLogger("tti.cli")
 
@@ -133,121 +138,6 @@ def _config_from_args(args: argparse.Namespace, *, region_db: bool = False,
     return config
 
 
-def make_bus(config: Config, clock: Clock) -> EventBus:
-    """The configured bus backend (not started); ``clock`` stamps its envelopes."""
-    kwargs: dict[str, Any] = {"partitions": config.partitions, "prefix": config.bus_prefix,
-                              "clock": clock}
-    if not config.bus_url.startswith("memory:"):
-        kwargs["stream"] = config.bus_stream
-    return bus_from_url(config.bus_url, **kwargs)
-
-
-def ensure_demo(config: Config) -> tuple[Config, Any]:
-    """Without ``--osm``, generate the demo region under ``var/`` and use it.
-
-    Returns the configuration pointing at the map, and the demo region's description (bus
-    routes, incident segment) or None for a real map.
-    """
-    if config.osm:
-        if not Path(config.osm).is_file():
-            raise TtiError(f"OSM file not found: {config.osm}", code="bad_input")
-        return config, None
-    from shared.demo import generate_demo_region
-
-    out = config.var_path / f"demo-{config.demo_size}"
-    region = generate_demo_region(out, size=config.demo_size)
-    log.info("demo region ready", extra={"osm": str(region.osm_path),
-                                         "segments": region.segment_count})
-    return (config.replace(osm=str(region.osm_path), gtfs=config.gtfs or str(region.gtfs_path)),
-            region)
-
-
-async def _serve_until_signal(runner: web.AppRunner, socks: list[socket.socket],
-                              after_start: Callable[[], Awaitable[None]] | None = None,
-                              before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Start the app, serve on the bound sockets until SIGINT/SIGTERM, then drain and clean up.
-
-    Cleanup runs whatever failed: an app whose startup raised (a JT/T 808 port in use) still
-    closes what it opened, so the error is the last thing printed.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    set_up = False
-    try:
-        await runner.setup()
-        set_up = True
-        for sock in socks:
-            await web.SockSite(runner, sock).start()
-        if after_start is not None:
-            await after_start()
-        await stop.wait()
-        log.info("shutting down (draining)")
-    finally:
-        try:
-            if before_stop is not None:
-                await before_stop()
-            if not set_up:
-                # aiohttp skips the shutdown hooks (which cancel background tasks) when startup
-                # failed; run them, or those tasks outlive their sessions. The app freezes
-                # (signals become sendable) only after a successful startup.
-                runner.app.freeze()
-                await runner.shutdown()
-            await runner.cleanup()
-        finally:
-            for sock in socks:  # those never handed to a site
-                sock.close()
-
-
-def build_embedded(config: Config, bus: EventBus, clock: Clock
-                   ) -> tuple[web.Application, Any]:
-    """All four services in one app tree: publisher at ``/``, the others mounted below it.
-
-    Every service reads time through ``clock``: the one clock of the process.
-    """
-    from services.bigdata.app import create_app as bigdata_app
-    from services.collector.app import create_app as collector_app
-    from services.publisher.app import create_app as publisher_app
-    from services.warning.app import create_app as warning_app
-
-    root = publisher_app(config, bus=bus, clock=clock)
-    subapps = {
-        "bigdata": bigdata_app(config, bus=bus, clock=clock),
-        "warning": warning_app(config, bus=bus, clock=clock),
-        "collector": collector_app(config, bus=bus, clock=clock),
-    }
-    for name, sub in subapps.items():
-        root.add_subapp(f"/{name}/", sub)
-        # The root /readyz answers for the whole process: every service's checks count.
-        for check, fn in sub[READINESS].items():
-            root[READINESS][f"{name}.{check}"] = fn
-    return root, subapps
-
-
-async def run_embedded(config: Config, *, safety_demo: bool = False,
-                       fresh_db: Path | None = None) -> None:
-    """``tti run``: everything in one process until SIGINT/SIGTERM.
-
-    ``safety_demo``: the 两客一危 scenario instead of the ordinary fleet (see
-    :func:`safety_demo_config`); ``fresh_db``: a SQLite file to delete first (the scenario's own
-    database: it replays the same night, and warning ids are deterministic).
-    """
-    # Bound first: a port in use fails at once, before the demo city or an import.
-    http_sock = listen_socket(config.http_host, config.http_port)
-    try:
-        await _run_embedded(config, http_sock, safety_demo=safety_demo, fresh_db=fresh_db)
-    finally:
-        http_sock.close()
-
-
-SAFETY_DEMO_DIR = "safety-demo"
-SAFETY_DEMO_COMMAND_TIMEOUT_S = 300.0
-"""The scenario's command reply timeout in clock seconds (2 s of real time at rate 150): a
-terminal's TCP round trip does not shrink with the clock."""
-
-
 def safety_demo_config(config: Config, args: argparse.Namespace) -> tuple[Config, Path | None]:
     """``tti run --safety-demo`` settings, each yielding to an explicit flag or TTI_* variable:
     the clock at rate 150 from 02:00 local today, the four scenario vehicles only, its own
@@ -278,154 +168,6 @@ def safety_demo_config(config: Config, args: argparse.Namespace) -> tuple[Config
     return config.replace(**changes), fresh
 
 
-def _delete_sqlite(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-async def _prepare_safety_demo(config: Config, demo: Any, fresh_db: Path | None) -> None:
-    """Write the scenario's files and load the geodatabase before any service starts: the demo
-    city's roads, then the geofence closing its tunnel to dangerous goods (what ``tti
-    import-osm`` and ``tti import-geofences`` do), so the warning service finds it at start."""
-    from services.bigdata.geofences import import_geofences_file
-    from services.bigdata.osm_features import import_osm_file
-    from services.simulator.safety_demo import write_files
-
-    if demo is None or not demo.tunnels:
-        raise TtiError("--safety-demo needs the demo city's tunnel", code="bad_input")
-    if fresh_db is not None:
-        await asyncio.to_thread(_delete_sqlite, fresh_db)
-    tunnel = demo.tunnels[0]
-    routes, fences = await asyncio.to_thread(
-        write_files, config.var_path / SAFETY_DEMO_DIR, tunnel_name=tunnel.name,
-        tunnel_name_en=tunnel.name_en, tunnel_segment_ids=tunnel.segment_ids)
-    if Path(config.coach_routes) != routes:
-        log.info("safety demo: coach routes from %s, not the demo's %s", config.coach_routes,
-                 routes)
-
-    async def load(store: GeoStore) -> None:
-        await import_osm_file(store, config.osm)
-        result = await import_geofences_file(store, fences)
-        if result.applied != 1:
-            raise TtiError(f"safety demo geofence not imported: {result.errors}",
-                           code="bad_input")
-
-    await _with_store(config, load)
-    log.info("safety demo ready", extra={"geofences": str(fences), "coach_routes": str(routes),
-                                         "db_url": config.db_url})
-
-
-async def _run_embedded(config: Config, http_sock: socket.socket, *, safety_demo: bool = False,
-                        fresh_db: Path | None = None) -> None:
-    from services.simulator.fleet import Simulator, add_incident_routes, sim_config_from
-    from services.simulator.gtfs_rt_feed import (
-        FEED_PATH,
-        SimGtfsRtFeed,
-        add_gtfs_rt_feed_route,
-        load_timetable,
-    )
-
-    config, demo = ensure_demo(config)
-    sim_config = sim_config_from(config, demo=demo)
-    if safety_demo:
-        await _prepare_safety_demo(config, demo, fresh_db)
-        folder = config.var_path / SAFETY_DEMO_DIR
-        sim_config = dataclasses.replace(sim_config, safety_demo=True,
-                                         registry_path=str(folder / "vehicles.csv"))
-    clock = config.make_clock()  # the one clock: services, bus envelopes and the fleet
-    # Half the buses report through the simulator's GTFS-rt feed, the rest as JT/T 808 terminals.
-    sim = Simulator(dataclasses.replace(sim_config, gtfs_rt_share=0.5), clock=clock)
-    await asyncio.to_thread(sim.prepare)  # writes the fleet's vehicle registry
-    config = config.replace(bigdata_url=f"http://127.0.0.1:{config.http_port}/bigdata",
-                            warning_url=f"http://127.0.0.1:{config.http_port}/warning",
-                            vehicle_registry=config.vehicle_registry
-                            or sim.config.registry_path,
-                            # The collector polls the simulator's GTFS-rt feed unless told others,
-                            # as often as buses report: sparser fixes of the same buses would
-                            # blur the probe speeds the JT/T 808 reports give.
-                            gtfs_rt_urls=config.gtfs_rt_urls or (() if safety_demo else (
-                                f"sim=http://127.0.0.1:{config.http_port}{FEED_PATH}",)),
-                            gtfs_rt_poll_s=config.gtfs_rt_poll_s if config.gtfs_rt_urls
-                            else min(config.gtfs_rt_poll_s, config.sim_interval_s))
-    bus = make_bus(config, clock)
-    await bus.start()
-    root, _ = build_embedded(config, bus, clock)
-    add_incident_routes(root, sim)
-    timetable = await asyncio.to_thread(load_timetable, config.gtfs) if demo is not None else None
-    add_gtfs_rt_feed_route(root, SimGtfsRtFeed(sim.bus_fixes, timetable=timetable,
-                                               refresh_s=config.sim_interval_s, clock=clock))
-    runner = make_runner(root)
-
-    async def start_sim() -> None:
-        await sim.start()
-        log.info("TTI running", extra={"http": f"http://127.0.0.1:{config.http_port}/",
-                                        "jt808_port": config.jt808_port,
-                                        "vehicles": len(sim.fleet),
-                                        "safety_demo": safety_demo,
-                                        "clock": repr(clock)})
-
-    try:
-        await _serve_until_signal(runner, [http_sock], after_start=start_sim,
-                                  before_stop=sim.stop)
-    finally:
-        await bus.close()
-
-
-async def serve_one(service: str, config: Config) -> None:
-    """``tti serve <service>``: one service, its own HTTP port, the configured bus and store.
-
-    The caller checks :meth:`Config.production_problems` first (``main`` refuses to start).
-    """
-    http_sock = listen_socket(config.http_host, config.http_port)
-    try:
-        await _serve_one(service, config, http_sock)
-    finally:
-        http_sock.close()
-
-
-async def _serve_one(service: str, config: Config, http_sock: socket.socket) -> None:
-    clock = config.make_clock()
-    bus = make_bus(config, clock)
-    await bus.start()
-    if service == "bigdata":
-        from services.bigdata.app import create_app as bigdata_app
-
-        app = bigdata_app(config, bus=bus, clock=clock)
-    elif service == "collector":
-        from services.collector.app import create_app as collector_app
-
-        app = collector_app(config, bus=bus, clock=clock)
-    elif service == "warning":
-        from services.warning.app import create_app as warning_app
-
-        app = warning_app(config, bus=bus, clock=clock)
-    else:
-        from services.publisher.app import create_app as publisher_app
-
-        app = publisher_app(config, bus=bus, clock=clock)
-    try:
-        await _serve_until_signal(make_runner(app), [http_sock])
-    finally:
-        await bus.close()
-
-
-async def _with_store(config: Config, work: Callable[[GeoStore], Awaitable[T]]) -> T:
-    """Run an import against the geodatabase; a rejection's reasons go to stderr, one a line."""
-    from services.bigdata.store import store_from_url
-
-    store = store_from_url(config.db_url)
-    await store.open()
-    try:
-        return await work(store)
-    except TtiError as exc:
-        details = exc.details if isinstance(exc.details, dict) else {}
-        for reason in details.get("errors", []):
-            print(f"  error: {reason}", file=sys.stderr)
-        raise
-    finally:
-        await store.close()
-
-
 async def import_osm(config: Config, path: str) -> None:
     """``tti import-osm FILE``: roads and features of one OSM file, in one transaction.
 
@@ -434,7 +176,7 @@ async def import_osm(config: Config, path: str) -> None:
     """
     from services.bigdata.osm_features import import_osm_file, stderr_progress
 
-    summary = await _with_store(config, lambda store: import_osm_file(
+    summary = await with_store(config, lambda store: import_osm_file(
         store, path, progress=stderr_progress()))
     print(summary.describe())
 
@@ -448,7 +190,7 @@ async def import_gtfs(config: Config, path: str, feed_id: str | None) -> None:
     from services.bigdata.gtfs_import import import_gtfs_file
     from services.bigdata.osm_features import stderr_progress
 
-    summary = await _with_store(config, lambda store: import_gtfs_file(
+    summary = await with_store(config, lambda store: import_gtfs_file(
         store, path, feed_id=feed_id, progress=stderr_progress()))
     for warning in summary.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
@@ -464,7 +206,7 @@ async def import_detectors(config: Config, path: str) -> None:
     """
     from services.bigdata.store.features import import_detectors_csv
 
-    result = await _with_store(config, lambda store: import_detectors_csv(store, path))
+    result = await with_store(config, lambda store: import_detectors_csv(store, path))
     for reason in result.errors:
         print(f"  skipped: {reason}", file=sys.stderr)
     print(f"detectors: {result.applied} of {result.rows} rows imported"
@@ -480,7 +222,7 @@ async def import_geofences(config: Config, path: str) -> None:
     """
     from services.bigdata.geofences import import_geofences_file
 
-    result = await _with_store(config, lambda store: import_geofences_file(store, path))
+    result = await with_store(config, lambda store: import_geofences_file(store, path))
     for reason in result.errors:
         print(f"  skipped: {reason}", file=sys.stderr)
     print(f"geofences: {result.applied} of {result.features} features imported")
