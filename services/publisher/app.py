@@ -39,6 +39,12 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(js|css|svg|png|ico)$")
 _STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8",
                  "svg": "image/svg+xml", "png": "image/png", "ico": "image/x-icon"}
+# Leaflet 1.9.4 from npm (``npm pack leaflet@1.9.4``, BSD-2, LICENSE beside it): exactly these.
+VENDOR_FILES: frozenset[str] = frozenset({
+    "leaflet/leaflet.js", "leaflet/leaflet.css", "leaflet/images/layers.png",
+    "leaflet/images/layers-2x.png", "leaflet/images/marker-icon.png",
+    "leaflet/images/marker-icon-2x.png", "leaflet/images/marker-shadow.png",
+})
 # The page may only talk to this server: the policy makes a stray external URL fail loudly.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -78,6 +84,7 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     add_readiness_check(app, "bus", publisher.bus_readiness)
     app.router.add_get("/", _index)
     app.router.add_get("/static/{filename}", _static)
+    app.router.add_get("/static/vendor/{path:.+}", _vendor)
     app.router.add_get("/openapi.json", _openapi)
     add_api_routes(app, Answers(publisher))
     add_report_routes(app)
@@ -142,6 +149,16 @@ async def _static(request: web.Request) -> web.StreamResponse:
     if match is None or not path.is_file():
         raise NotFound(f"no static file {name!r}")
     return web.FileResponse(path, headers={"Content-Type": _STATIC_TYPES[match.group(1)],
+                                           "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})
+
+
+async def _vendor(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["path"]
+    if name not in VENDOR_FILES:
+        raise NotFound(f"no vendored file {name!r}")
+    path = STATIC_DIR / "vendor" / name
+    return web.FileResponse(path, headers={"Content-Type": _STATIC_TYPES[path.suffix[1:]],
                                            "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
 

@@ -490,6 +490,15 @@ def _document(version: str) -> dict[str, Any]:
                 "responses": {"200": {"description": "HTML page",
                                       "content": {"text/html": {"schema": {"type": "string"}}}}},
             }},
+            "/static/vendor/{path}": {"get": {
+                "tags": ["web"],
+                "operationId": "getVendoredAsset",
+                "summary": "A file of the page's vendored Leaflet (script, style, images)",
+                "parameters": [{"name": "path", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The file"},
+                              "404": _error("NotFound")},
+            }},
             "/static/{filename}": {"get": {
                 "tags": ["web"],
                 "operationId": "getStaticAsset",
