@@ -21,6 +21,7 @@ from services.publisher.cap_feed import add_cap_routes
 from services.publisher.gtfs_rt import add_gtfs_rt_routes
 from services.publisher.openapi import build_openapi
 from services.publisher.reports import MAX_PHOTO_BYTES, add_report_routes
+from services.publisher.signs import add_sign_routes
 from services.publisher.state import Publisher
 from shared.bus.base import EventBus
 from shared.clients.bigdata import BigdataClient
@@ -86,7 +87,9 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     app.router.add_get("/static/{filename}", _static)
     app.router.add_get("/static/vendor/{path:.+}", _vendor)
     app.router.add_get("/openapi.json", _openapi)
-    add_api_routes(app, Answers(publisher))
+    answers = Answers(publisher)
+    add_api_routes(app, answers)
+    add_sign_routes(app, answers)
     add_report_routes(app)
     add_gtfs_rt_routes(app)
     add_cap_routes(app)

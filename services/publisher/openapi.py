@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.publisher.openapi_schemas import SCHEMAS as _MORE_SCHEMAS
+from services.publisher.signs import SIGN_SCHEMA
 from shared.events import SPEED_SOURCES
 from shared.schemas import NULLABLE_TIME as _NULLABLE_TIME
 from shared.schemas import TIME as _TIME
@@ -27,6 +28,7 @@ def _error(name: str) -> dict[str, Any]:
 _SCHEMAS: dict[str, Any] = {
     **contract_schemas(),
     **_MORE_SCHEMAS,
+    "SignAnswer": SIGN_SCHEMA,
     "Levels": {
         "type": "object", "required": ["levels"],
         "properties": {"levels": {"type": "array", "items": {
@@ -309,6 +311,19 @@ def _more_paths() -> dict[str, Any]:
             "listArrivals", "buses", "Next arrivals at a stop: live with occupancy, else the "
             "timetable", "ArrivalList", params=_p("stop_id", "limit", "coord"),
             errors=("400", "404", "503")),
+        "/api/v1/stops/{stop_id}/sign": _op(
+            "getStopSign", "buses", "What a stop's electronic sign shows: arrivals per route, "
+            "the road ahead, warnings near", "SignAnswer", params=_p("stop_id"),
+            errors=("404", "503")),
+        "/signs/{stop_id}": {"get": {
+            "tags": ["web"], "operationId": "getStopSignPage",
+            "summary": "A stop's electronic sign, for a roadside screen",
+            "parameters": _p("stop_id"),
+            "responses": {"200": {"description": "HTML page", "content": {
+                "text/html": {"schema": {"type": "string"}}}},
+                "404": {"description": "No such stop (JSON when asked for)", "content": {
+                    "text/html": {"schema": {"type": "string"}},
+                    "application/json": {"schema": _ref("Error")}}}}}},
         "/api/v1/parking": _op(
             "listParking", "places", "Car parks near a point: free spaces, capacity, age",
             "ParkingList", params=[{**_PARAMETERS["near"], "required": True},
