@@ -6,7 +6,7 @@ rest of the fleet (registry rows with their classes) and drive:
 ========  ==================  ==================================================================
  key       class               what it does (local time, Asia/Shanghai)
 ========  ==================  ==================================================================
-speeding  dangerous_goods     02:30: along an arterial (maxspeed 60), 1.5 km of it at 75 km/h
+speeding  dangerous_goods     02:30: along an arterial (maxspeed 60), 3 km of it at 75 km/h
 night     coach               02:25-02:55: a long-distance coach (route K-WH-YC, 320 km) moving
                               between 02:00 and 05:00
 tunnel    dangerous_goods     02:35: onto the ring and through 江城隧道, closed to dangerous
@@ -57,7 +57,7 @@ EXPRESSWAY = frozenset({"motorway", "motorway_link", "trunk", "trunk_link"})
 NIGHT = (time(22, 0), time(6, 0))
 SPEEDING_KMH = 75.0
 SPEEDING_FROM_M = 600.0
-SPEEDING_LENGTH_M = 1500.0
+SPEEDING_LENGTH_M = 3000.0
 DAY_DRIVE_S = 4.5 * 3600 + 120.0
 NIGHT_DRIVE_S = 30 * 60.0
 COACH_ROUTES = (("K-WH-YC", 320.0, "武汉—宜昌"), ("K-WH-XG", 65.0, "武汉—孝感"))
@@ -235,7 +235,7 @@ def plan_scenario(network: RoadNetwork, tunnel_segment_ids: Sequence[str]) -> li
     truck drives through the first one, the others never enter either.
     """
     p = _Planner(network)
-    # (a) 1.5 km of an arterial at 75 km/h, the rest of it cleanly.
+    # (a) 3 km of an arterial (2.4 min over the limit: the 30 s tolerance many times over) at 75 km/h, the rest of it cleanly.
     run = p.straight("primary", SPEEDING_FROM_M + SPEEDING_LENGTH_M + 600.0)
     speeding: list[tuple[str, float]] = []
     done = 0.0
