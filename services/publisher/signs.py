@@ -197,7 +197,8 @@ def warning_sign_json(w: Warning) -> dict[str, Any]:
 def group_arrivals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Arrival rows grouped per route and direction, soonest route first.
 
-    A live row whose direction is not known joins its route's first group.
+    A live row whose direction is not known joins its route's first group (or is joined by
+    the route's first row with a direction).
     """
     groups: dict[tuple[Any, Any], dict[str, Any]] = {}
     for row in rows:  # already soonest first
@@ -205,6 +206,9 @@ def group_arrivals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (route_id, direction)
         if direction is None:
             key = next((k for k in groups if k[0] == route_id), key)
+        elif key not in groups and (route_id, None) in groups:
+            # The same group under its direction, where it was in the order.
+            groups = {key if k == (route_id, None) else k: g for k, g in groups.items()}
         group = groups.get(key)
         if group is None:
             group = groups[key] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.publisher.signs import SIGNS, road_ahead_json
+from services.publisher.signs import SIGNS, group_arrivals, road_ahead_json
 from shared.demo import DemoRegion, generate_demo_region
 from shared.events import (
     ARRIVAL_PREDICTION,
@@ -214,3 +214,20 @@ async def test_sign_answer_caches_and_revalidates(stack: Stack) -> None:
                                      headers={"If-None-Match": tag})
     assert changed.status == 200 and changed.headers["ETag"] != tag
     assert stack.client.app is not None and stack.client.app[SIGNS] is not None
+
+
+def test_arrivals_group_per_route_and_direction_in_order() -> None:
+    def row(route: str, direction: int | None, minutes: int, source: str = "schedule",
+            headsign: str | None = "终点") -> dict[str, Any]:
+        return {"route_id": route, "route_short_name": route, "direction_id": direction,
+                "headsign": headsign, "source": source, "arrival_at": f"t{minutes:03d}",
+                "minutes": minutes, "occupancy": None, "vehicle": None, "delay_s": None}
+
+    groups = group_arrivals([row("A", None, 1, "live", None), row("B", 0, 2), row("A", 0, 3),
+                             row("A", 1, 4), row("A", 0, 5), row("A", 0, 6), row("A", 0, 7)])
+    assert [(g["route_id"], g["direction_id"]) for g in groups] == [("A", 0), ("B", 0),
+                                                                    ("A", 1)]
+    first = groups[0]
+    assert first["headsign"] == "终点" and len(first["arrivals"]) == 3
+    assert [a["minutes"] for a in first["arrivals"]] == [1, 3, 5]
+    assert first["arrivals"][0]["source"] == "live"
