@@ -10,6 +10,13 @@ inner carriageway). Three bus routes, each in two directions, cross the river on
 they exist as OSM ``route=bus`` relations with ``highway=bus_stop`` platforms and as a GTFS
 static feed whose stop ids are the OSM ids of those platform nodes.
 
+The base map is in the OSM file too, so a map drawn from it has no blank gaps: the river's water
+(``natural=water`` + ``water=river``, 400 m wide), green riverbanks and parks (``leisure=park``,
+``landuse=grass|forest``), a lake, land use districts (``landuse=residential|commercial|
+industrial``, 3 x 3 blocks each) and place labels (``place=city|suburb|neighbourhood`` with
+``name`` and ``name:en``). They are added after everything else, so no road, stop or structure id
+changes because of them.
+
 Output is deterministic: the same ``size`` and ``seed`` give byte-identical files. ``size`` scales
 the street grid so the directed segment count grows about linearly (the grid has
 ``round(22 * sqrt(size))`` lines each way, 200 m apart):
@@ -567,6 +574,79 @@ class _City:
             x = (self.xs[i] + self.xs[i + 1]) / 2
             y = (self.ys[j] + self.ys[j + 1]) / 2
             self.add_node(x, y, tags)
+
+    def _closed_way(self, ring: Sequence[tuple[float, float]], tags: dict[str, str]) -> int:
+        nodes = [self.add_node(x, y) for x, y in ring]
+        return self.add_way([*nodes, nodes[0]], tags)
+
+    def _block_box(self, i0: int, j0: int, i1: int, j1: int, inset: float = 15.0
+                   ) -> list[tuple[float, float]]:
+        """The ring of blocks i0..i1-1 x j0..j1-1 (grid cells), ``inset`` metres inside."""
+        x0, x1 = self.xs[i0] + inset, self.xs[i1] - inset
+        y0, y1 = self.ys[j0] + inset, self.ys[j1] - inset
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+    def add_basemap(self) -> None:
+        """Water, green, land use and place labels for the base map (see the module docstring).
+
+        Added last (after :meth:`add_places`): the ids of everything else stay what they were.
+        """
+        n, c, r = self.n, self.c, self.r
+        xs, ys = self.xs, self.ys
+        # The river's water: 200 m either side of its centre line, as long as the line.
+        x_start = xs[0] - _RING_OFFSET_M - 1500.0
+        x_end = xs[-1] + _RING_OFFSET_M + 1500.0
+        count = int((x_end - x_start) // 150.0) + 1
+        along = [x_start + k * (x_end - x_start) / count for k in range(count + 1)]
+        bank = [(x, self._river_y(x) + 200.0) for x in along]
+        self._closed_way([*bank, *((x, self._river_y(x) - 200.0) for x in reversed(along))],
+                         {"natural": "water", "water": "river", "name": _RIVER[0],
+                          "name:en": _RIVER[1]})
+        # Green banks between the water and the riverside roads.
+        for sign, road_y in ((1, ys[r + 1]), (-1, ys[r])):
+            edge = [(x, self._river_y(x) + sign * 215.0) for x in along if xs[0] <= x <= xs[-1]]
+            inner = road_y - sign * 15.0
+            self._closed_way([*edge, (edge[-1][0], inner), (edge[0][0], inner)],
+                             {"landuse": "grass", "name": "滨江绿带",
+                              "name:en": "Riverside Greenway"})
+        # Parks: the riverside park's block (its point is already in add_places) and a forest.
+        self._closed_way(self._block_box(c + 2, r + 1, c + 4, r + 3),
+                         {"leisure": "park", "name": "江滩公园", "name:en": "Riverside Park"})
+        self._closed_way(self._block_box(1, n - 4, 4, n - 1),
+                         {"landuse": "forest", "name": "西山森林公园",
+                          "name:en": "Xishan Forest Park"})
+        self._closed_way(self._block_box(c - 4, r + 4, c - 2, r + 6, inset=40.0),
+                         {"natural": "water", "water": "lake", "name": "月湖",
+                          "name:en": "Moon Lake"})
+        # Land use in districts of 3 x 3 blocks: commercial at the centre, industry in the
+        # south-east, homes elsewhere; the parks and the lake keep their own blocks.
+        taken = {(i, j) for i in range(c + 2, c + 4) for j in range(r + 1, r + 3)}
+        taken |= {(i, j) for i in range(1, 4) for j in range(n - 4, n - 1)}
+        taken |= {(i, j) for i in range(c - 4, c - 2) for j in range(r + 4, r + 6)}
+        for i0 in range(0, n - 1, 3):
+            for j0 in range(0, n - 1, 3):
+                i1, j1 = min(i0 + 3, n - 1), min(j0 + 3, n - 1)
+                if r in range(j0, j1) or any((i, j) in taken for i in range(i0, i1)
+                                             for j in range(j0, j1)):
+                    continue  # the river's rows, or a park's blocks
+                di, dj = (i0 + i1) / 2 - c, (j0 + j1) / 2 - r
+                use = ("commercial" if abs(di) <= 3 and abs(dj) <= 4
+                       else "industrial" if di > n / 5 and dj < -n / 5 else "residential")
+                self._closed_way(self._block_box(i0, j0, i1, j1, inset=20.0),
+                                 {"landuse": use})
+        # Place labels: the city, a suburb each side of the river, neighbourhoods.
+        half = max(xs[-1], 600.0)
+        labels = (
+            (0.0, 900.0, "city", CITY_NAME, CITY_NAME_EN),
+            (0.0, half * 0.55, "suburb", "江北", "Jiangbei"),
+            (0.0, -half * 0.55, "suburb", "江南", "Jiangnan"),
+            (-half * 0.5, half * 0.3, "neighbourhood", "西园", "Xiyuan"),
+            (half * 0.5, half * 0.3, "neighbourhood", "东湖里", "Donghuli"),
+            (-half * 0.5, -half * 0.3, "neighbourhood", "光明里", "Guangmingli"),
+            (half * 0.5, -half * 0.3, "neighbourhood", "新华村", "Xinhuacun"),
+        )
+        for x, y, place, name, name_en in labels:
+            self.add_node(x, y, {"place": place, "name": name, "name:en": name_en})
 
     def _river_y(self, x: float) -> float:
         phase = (self.seed % 97) / 97 * 2 * math.pi
@@ -1285,6 +1365,7 @@ def generate_demo_region(out_dir: Path, *, size: int = 1, seed: int = 7) -> Demo
     planner = _BusPlanner(city, network)
     routes = _plan_routes(city, planner)
     city.add_places()
+    city.add_basemap()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from shapely.geometry import mapping
 
+from services.bigdata.basemap import basemap_answer, parse_layers, parse_zoom
 from services.bigdata.geofences import (
     GEOFENCE_KINDS,
     GeofenceError,
@@ -51,6 +52,7 @@ from services.bigdata.store import (
 from services.bigdata.store.features import SEARCH_KINDS, check_kinds
 from services.bigdata.store.gtfs import gtfs_time
 from shared.clock import Clock
+from shared.codec import dumps
 from shared.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from shared.events import SegmentSpeed
 from shared.params import parse_bbox
@@ -300,6 +302,16 @@ def _want_geometry(query: Mapping[str, str]) -> bool:
     return query.get("geometry", "true").lower() not in ("0", "false", "no")
 
 
+async def _basemap(request: web.Request) -> web.Response:
+    q = request.query
+    bbox = parse_bbox(q.get("bbox"))
+    if bbox is None:
+        raise BadRequest("bbox is required: bbox=minlon,minlat,maxlon,maxlat")
+    answer = await basemap_answer(_store(request), bbox, parse_zoom(q.get("zoom")),
+                                  parse_layers(q.get("layers")))
+    return web.Response(body=dumps(answer), content_type="application/geo+json")
+
+
 async def _features(request: web.Request) -> web.Response:
     q = request.query
     bbox = parse_bbox(q.get("bbox"))
@@ -481,6 +493,7 @@ def add_routes(app: web.Application, context: ApiContext) -> None:
     r.add_get("/v1/segments/{segment_id}/speeds", _speeds)
     r.add_get("/v1/segments/{segment_id}/profile", _segment_profile)
     r.add_get("/v1/profiles", _profiles)
+    r.add_get("/v1/basemap", _basemap)
     r.add_get("/v1/features", _features)
     r.add_get("/v1/features/nearest", _nearest)
     # Feature ids may contain ':' (GTFS stops are "<feed>:<stop_id>"), never '/'.

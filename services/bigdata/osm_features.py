@@ -24,6 +24,9 @@ kind                      OSM tagging
 ``weather_station``       ``man_made=monitoring_station`` + ``monitoring:weather=yes``
 ========================  ===================================================================
 
+The same pass gathers the base map (water, green, land use, place labels; see
+:mod:`services.bigdata.basemap`), which the import stores beside the features.
+
 Nodes become points; open ways lines; closed ways and multipolygon relations polygons through
 osmium's area assembler (a closed way the assembler rejects falls back to its ring). Feature ids
 are OSM-style: ``n<id>``, ``w<id>``, ``r<id>`` (a group takes its smallest way id).
@@ -49,9 +52,11 @@ from typing import Any, TextIO
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from services.bigdata.basemap import BasemapCollector, area_class
 from services.bigdata.store import (
     FEATURE_KINDS,
     OSM_FEATURE_SOURCE,
+    BasemapItem,
     Feature,
     GeoStore,
 )
@@ -59,8 +64,9 @@ from shared.errors import TtiError
 from shared.geo import LocalProjection, haversine_m
 from shared.roadnet import ROUTABLE_HIGHWAYS, RoadNetwork, RoadNetworkError
 
-EXTRACTOR_VERSION = 1
-"""Part of the features digest: raising it re-imports features from an unchanged file."""
+EXTRACTOR_VERSION = 2
+"""Part of the features digest: raising it re-imports features from an unchanged file.
+2: the base map is extracted too."""
 
 OSM_KINDS: tuple[str, ...] = tuple(k for k in FEATURE_KINDS if k != "detector")
 """Kinds an OSM import owns (detectors come from their own registry)."""
@@ -204,6 +210,7 @@ class _Extractor:
     # Closed ways waiting for their assembled area: way id → (tags, ring).
     pending: dict[int, tuple[dict[str, str], list[tuple[float, float]]]] = field(
         default_factory=dict)
+    basemap: BasemapCollector = field(default_factory=BasemapCollector)
 
     def add(self, osm_id: str, tags: Mapping[str, str], geom: BaseGeometry,
             kinds: list[tuple[str, dict[str, Any]]] | None = None) -> None:
@@ -215,6 +222,8 @@ class _Extractor:
                 ref=ref, attrs={**_common_attrs(tags, osm_id), **attrs}))
 
     def node(self, node_id: int, lon: float, lat: float, tags: dict[str, str]) -> None:
+        if "place" in tags:
+            self.basemap.node(node_id, lon, lat, tags)
         kinds = classify(tags)
         if kinds:
             self.add(f"n{node_id}", tags, shapely.Point(lon, lat), kinds)
@@ -224,6 +233,7 @@ class _Extractor:
         if len(coords) < 2:
             return
         closed = len(coords) >= 4 and node_ids[0] == node_ids[-1]
+        self.basemap.way(way_id, closed, coords, tags)
         if tags.get("highway") in ROUTABLE_HIGHWAYS:
             for flag, prefix, bucket in (("bridge", "bridge:", self.bridges),
                                          ("tunnel", "tunnel:", self.tunnels)):
@@ -246,6 +256,7 @@ class _Extractor:
             self.add(f"w{way_id}", tags, shapely.LineString(coords), kinds)
 
     def area(self, orig_id: int, from_way: bool, tags: dict[str, str], wkb_hex: str) -> None:
+        self.basemap.area(orig_id, from_way, tags, wkb_hex)
         if from_way:
             if self.pending.pop(orig_id, None) is None:
                 return
@@ -364,6 +375,12 @@ def extract_features(path: str | Path, *, progress: Progress | None = None) -> l
 
     Raises RoadNetworkError (a TtiError) when the file cannot be read.
     """
+    return extract_osm(path, progress=progress)[0]
+
+
+def extract_osm(path: str | Path, *, progress: Progress | None = None
+                ) -> tuple[list[Feature], list[BasemapItem]]:
+    """The features and the base map items of one OSM file, in one pass over it."""
     import osmium  # native extension: imported where used, like shared.roadnet
 
     p = Path(path)
@@ -391,7 +408,7 @@ def extract_features(path: str | Path, *, progress: Progress | None = None) -> l
                 ex.way(obj.id, [n[0] for n in located], [(n[1], n[2]) for n in located], tags)
             elif isinstance(obj, osmium.osm.Area):
                 tags = {t.k: t.v for t in obj.tags}
-                if not classify(tags):
+                if not classify(tags) and area_class(tags) is None:
                     continue
                 try:
                     wkb_hex = wkb_factory.create_multipolygon(obj)
@@ -400,7 +417,7 @@ def extract_features(path: str | Path, *, progress: Progress | None = None) -> l
                 ex.area(obj.orig_id(), obj.from_way(), tags, wkb_hex)
     except RuntimeError as exc:  # pyosmium reports parse and I/O errors as RuntimeError
         raise RoadNetworkError(f"cannot read OSM file {p}: {exc}") from exc
-    return ex.finish()
+    return ex.finish(), ex.basemap.finish()
 
 
 def attach_segments(features: Iterable[Feature], network: RoadNetwork) -> list[Feature]:
@@ -486,14 +503,15 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
         counts = await _imported_counts(store)
     else:
         say("features: extracting")
-        features = await asyncio.to_thread(extract_features, file, progress=progress)
+        features, basemap = await asyncio.to_thread(extract_osm, file, progress=progress)
         features = attach_segments(features, network)
         counts = dict(sorted(_count(features).items()))
-        say(f"database: writing {len(network):,} segments and {len(features):,} features")
+        say(f"database: writing {len(network):,} segments, {len(features):,} features and "
+            f"{len(basemap):,} base map shapes and labels")
         outcome = await store.import_osm(str(file), digest, file.stem,
                                          network.segments.values(), features,
                                          features_digest=features_digest,
-                                         feature_kinds=OSM_KINDS)
+                                         feature_kinds=OSM_KINDS, basemap=basemap)
         roads_changed, features_changed = outcome.roads_changed, outcome.features_changed
     return OsmImportSummary(path=file, digest=digest, network=network,
                             segment_count=len(network), feature_counts=counts,

@@ -12,6 +12,7 @@ from services.bigdata.store.base import (
     SpeedRecord,
     store_from_url,
 )
+from services.bigdata.store.basemap import BASEMAP_LAYERS, BasemapItem
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     ROAD_KIND,
@@ -33,12 +34,14 @@ from services.bigdata.store.gtfs import (
 )
 
 __all__ = [
+    "BASEMAP_LAYERS",
     "FEATURE_KINDS",
     "OSM_FEATURE_SOURCE",
     "ROAD_KIND",
     "SCHEMA_VERSION",
     "AmbiguousIdError",
     "BBox",
+    "BasemapItem",
     "Feature",
     "FeatureError",
     "GeoStore",

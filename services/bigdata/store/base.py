@@ -36,6 +36,7 @@ from services.bigdata.geofences import (
     covered_segment_ids,
 )
 from services.bigdata.store._geo import radius_box
+from services.bigdata.store.basemap import BasemapItem
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     AmbiguousIdError,
@@ -61,9 +62,9 @@ from shared.roadnet import RoadSegment
 BBox = tuple[float, float, float, float]
 """(min_lon, min_lat, max_lon, max_lat)."""
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static;
-4 time-of-week profiles and learned free flow; 5 geofences."""
+4 time-of-week profiles and learned free flow; 5 geofences; 6 the base map."""
 
 OSM_FEATURE_SOURCE = "osm"
 """Import source of the features extracted from the imported OSM file."""
@@ -196,14 +197,16 @@ class GeoStore(abc.ABC):
     @abc.abstractmethod
     async def import_osm(self, source: str, digest: str, region_name: str,
                          segments: Iterable[RoadSegment], features: Iterable[Feature], *,
-                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS
-                         ) -> OsmImportOutcome:
-        """Roads and the OSM features of one file, together in one transaction.
+                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS,
+                         basemap: Iterable[BasemapItem] | None = None) -> OsmImportOutcome:
+        """Roads, the OSM features and the base map of one file, together in one transaction.
 
         Roads are replaced unless ``digest`` equals the ``roads`` import's; the features of
         ``feature_kinds`` from source ``osm`` are replaced unless ``features_digest`` equals the
         ``features:osm`` import's (the extractor's version is part of that digest, so a better
-        extractor re-imports the same file). All or nothing.
+        extractor re-imports the same file), and with them the whole base map when ``basemap``
+        is given (None keeps the one held). All or nothing: a bad base map item raises
+        FeatureError and nothing is written.
         """
 
     @abc.abstractmethod
@@ -296,6 +299,14 @@ class GeoStore(abc.ABC):
         Roads come as one hit per name (kind ``road``, with their segment ids). Order: exact
         match, prefix, substring; then shorter name first. ``kinds`` may include ``road``.
         """
+
+    @abc.abstractmethod
+    async def basemap_in_bbox(self, bbox: BBox, *, layers: Sequence[str] | None = None,
+                              min_size_m: float = 0.0, max_rank: int = 99,
+                              limit: int = 10_000) -> list[BasemapItem]:
+        """Base map items whose extent meets ``bbox``: shapes at least ``min_size_m`` big,
+        places of rank at most ``max_rank``; places first by rank, then the biggest shapes
+        (a limit drops the smallest), then layer and id."""
 
     @abc.abstractmethod
     async def get_feature(self, kind: str, feature_id: str) -> Feature:

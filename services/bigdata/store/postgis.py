@@ -55,6 +55,13 @@ from services.bigdata.store.base import (
     free_flow_of,
     unique_in_feeds,
 )
+from services.bigdata.store.basemap import (
+    POSTGIS_MIGRATION,
+    BasemapItem,
+    check_layers,
+    postgis_basemap_in_bbox,
+    postgis_write_basemap,
+)
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     MATCH_NAMES,
@@ -249,6 +256,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS geofences_geom ON geofences USING gist (geom);
     CREATE INDEX IF NOT EXISTS geofences_source ON geofences (source);
     """,
+    # 6: the base map (services.bigdata.store.basemap)
+    POSTGIS_MIGRATION,
 ]
 
 # Advisory lock keys (arbitrary constants): schema changes, and imports.
@@ -501,8 +510,8 @@ class PostgisStore(GeoStore):
 
     async def import_osm(self, source: str, digest: str, region_name: str,
                          segments: Iterable[RoadSegment], features: Iterable[Feature], *,
-                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS
-                         ) -> OsmImportOutcome:
+                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS,
+                         basemap: Iterable[BasemapItem] | None = None) -> OsmImportOutcome:
         fkey = f"features:{OSM_FEATURE_SOURCE}"
         async with self._import_tx() as conn:
             roads = await _last_digest(conn, "roads") != digest
@@ -513,6 +522,8 @@ class PostgisStore(GeoStore):
                                      "roads", source, digest, region_name, count)
             if feats:
                 n = await _write_features(conn, OSM_FEATURE_SOURCE, feature_kinds, features)
+                if basemap is not None:
+                    await postgis_write_basemap(conn, basemap)
                 await _record_import(conn, self.clock.now(),
                                      fkey, source, features_digest, region_name, n)
         return OsmImportOutcome(roads, feats)
@@ -733,6 +744,14 @@ class PostgisStore(GeoStore):
                                           bbox=(b[0], b[1], b[2], b[3]), attrs=f.attrs))
         hits.sort(key=SearchHit.sort_key)
         return hits[:limit]
+
+    async def basemap_in_bbox(self, bbox: BBox, *, layers: Sequence[str] | None = None,
+                              min_size_m: float = 0.0, max_rank: int = 99,
+                              limit: int = 10_000) -> list[BasemapItem]:
+        checked = check_layers(layers)
+        async with self._conn() as conn:
+            return await postgis_basemap_in_bbox(conn, bbox, checked, min_size_m, max_rank,
+                                                 limit)
 
     async def get_feature(self, kind: str, feature_id: str) -> Feature:
         check_kinds([kind], allowed=frozenset(FEATURE_KINDS))

@@ -60,6 +60,13 @@ from services.bigdata.store.base import (
     free_flow_of,
     unique_in_feeds,
 )
+from services.bigdata.store.basemap import (
+    SQLITE_MIGRATION,
+    BasemapItem,
+    check_layers,
+    sqlite_basemap_in_bbox,
+    sqlite_write_basemap,
+)
 from services.bigdata.store.features import (
     FEATURE_KINDS,
     MATCH_NAMES,
@@ -263,6 +270,7 @@ MIGRATIONS: list[Migration] = [
     _V3,  # 3: GTFS static
     _V4,  # 4: time-of-week profiles and learned free flow (IF NOT EXISTS: re-runnable)
     _V5,  # 5: geofences (GeoJSON text + extent columns; a few hundred rows, no R*Tree)
+    SQLITE_MIGRATION,  # 6: the base map (WKB + R*Tree), services.bigdata.store.basemap
 ]
 
 _SEGMENT_COLS = ("segment_id, way_id, from_node, to_node, road_class, name, name_en, ref, lanes, "
@@ -517,8 +525,8 @@ class SqliteStore(GeoStore):
 
     async def import_osm(self, source: str, digest: str, region_name: str,
                          segments: Iterable[RoadSegment], features: Iterable[Feature], *,
-                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS
-                         ) -> OsmImportOutcome:
+                         features_digest: str, feature_kinds: Sequence[str] = FEATURE_KINDS,
+                         basemap: Iterable[BasemapItem] | None = None) -> OsmImportOutcome:
         fkey = f"features:{OSM_FEATURE_SOURCE}"
 
         def write(conn: sqlite3.Connection) -> OsmImportOutcome:
@@ -531,6 +539,8 @@ class SqliteStore(GeoStore):
                                    "roads", source, digest, region_name, count)
                 if feats:
                     n = _write_features(conn, OSM_FEATURE_SOURCE, feature_kinds, features)
+                    if basemap is not None:
+                        sqlite_write_basemap(conn, basemap)
                     _record_import(conn, self.clock.now(),
                                    fkey, source, features_digest, region_name, n)
             return OsmImportOutcome(roads, feats)
@@ -825,6 +835,13 @@ class SqliteStore(GeoStore):
             hits.sort(key=SearchHit.sort_key)
             return hits[:limit]
         return await self._run(q)
+
+    async def basemap_in_bbox(self, bbox: BBox, *, layers: Sequence[str] | None = None,
+                              min_size_m: float = 0.0, max_rank: int = 99,
+                              limit: int = 10_000) -> list[BasemapItem]:
+        checked = check_layers(layers)
+        return await self._run(lambda conn: sqlite_basemap_in_bbox(
+            conn, bbox, checked, min_size_m, max_rank, limit))
 
     async def get_feature(self, kind: str, feature_id: str) -> Feature:
         check_kinds([kind], allowed=frozenset(FEATURE_KINDS))
