@@ -294,6 +294,17 @@ class BigdataClient(JsonClient):
                                  code="bigdata_bad_answer")
         return dict(data)
 
+    async def get_basemap(self, bbox: tuple[float, float, float, float], zoom: int
+                          ) -> dict[str, Any]:
+        """``GET /v1/basemap?bbox=&zoom=``: the base map's GeoJSON FeatureCollection for a box
+        drawn at a Web Mercator zoom, as bigdata's JSON."""
+        data = await self._get("/v1/basemap", {"bbox": ",".join(repr(v) for v in bbox),
+                                               "zoom": str(zoom)})
+        if not isinstance(data, dict) or not isinstance(data.get("features"), list):
+            raise TransientError("bigdata base map answer lacks 'features'",
+                                 code="bigdata_bad_answer")
+        return dict(data)
+
     async def get_profiles(self, at: datetime) -> ProfileSnapshot:
         """Time-of-week profile speeds of the bucket containing ``at`` (every segment with one)."""
         return parse_profiles(await self._get("/v1/profiles",
