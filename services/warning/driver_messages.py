@@ -27,6 +27,8 @@ from shared.events import (
     TEXT_FLAGS,
     CommandOutcome,
     TerminalCommand,
+    Warning,
+    WarningKind,
 )
 
 log = logging.getLogger("tti.warning.driver_messages")
@@ -82,10 +84,10 @@ def check_text(text: object, flags: object = DEFAULT_FLAGS) -> tuple[str, tuple[
     return text, names
 
 
-def command_id_for(vehicle_id: str, *parts: str) -> str:
+def command_id_for(vehicle_id: str, *parts: str, prefix: str = "txt") -> str:
     """A deterministic command id: the same vehicle and parts always make the same id."""
     digest = hashlib.blake2b("\x1f".join((vehicle_id, *parts)).encode(), digest_size=12)
-    return "txt-" + digest.hexdigest()
+    return f"{prefix}-{digest.hexdigest()}"
 
 
 def text_command(vehicle_id: str, text: str, *, correlation: str, requested_by: str,
@@ -111,6 +113,49 @@ def text_command(vehicle_id: str, text: str, *, correlation: str, requested_by: 
         command_id=command_id_for(vehicle_id, correlation, key, body), vehicle_id=vehicle_id,
         kind="text", requested_at=now, expires_at=now + timedelta(seconds=ttl_s),
         requested_by=requested_by, text=body, flags=names, text_type=text_type,
+        correlation=correlation)
+
+
+CONFIRMABLE_ALARMS: dict[str, int] = {
+    "emergency": 0, "danger_warning": 3, "area_in_out": 20, "route_in_out": 21,
+    "road_section_time_abnormal": 22, "illegal_ignition": 27, "illegal_movement": 28,
+}
+"""Alarm bits a platform clears by hand with 0x8203 (JT/T 808-2013 table 24: the others clear
+when their cause ends), by the names ``TerminalAlarm.alarms`` uses."""
+
+
+def alarm_confirm_command(w: Warning, *, requested_by: str, now: datetime,
+                          ttl_s: float = DEFAULT_TTL_S) -> TerminalCommand | None:
+    """The 0x8203 confirmation of a terminal's own alarm (an SOS) that a department
+    acknowledged, or None when ``w`` is not such an alarm or its bit is not confirmed by hand.
+
+    ``alarm_serial`` 0 confirms every report of that alarm (the warning spans many reports);
+    the id is deterministic from the warning, so a repeated acknowledgment sends it once.
+    """
+    if w.kind is not WarningKind.VEHICLE_ALARM or w.details.get("rule") != "terminal_alarm":
+        return None
+    vehicle_id, name = w.details.get("vehicle_id"), w.details.get("alarm")
+    if not isinstance(vehicle_id, str) or not vehicle_id or name not in CONFIRMABLE_ALARMS:
+        return None
+    bit = CONFIRMABLE_ALARMS[str(name)]
+    return TerminalCommand(
+        command_id=command_id_for(vehicle_id, w.warning_id, str(name), prefix="cfm"),
+        vehicle_id=vehicle_id, kind="alarm_confirm", requested_at=now,
+        expires_at=now + timedelta(seconds=ttl_s), requested_by=requested_by,
+        alarm_serial=0, alarm_type=1 << bit, correlation=w.warning_id)
+
+
+def position_query_command(vehicle_id: str, *, requested_by: str, now: datetime, key: str,
+                           correlation: str = "", ttl_s: float = DEFAULT_TTL_S
+                           ) -> TerminalCommand:
+    """A 0x8201 position query; the terminal's 0x0201 answer is the outcome's ``position``.
+    ``key`` makes the id (one per request: a query asked again is a new query)."""
+    if not vehicle_id:
+        raise BadText("vehicle_id must not be empty", code="bad_vehicle")
+    return TerminalCommand(
+        command_id=command_id_for(vehicle_id, correlation, key, prefix="pos"),
+        vehicle_id=vehicle_id, kind="position_query", requested_at=now,
+        expires_at=now + timedelta(seconds=ttl_s), requested_by=requested_by,
         correlation=correlation)
 
 
@@ -172,6 +217,11 @@ def command_json(record: CommandRecord) -> dict[str, Any]:
         "status_at": record.status_at, "summary": zh, "summary_en": en,
         "outcomes": [{"status": o.status, "at": o.at, "detail": o.detail, "result": o.result,
                       "result_text": o.result_text, "replica": o.replica,
+                      "position": None if o.position is None else {
+                          "lon": o.position.lon, "lat": o.position.lat,
+                          "observed_at": o.position.observed_at,
+                          "speed_kmh": o.position.speed_kmh,
+                          "heading_deg": o.position.heading_deg},
                       "summary": summary(o)[0], "summary_en": summary(o)[1]}
                      for o in record.outcomes],
     }

@@ -31,6 +31,7 @@ from shared.events import (
     CommandOutcome,
     TerminalAlarm,
     TerminalCommand,
+    VehiclePosition,
 )
 from tests.publisher import wait_for
 from tests.warning.support import LON0, T0, bigdata_standin, build_network, main_road, window
@@ -461,3 +462,67 @@ async def test_every_route_of_the_warning_app_is_in_the_openapi_document(dept: D
         assert path in doc["paths"], path
     text = doc["paths"]["/v1/dept/vehicles/{vehicle_id}/messages"]["post"]
     assert {"202", "401", "403", "422"} <= set(text["responses"])
+
+
+async def test_acknowledging_an_sos_confirms_it_to_the_terminal(dept: Dept) -> None:
+    wid = await sos_alarm(dept)
+    seen = await commands_on_the_bus(dept)
+    status, body = await dept.post(f"/v1/dept/warnings/{wid}/ack", "safety")
+    assert status == 200, body
+    await wait_for(lambda: any(c.kind == "alarm_confirm" for c in seen))
+    (confirm,) = [c for c in seen if c.kind == "alarm_confirm"]
+    # 0x8203: every report of the emergency alarm (serial 0), bit 0, about this warning.
+    assert (confirm.vehicle_id, confirm.alarm_serial, confirm.alarm_type) == (VEHICLE, 0, 1)
+    assert confirm.correlation == wid and confirm.requested_by == "safety-1"
+    await dept.bus.publish(COMMAND_OUTCOME, CommandOutcome(
+        command_id=confirm.command_id, vehicle_id=VEHICLE, kind="alarm_confirm",
+        status="acknowledged", at=confirm.requested_at, replica=0, result=0,
+        correlation=wid), key=VEHICLE)
+
+    async def confirmed() -> bool:
+        body = await (await dept.client.get(f"/v1/dept/warnings/{wid}/audit",
+                                            headers=dept.auth("safety"))).json()
+        return any(e["action"] == "terminal_alarm_confirm" and e["outcome"] == "acknowledged"
+                   for e in body["audit"])
+
+    await wait_for(confirmed)
+    # A queue warning's acknowledgment sends nothing to any terminal.
+    qid = await dept.queue_warning()
+    before = len(seen)
+    status, _ = await dept.post(f"/v1/dept/warnings/{qid}/ack", "police")
+    assert status == 200
+    await asyncio.sleep(0.2)
+    assert [c.kind for c in seen[before:]] == []
+
+
+async def test_a_position_query_brings_back_where_the_vehicle_is(dept: Dept) -> None:
+    path = f"/v1/dept/vehicles/{VEHICLE}/position-query"
+    assert (await dept.client.post(path)).status == 401
+    status, body = await dept.post(path, "hotline")
+    assert status == 403, body
+    seen = await commands_on_the_bus(dept)
+    status, body = await dept.post(path, "transport")
+    assert status == 202, body
+    await wait_for(lambda: len(seen) == 1)
+    (cmd,) = seen
+    assert (cmd.kind, cmd.vehicle_id, cmd.command_id) == ("position_query", VEHICLE,
+                                                          body["command_id"])
+    at = cmd.requested_at
+    await dept.bus.publish(COMMAND_OUTCOME, CommandOutcome(
+        command_id=cmd.command_id, vehicle_id=VEHICLE, kind="position_query",
+        status="acknowledged", at=at, replica=0, position=VehiclePosition(
+            vehicle_id=VEHICLE, lon=LON0, lat=30.5, observed_at=at, speed_kmh=42.0)),
+        key=VEHICLE)
+
+    async def answered() -> dict[str, Any] | None:
+        listed = await (await dept.client.get(f"/v1/dept/vehicles/{VEHICLE}/messages",
+                                              headers=dept.auth("transport"))).json()
+        done = [c for c in listed["commands"] if c["status"] == "acknowledged"]
+        return done[0] if done else None
+
+    await wait_for(answered)
+    got = await answered()
+    assert got is not None and got["kind"] == "position_query"
+    assert got["summary_en"] == "terminal reported its position (0x0201)"
+    position = got["outcomes"][-1]["position"]
+    assert (position["lon"], position["lat"], position["speed_kmh"]) == (LON0, 30.5, 42.0)

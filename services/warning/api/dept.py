@@ -15,7 +15,8 @@ import logging
 import secrets
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -110,6 +111,10 @@ class DeptContext:
     clock: Clock
     limiter: AttemptLimiter
     streams: int = 0
+    after_action: list[Callable[[Warning, WarningAction], Awaitable[None]]] = field(
+        default_factory=list)
+    """Run after an action was applied (with the warning as it became), e.g. the 0x8203
+    confirmation of an acknowledged SOS."""
 
 
 DEPT = web.AppKey("warning_dept", DeptContext)
@@ -300,6 +305,8 @@ async def _act(request: web.Request, action: str) -> web.Response:
     await _audit(ctx, p, request, action, wid, "ok",
                  {"note": note, "assignee": assignee, "version": result.version,
                   "status": result.status.value})
+    for after in ctx.after_action:
+        await after(result, a)
     return _json(warning_json(result))
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -37,12 +39,14 @@ from services.warning.api.dept import (
 from services.warning.driver_messages import (
     BadText,
     DriverMessages,
+    alarm_confirm_command,
     command_json,
+    position_query_command,
     text_command,
 )
 from services.warning.workflow import roles
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, TtiError
-from shared.events import Warning
+from shared.events import Warning, WarningAction
 
 MESSAGES = web.AppKey("warning_driver_messages", DriverMessages)
 
@@ -175,8 +179,59 @@ async def _list(request: web.Request) -> web.Response:
                   "count": len(records)})
 
 
+async def _position_query(request: web.Request) -> web.Response:
+    """``POST /v1/dept/vehicles/{vehicle_id}/position-query``: a 0x8201 to the terminal; its
+    0x0201 answer arrives as the command's ``acknowledged`` outcome with ``position``."""
+    ctx = request.app[DEPT]
+    messages = request.app[MESSAGES]
+    p = await authenticate(request, write=True)
+    vid = _vehicle_id(request)
+    try:
+        if p.role not in roles.TEXTS_ANY_VEHICLE:
+            raise Forbidden(f"role {p.role} may not query a vehicle's position")
+        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        if not 1 <= len(key) <= 128 or not key.isprintable():
+            raise BadRequest("Idempotency-Key is 1-128 printable characters")
+        cmd = position_query_command(vid, requested_by=p.user.name, now=ctx.clock.now(),
+                                     key=f"{p.user.name}\x1f{key}", ttl_s=messages.ttl_s)
+        added = await messages.send(cmd)
+    except TtiError as exc:
+        ACTIONS.labels("position_query", exc.code).inc()
+        await _audit(ctx, p, request, "terminal_position_query", None, exc.code,
+                     {"message": exc.message, "vehicle_id": vid})
+        raise
+    ACTIONS.labels("position_query", "ok" if added else "duplicate").inc()
+    await _audit(ctx, p, request, "terminal_position_query", None,
+                 "ok" if added else "duplicate", {"command_id": cmd.command_id,
+                                                  "vehicle_id": vid})
+    record = await ctx.store.find_command(cmd.command_id)
+    resp = _json({"command_id": cmd.command_id, "duplicate": not added,
+                  "status": record.status if record else "requested",
+                  "expires_at": cmd.expires_at,
+                  **({"command": command_json(record)} if record is not None else {})},
+                 status=202)
+    resp.headers["Location"] = f"messages?command_id={cmd.command_id}"
+    return resp
+
+
+def _confirm_on_ack(messages: DriverMessages) -> Callable[[Warning, WarningAction],
+                                                          Awaitable[None]]:
+    """After a department acknowledged a terminal's own alarm (an SOS), confirm it to the
+    terminal (0x8203), which clears the alarm bit; recorded on the warning like a text."""
+    async def after(w: Warning, a: WarningAction) -> None:
+        if a.action != "ack":
+            return
+        cmd = alarm_confirm_command(w, requested_by=a.user, now=a.at, ttl_s=messages.ttl_s)
+        if cmd is not None:
+            await messages.send(cmd)
+    return after
+
+
 def add_message_routes(app: web.Application, messages: DriverMessages) -> None:
-    """Register ``/v1/dept/vehicles/{vehicle_id}/messages`` (POST, GET)."""
+    """Register ``/v1/dept/vehicles/{vehicle_id}/messages`` (POST, GET) and
+    ``…/position-query`` (POST); acknowledging a terminal's alarm confirms it (0x8203)."""
     app[MESSAGES] = messages
+    app[DEPT].after_action.append(_confirm_on_ack(messages))
     app.router.add_post("/v1/dept/vehicles/{vehicle_id}/messages", _send)
     app.router.add_get("/v1/dept/vehicles/{vehicle_id}/messages", _list)
+    app.router.add_post("/v1/dept/vehicles/{vehicle_id}/position-query", _position_query)

@@ -258,7 +258,28 @@ def _message_paths() -> dict[str, Any]:
                                                           "items": ref("DriverCommand")},
                                              "count": {"type": "integer"}}},
                              "The vehicle's command log"),
-                "400": _error("Bad vehicle id or limit"), **errors}}}}
+                "400": _error("Bad vehicle id or limit"), **errors}}},
+        "/v1/dept/vehicles/{vehicle_id}/position-query": {"post": {
+            "summary": "Ask the terminal where it is (JT/T 808 0x8201 through the collector)",
+            "description": "Safety, transport and admin. Its 0x0201 answer arrives as the "
+                           "command's acknowledged outcome, with position, in GET …/messages. "
+                           "The same Idempotency-Key is the same query; without one each "
+                           "request is a new query.",
+            "security": secured,
+            "parameters": [vehicle, {"name": "Idempotency-Key", "in": "header",
+                                     "required": False,
+                                     "schema": {"type": "string", "maxLength": 128}}],
+            "responses": {
+                "202": _json({"type": "object", "required": ["command_id", "duplicate",
+                                                             "status", "expires_at"],
+                              "properties": {"command_id": {"type": "string"},
+                                             "duplicate": {"type": "boolean"},
+                                             "status": {"type": "string"},
+                                             "expires_at": {"type": "string",
+                                                            "format": "date-time"},
+                                             "command": ref("DriverCommand")}},
+                             "Accepted: on its way to the terminal"),
+                "400": _error("Bad vehicle id or Idempotency-Key"), **errors}}}}
 
 
 def _console_paths() -> dict[str, Any]:
