@@ -74,7 +74,9 @@ async def test_idle_timeout_counts_clock_seconds(tmp_path: Path) -> None:
     clock = Clock(600.0)
     async with running_gateway(tmp_path, clock=clock, heartbeat_s=60.0, idle_factor=3.0) as h:
         t = await h.terminal()
-        await t.login()
+        # Before the login's last frame: the gateway's silence starts when it read that frame,
+        # earlier than its reply reaches us (at rate 600 a millisecond is 0.6 clock seconds).
         silent_from = clock.monotonic()
+        await t.login()
         assert await t.closed_by_peer(wait_s=30.0)
         assert clock.monotonic() - silent_from >= h.gateway.idle_timeout_s
