@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from services.publisher.answers import Answers
 from services.publisher.api import add_api_routes, etag_middleware
+from services.publisher.basemap import add_basemap_routes
 from services.publisher.cap_feed import add_cap_routes
 from services.publisher.gtfs_rt import add_gtfs_rt_routes
 from services.publisher.openapi import build_openapi
@@ -89,6 +90,7 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     app.router.add_get("/openapi.json", _openapi)
     answers = Answers(publisher)
     add_api_routes(app, answers)
+    add_basemap_routes(app, publisher.bigdata, publisher.clock)
     add_sign_routes(app, answers)
     add_report_routes(app)
     add_gtfs_rt_routes(app)

@@ -54,6 +54,32 @@ _SCHEMAS: dict[str, Any] = {
             "time_zone": {"const": "UTC"},
         },
     },
+    "Basemap": {
+        "type": "object",
+        "required": ["type", "features", "count", "zoom", "truncated", "attribution"],
+        "properties": {
+            "type": {"const": "FeatureCollection"},
+            "features": {"type": "array", "items": {
+                "type": "object", "required": ["type", "geometry", "properties"],
+                "properties": {
+                    "type": {"const": "Feature"}, "id": {"type": "string"},
+                    "geometry": {"type": "object", "required": ["type", "coordinates"]},
+                    "properties": {
+                        "type": "object", "required": ["layer", "class"],
+                        "properties": {
+                            "layer": {"enum": ["water", "green", "landuse", "place"]},
+                            "class": {"type": "string"},
+                            "name": {"type": ["string", "null"]},
+                            "name_en": {"type": ["string", "null"]},
+                            "rank": {"type": "integer"}}}}}},
+            "count": {"type": "integer"}, "zoom": {"type": "integer"},
+            "bbox": {"type": "array", "items": {"type": "number"}},
+            "truncated": {"type": "boolean",
+                          "description": "Some shapes were left out to bound the answer"},
+            "vertices": {"type": "integer"},
+            "attribution": {"type": "string"},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -289,6 +315,17 @@ def _more_paths() -> dict[str, Any]:
     return {
         "/api/v1/directions": directions,
         "/api/v1/route": route,
+        "/api/v1/basemap": _op(
+            "getBasemap", "web", "The base map (water, green, land use, place labels) from the "
+            "geodatabase for a box drawn at a Web Mercator zoom: simplified, clipped, bounded",
+            "Basemap", params=[
+                {"name": "bbox", "in": "query", "required": True,
+                 "description": "minlon,minlat,maxlon,maxlat (WGS-84), at most 10 degrees each "
+                                "way", "schema": {"type": "string",
+                                                  "examples": ["114.28,30.53,114.32,30.57"]}},
+                {"name": "zoom", "in": "query", "required": True,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 20}}],
+            errors=("400", "503"), geojson=True),
         "/api/v1/incidents": _op("listIncidents", "warnings", "Incidents, newest first",
                                  "IncidentList", params=_p("incident_status", "coord"),
                                  errors=("400",)),
