@@ -6,6 +6,7 @@ HTTP API. Short speed windows keep it quick; nothing here mocks a service.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -206,6 +207,28 @@ def test_bad_query_gets_400_json(embedded: Embedded, query: str) -> None:
     status, body = _get(f"{embedded.base}/api/v1/roads?{query}")
     assert status == 400
     assert body["error"]["code"] == "bad_request"  # type: ignore[index]
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses (hex, as the kernel writes them) listening on TCP ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, _, hexport = local.partition(":")
+                if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                    found.add(addr)
+    return found
+
+
+def test_embedded_run_listens_on_loopback_only(embedded: Embedded) -> None:
+    _wait("/readyz 200", lambda: _get(embedded.base + "/readyz")[0] == 200, 60, embedded.proc)
+    http = int(embedded.base.rsplit(":", 1)[1])
+    for port in (http, embedded.jt808):
+        # 127.0.0.1 (IPv4, little-endian hex) or ::1; never 0.0.0.0 / :: (every interface).
+        assert _listening(port) and _listening(port) <= {
+            "0100007F", "00000000000000000000000001000000"}, (port, _listening(port))
 
 
 def test_openapi_and_web_page_are_served(embedded: Embedded) -> None:
