@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test lint bench fuzz clean
+.PHONY: help install run test lint bench sumo fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -28,8 +28,14 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services
 
-bench: $(STAMP)  ## run every benchmark in bench/
+bench: $(STAMP)  ## run every benchmark in bench/ (installs the bench extras: SUMO)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+sumo: $(STAMP)  ## SUMO ground truth: demo city, 30 min, 4 incidents (NETWORK=wuhan, MINUTES=, INCIDENTS=)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.sumo.run --network $(or $(NETWORK),demo) --minutes $(or $(MINUTES),30) \
+		--incidents $(or $(INCIDENTS),4) $(ARGS)
 
 fuzz: $(STAMP)  ## 10^6 mutated JT/T 808 frames and 10^5 HTTP bodies (SEED=n to vary)
 	$(BIN)/python -m tests.fuzz.run --frames 1000000 --bodies 100000 --seed $(or $(SEED),1)

@@ -1,0 +1,121 @@
+"""TTI in this process, as ``tti run`` wires it (``services/runtime.py``) without its fleet.
+
+The four services on the memory bus and an embedded SQLite database in the scenario's folder,
+serving HTTP and the JT/T 808 gateway on free local ports, on one clock. The harness taps the
+bus as one more consumer group: every segment speed, warning and incident TTI publishes is
+kept with the clock time it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from services.runtime import build_embedded, make_bus
+from shared.bus import EventBus
+from shared.clock import Clock
+from shared.codec import Envelope
+from shared.config import Config, load_config
+from shared.events import INCIDENT, SEGMENT_SPEED, WARNING, Incident, SegmentSpeed, Warning
+from shared.service import listen_socket, make_runner
+
+__all__ = ["Tap", "TtiHost", "free_port"]
+
+
+def free_port() -> int:
+    """A free local TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(slots=True)
+class Tap:
+    """What TTI published, each with the clock time it arrived."""
+
+    speeds: list[tuple[datetime, SegmentSpeed]] = field(default_factory=list)
+    warnings: list[tuple[datetime, Warning]] = field(default_factory=list)
+    incidents: list[tuple[datetime, Incident]] = field(default_factory=list)
+
+
+class TtiHost:
+    """``async with TtiHost(...) as tti``: TTI serving until the block ends."""
+
+    def __init__(self, osm: Path, work: Path, *, clock_rate: float, clock_start: str,
+                 speed_window_s: float = 60.0, **settings: Any) -> None:
+        http, jt808 = free_port(), free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        db = work / "tti.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        self.config: Config = load_config(
+            osm=str(osm), http_port=http, jt808_port=jt808, var_dir=str(work / "var"),
+            db_url=f"sqlite:///{db}", clock_rate=clock_rate, clock_start=clock_start,
+            speed_window_s=speed_window_s, sim_vehicles=0,
+            bigdata_url=f"http://127.0.0.1:{http}/bigdata",
+            warning_url=f"http://127.0.0.1:{http}/warning", **settings)
+        self.clock: Clock = self.config.make_clock()
+        self.tap = Tap()
+        self._bus: EventBus | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    @property
+    def jt808_port(self) -> int:
+        return self.config.jt808_port
+
+    async def __aenter__(self) -> TtiHost:
+        bus = self._bus = make_bus(self.config, self.clock)
+        await bus.start()
+        tap, clock = self.tap, self.clock
+
+        async def on_speed(env: Envelope[SegmentSpeed]) -> None:
+            tap.speeds.append((clock.now(), env.payload))
+
+        async def on_warning(env: Envelope[Warning]) -> None:
+            tap.warnings.append((clock.now(), env.payload))
+
+        async def on_incident(env: Envelope[Incident]) -> None:
+            tap.incidents.append((clock.now(), env.payload))
+
+        await bus.subscribe(SEGMENT_SPEED, on_speed, durable="sumo-harness")
+        await bus.subscribe(WARNING, on_warning, durable="sumo-harness")
+        await bus.subscribe(INCIDENT, on_incident, durable="sumo-harness")
+        root, _ = build_embedded(self.config, bus, self.clock)
+        self._runner = make_runner(root)
+        await self._runner.setup()
+        sock = listen_socket(self.config.http_host, self.config.http_port)
+        await web.SockSite(self._runner, sock).start()
+        await self.wait_ready()
+        return self
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Until ``/readyz`` answers 200 (real seconds): the roads are loaded, inputs primed."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(self.base_url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"TTI not ready within {timeout_s} s")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._bus is not None:
+            await self._bus.close()

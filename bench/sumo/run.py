@@ -1,0 +1,256 @@
+"""The SUMO ground-truth harness, one command::
+
+    .venv/bin/python -m bench.sumo.run --network demo --minutes 30 --incidents 2
+
+Builds the network (``netconvert``), the demand (a morning peak) and the incidents, runs SUMO
+twice with the same demand and seed (with the incidents and without: the baseline), starts TTI
+in this process on a clock at ``--rate`` × real time (``--rate 1``: a real-time replay),
+replays the probe vehicles through its JT/T 808 gateway and prints the table of ``score.py``.
+Generated files go to ``--out`` (default ``var/sumo/<network>``), never into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from bench.sumo.demand import Incident, make_trips, write_incidents
+from bench.sumo.host import Tap, TtiHost
+from bench.sumo.mapping import Mapping, map_network
+from bench.sumo.network import SumoNetwork, build_network
+from bench.sumo.replay import Replay, ReplayStats, Report, schedule
+from bench.sumo.score import Score, format_table, score_run
+from bench.sumo.simulate import EdgeMinute, Fix, read_edgedata, read_fcd, read_stops, run_sumo
+from shared.roadnet import RoadNetwork
+
+__all__ = ["Options", "Outcome", "main", "run_harness"]
+
+log = logging.getLogger("tti.bench.sumo")
+
+CLOCK_START = "2026-06-01T06:58:00+08:00"
+"""A Monday, just before the morning peak (Beijing time): TTI's clock starts here."""
+DEFAULT_PEAK = {"demo": 2400.0, "wuhan": 1800.0}
+CATEGORIES = {
+    "demo": ("arterial", "bridge", "ring", "tunnel"),
+    "other": ("arterial", "expressway", "secondary"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """One harness run."""
+
+    network: str = "demo"
+    minutes: float = 30.0
+    incidents: int = 2
+    incident_minutes: float = 10.0
+    probe_share: float = 0.10
+    interval_s: float = 10.0
+    rate: float = 10.0
+    seed: int = 1
+    peak_per_hour: float | None = None
+    noise_m: float = 5.0
+    out: Path | None = None
+    demo_size: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What a run produced: the score, the replay's counters, the table, where files are."""
+
+    score: Score
+    replay: ReplayStats
+    table: str
+    out: Path
+    t0: datetime
+    tap: Tap
+    mapping: Mapping
+    fcd: dict[str, list[Fix]]
+    reports: dict[str, list[Report]]
+
+
+def _category(edge: str, net: SumoNetwork, mapping: Mapping) -> str | None:
+    head = edge.lstrip("-").split("#")[0]
+    way = int(head) if head.isdigit() else None
+    kind = mapping.edge_type.get(edge, "")
+    if net.landmarks:
+        if way in net.landmarks.get("bridge", ()):
+            return "bridge"
+        if way in net.landmarks.get("tunnel", ()):
+            return "tunnel"
+        if kind == "motorway":
+            return "ring"
+        return "arterial" if kind in ("primary", "trunk") else None
+    if kind in ("motorway", "trunk"):
+        return "expressway"
+    if kind == "primary":
+        return "arterial"
+    return "secondary" if kind == "secondary" else None
+
+
+def choose_incidents(opts: Options, net: SumoNetwork, mapping: Mapping,
+                     baseline: dict[tuple[str, int], EdgeMinute]) -> list[Incident]:
+    """``opts.incidents`` incidents on the busiest long edges of each kind of road in turn,
+    spread over the scenario (the first after 5 minutes), alternating a stopped vehicle on
+    one lane and a closure of all lanes but one."""
+    if opts.incidents <= 0:
+        return []
+    use: dict[str, float] = {}
+    for (edge, _), em in baseline.items():
+        use[edge] = use.get(edge, 0.0) + em.sampled_s
+    by_cat: dict[str, list[str]] = {}
+    for edge in sorted(use, key=lambda e: -use[e]):
+        cat = _category(edge, net, mapping)
+        if cat and mapping.edge_length_m.get(edge, 0) >= 120 and edge in mapping.by_edge:
+            by_cat.setdefault(cat, []).append(edge)
+    cats = [c for c in CATEGORIES["demo" if net.landmarks else "other"] if by_cat.get(c)]
+    if not cats:
+        raise ValueError("no road long and busy enough for an incident")
+    duration = opts.incident_minutes * 60
+    total = opts.minutes * 60
+    first = min(300.0, total / 4)
+    spacing = (max(0.0, total - first - duration - 300) / (opts.incidents - 1)
+               if opts.incidents > 1 else 0.0)
+    out, used_ways = [], set()
+    for k in range(opts.incidents):
+        cat = cats[k % len(cats)]
+        edge = next((e for e in by_cat[cat] if e.lstrip("-").split("#")[0] not in used_ways),
+                    by_cat[cat][0])
+        used_ways.add(edge.lstrip("-").split("#")[0])
+        lanes = mapping.edge_lanes[edge]
+        kind = "stopped" if k % 2 == 0 else "closure"
+        blocked = (0,) if kind == "stopped" or lanes == 1 else tuple(range(lanes - 1))
+        out.append(Incident(incident_id=f"incident{k}", kind=kind, edge_id=edge, lanes=blocked,
+                            pos_m=round(0.6 * mapping.edge_length_m[edge], 1),
+                            start_s=round(first + k * spacing), duration_s=duration, place=cat))
+    return out
+
+
+async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path
+                  ) -> tuple[TtiHost, Replay, datetime]:
+    host = TtiHost(net.osm_path, work / "tti", clock_rate=opts.rate,
+                   clock_start="" if opts.rate == 1 else CLOCK_START, log_level="WARNING")
+    async with host:
+        clock = host.clock
+        # SUMO's second 0 is the next whole minute on TTI's clock (windows are whole minutes).
+        now = clock.time() + 20
+        t0 = datetime.fromtimestamp(math.ceil(now / 60) * 60, clock.now().tzinfo)
+        replay = Replay(reports, host="127.0.0.1", port=host.jt808_port, clock=clock, t0=t0)
+        real0 = time.monotonic()
+        await replay.run()
+        # The last windows close one window plus the grace after they end.
+        end = t0 + timedelta(seconds=opts.minutes * 60 + 150)
+        await clock.sleep((end - clock.now()).total_seconds())
+        log.info("replay done in %.0f s real", time.monotonic() - real0)
+    return host, replay, t0
+
+
+def run_harness(opts: Options) -> Outcome:
+    """Everything from the network to the table (blocking; runs its own event loop)."""
+    name = opts.network if opts.network in ("demo", "wuhan") else Path(opts.network).stem
+    out = opts.out or Path("var") / "sumo" / name
+    net = build_network(opts.network, out, demo_size=opts.demo_size)
+    duration = opts.minutes * 60
+    peak = opts.peak_per_hour or DEFAULT_PEAK.get(name, 1800.0)
+    demand = make_trips(net.net_path, out / "demand", duration_s=duration, peak_per_hour=peak,
+                        seed=opts.seed, probe_share=opts.probe_share)
+    mapping = map_network(net.net_path, RoadNetwork.from_osm(net.osm_path))
+    # Vehicles still driving at the end are simulated a little longer, so queues can dissolve.
+    end = duration + 600
+    base_run = run_sumo(net.net_path, [demand], out / "baseline", end_s=end, seed=opts.seed,
+                        fcd=opts.incidents <= 0)
+    baseline = read_edgedata(base_run.edgedata)
+    incidents = choose_incidents(opts, net, mapping, baseline)
+    if incidents:
+        inc_file = write_incidents(incidents, out / "incidents" / "incidents.rou.xml")
+        run = run_sumo(net.net_path, [demand, inc_file], out / "incidents", end_s=end,
+                       seed=opts.seed, fcd=True)
+        stops = read_stops(run.stops)
+        incidents = [_as_happened(i, stops) for i in incidents]
+    else:
+        run = base_run
+    edgedata = read_edgedata(run.edgedata)
+    assert run.fcd is not None
+    fcd = {v: [f for f in fixes if f.t < duration] for v, fixes in read_fcd(run.fcd).items()}
+    fcd = {v: f for v, f in fcd.items() if f}
+    reports = schedule(fcd, interval_s=opts.interval_s, noise_m=opts.noise_m, seed=opts.seed)
+    host, replay, t0 = asyncio.run(_replay(opts, net, reports, out))
+    score = score_run(mapping=mapping, fcd=fcd, reports=reports, edgedata=edgedata,
+                      baseline=baseline if incidents else None, incidents=incidents,
+                      tap=host.tap, t0=t0, duration_s=duration)
+    st = replay.stats
+    score.notes.append(
+        f"replay: {st.terminals} terminals, {st.reports_sent} reports sent, "
+        f"{st.reports_acked} acknowledged (0x8001), {st.reports_nacked} refused, "
+        f"{len(st.failures)} terminal failures, at most {st.late_s_max:.1f} clock s late; "
+        f"clock rate {opts.rate:g}, reports every {opts.interval_s:g} s, "
+        f"{100 * opts.probe_share:g} % probes, peak {peak:g} veh/h")
+    title = (f"SUMO ground truth: {name}, {opts.minutes:g} min, {len(incidents)} incidents, "
+             f"seed {opts.seed}")
+    table = format_table(score, title)
+    (out / "score.json").write_text(json.dumps({
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "speeds": [asdict(s) for s in score.speeds],
+        "incidents": [{**asdict(i.incident), "affected_edges": i.affected_edges,
+                       "dissolved_s": i.dissolved_s, "detected_s": i.detected_s,
+                       "cleared_s": i.cleared_s, "warning_ids": i.warning_ids}
+                      for i in score.incidents],
+        "warnings": score.warnings, "false_alarms": score.false_alarms,
+        "replay": asdict(st), "table": table}, indent=1, ensure_ascii=False), encoding="utf-8")
+    return Outcome(score=score, replay=st, table=table, out=out, t0=t0, tap=host.tap,
+                   mapping=mapping, fcd=fcd, reports=reports)
+
+
+def _as_happened(inc: Incident, stops: dict[str, tuple[float, float]]) -> Incident:
+    """The incident's start and end as SUMO's stop output says (insertion can be delayed)."""
+    times = [stops[f"{inc.incident_id}_lane{lane}"] for lane in inc.lanes
+             if f"{inc.incident_id}_lane{lane}" in stops]
+    if not times:
+        return inc
+    start = min(t[0] for t in times)
+    end = max(t[1] for t in times)
+    return Incident(incident_id=inc.incident_id, kind=inc.kind, edge_id=inc.edge_id,
+                    lanes=inc.lanes, pos_m=inc.pos_m, start_s=start, duration_s=end - start,
+                    place=inc.place)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sumo.run", description=__doc__)
+    p.add_argument("--network", default="demo", help="demo, wuhan or an .osm file")
+    p.add_argument("--minutes", type=float, default=30.0, help="minutes of traffic scored")
+    p.add_argument("--incidents", type=int, default=2)
+    p.add_argument("--incident-minutes", type=float, default=10.0)
+    p.add_argument("--probe-share", type=float, default=0.10,
+                   help="share of vehicles replayed as JT/T 808 terminals")
+    p.add_argument("--interval-s", type=float, default=10.0, help="seconds between reports")
+    p.add_argument("--rate", type=float, default=10.0,
+                   help="clock rate: 10 replays ten times faster than real time")
+    p.add_argument("--realtime", action="store_true", help="same as --rate 1")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--peak", type=float, default=None, help="peak insertion rate, veh/h")
+    p.add_argument("--noise-m", type=float, default=5.0, help="GPS noise (metres, 1 sigma)")
+    p.add_argument("--demo-size", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    opts = Options(network=a.network, minutes=a.minutes, incidents=a.incidents,
+                   incident_minutes=a.incident_minutes, probe_share=a.probe_share,
+                   interval_s=a.interval_s, rate=1.0 if a.realtime else a.rate, seed=a.seed,
+                   peak_per_hour=a.peak, noise_m=a.noise_m, out=a.out, demo_size=a.demo_size)
+    real0 = time.monotonic()
+    outcome = run_harness(opts)
+    print(outcome.table)
+    print(f"\n(files in {outcome.out}; {time.monotonic() - real0:.0f} s wall time)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

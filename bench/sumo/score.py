@@ -1,0 +1,346 @@
+"""The harness's one table: TTI's speeds and warnings against what SUMO says happened.
+
+Per TTI segment and minute (SUMO second ``t`` is clock time ``t0 + t``; minute ``m`` is TTI's
+window starting at ``t0 + 60 m``), TTI's speed is compared with three references side by side:
+
+* **edgeData**: SUMO's own edge speed that minute over all vehicles (distance / time, Edie's
+  definition), of the edge the segment lies on (its longest piece);
+* **probe Edie**: the probe vehicles' own 1-s trace on the segment that minute, total distance
+  / total time — what TTI's input could at best tell;
+* **true-road avg**: the average of the reported speeds of the probe reports whose true
+  position was on the segment that minute — the baseline of knowing the road (map matching
+  solved), with nothing else clever.
+
+A fourth column scores that baseline itself against the probe Edie speed (what issue 15 §2
+compares TTI with). Scored segment-minutes have ≥ 20 probe vehicle-seconds. Relative errors
+divide by the reference speed, at least 5 km/h (a queue's crawl would make any error huge).
+Levels come from ``services/warning/levels.py``, the one grading, by the segment's road class.
+
+Incidents: the edges an incident slowed are the incident's edge and those upstream (within
+2 km) whose edgeData speed fell below 70 % of the baseline run's (same demand, same seed, no
+incident) in some minute while it lasted; its queue has dissolved at the first minute after it
+ends in which every one of those edges is back to ≥ 80 % of the baseline. A warning or incident
+TTI published on a segment of those edges between the incident's start and 5 minutes after its
+queue dissolved detects it; time to detect counts from the incident's start to the first such
+event's arrival on the bus, time to clear from the queue dissolving to the moment every warning
+that detected it had ended. Every other warning is a false alarm, per hour of replayed traffic
+per 100 km of mapped (directed) road.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bench.sumo.demand import Incident
+from bench.sumo.host import Tap
+from bench.sumo.mapping import Mapping
+from bench.sumo.replay import Report
+from bench.sumo.simulate import EdgeMinute, Fix
+from services.warning.levels import level_for_speed
+
+__all__ = ["IncidentScore", "Score", "SpeedScore", "format_table", "score_run"]
+
+MIN_PROBE_SECONDS = 20
+MIN_REFERENCE_KMH = 5.0
+SLOWED = 0.7
+RECOVERED = 0.8
+UPSTREAM_M = 2000.0
+DETECT_AFTER_S = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeedScore:
+    """One column of the speed part of the table."""
+
+    name: str
+    eligible: int
+    compared: int
+    median_error: float | None
+    within_10: float | None
+    within_25: float | None
+    level_agreement: float | None
+
+    @property
+    def coverage(self) -> float | None:
+        return self.compared / self.eligible if self.eligible else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentScore:
+    """How TTI did on one incident."""
+
+    incident: Incident
+    affected_edges: tuple[str, ...]
+    dissolved_s: float | None
+    detected_s: float | None
+    cleared_s: float | None
+    warning_ids: tuple[str, ...]
+
+    @property
+    def time_to_detect_s(self) -> float | None:
+        return None if self.detected_s is None else self.detected_s - self.incident.start_s
+
+    @property
+    def time_to_clear_s(self) -> float | None:
+        if self.cleared_s is None or self.dissolved_s is None:
+            return None
+        return self.cleared_s - self.dissolved_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Score:
+    """Everything the table prints."""
+
+    speeds: list[SpeedScore]
+    incidents: list[IncidentScore]
+    warnings: int
+    false_alarms: int
+    hours: float
+    mapped_km: float
+    segments_mapped: int
+    segments_unmapped: int
+    probe_vehicles: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def false_alarms_per_h_100km(self) -> float | None:
+        if self.hours <= 0 or self.mapped_km <= 0:
+            return None
+        return self.false_alarms / self.hours / (self.mapped_km / 100.0)
+
+    @property
+    def detection_rate(self) -> float | None:
+        if not self.incidents:
+            return None
+        return sum(1 for i in self.incidents if i.detected_s is not None) / len(self.incidents)
+
+
+def probe_edie(fcd: dict[str, list[Fix]], mapping: Mapping
+               ) -> dict[tuple[str, int], tuple[float, float]]:
+    """(segment, minute) → (probe vehicle-seconds, metres driven) from the 1-s traces."""
+    out: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for fixes in fcd.values():
+        for fix in fixes:
+            piece = mapping.segment_at(fix.lane, fix.pos_m)
+            if piece is None:
+                continue
+            acc = out[(piece.segment_id, int(fix.t // 60))]
+            acc[0] += 1.0
+            acc[1] += fix.speed_ms
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def true_road(reports: Iterable[Report], mapping: Mapping) -> dict[tuple[str, int], float]:
+    """(segment, minute) → mean reported speed (km/h) of the reports truly on that segment."""
+    acc: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for rep in reports:
+        piece = mapping.segment_at(rep.fix.lane, rep.fix.pos_m)
+        if piece is not None:
+            acc[(piece.segment_id, int(rep.fix.t // 60))].append(rep.speed_kmh)
+    return {k: statistics.fmean(v) for k, v in acc.items()}
+
+
+def tti_speeds(tap: Tap, t0: datetime) -> dict[tuple[str, int], float]:
+    """(segment, minute) → TTI's probe speed for that window (the last value published)."""
+    out: dict[tuple[str, int], float] = {}
+    for _, s in tap.speeds:
+        if s.speed_kmh is None or s.source == "none":
+            continue
+        minute = round((s.window_start - t0).total_seconds() / 60.0)
+        out[(s.segment_id, minute)] = s.speed_kmh
+    return out
+
+
+def _column(name: str, eligible: list[tuple[str, int]], est: dict[tuple[str, int], float],
+            ref: dict[tuple[str, int], float], road_class: dict[str, str]) -> SpeedScore:
+    errors, levels = [], []
+    compared = 0
+    with_ref = [k for k in eligible if k in ref]
+    for key in with_ref:
+        if key not in est:
+            continue
+        compared += 1
+        e, r = est[key], ref[key]
+        errors.append(abs(e - r) / max(r, MIN_REFERENCE_KMH))
+        cls = road_class[key[0]]
+        levels.append(level_for_speed(e, cls) == level_for_speed(r, cls))
+    n = len(errors)
+    return SpeedScore(
+        name=name, eligible=len(with_ref), compared=compared,
+        median_error=statistics.median(errors) if n else None,
+        within_10=sum(x <= 0.10 for x in errors) / n if n else None,
+        within_25=sum(x <= 0.25 for x in errors) / n if n else None,
+        level_agreement=sum(levels) / n if n else None)
+
+
+def _upstream(edge: str, mapping: Mapping) -> set[str]:
+    seen, frontier = {edge: 0.0}, [edge]
+    while frontier:
+        e = frontier.pop()
+        for up in mapping.incoming.get(e, ()):
+            d = seen[e] + mapping.edge_length_m.get(up, 0.0)
+            if d <= UPSTREAM_M and d < seen.get(up, float("inf")):
+                seen[up] = d
+                frontier.append(up)
+    return set(seen)
+
+
+def _incident_effect(inc: Incident, run: dict[tuple[str, int], EdgeMinute],
+                     base: dict[tuple[str, int], EdgeMinute], mapping: Mapping,
+                     last_minute: int) -> tuple[tuple[str, ...], float | None]:
+    first, last = int(inc.start_s // 60), int(inc.end_s // 60)
+    affected = {inc.edge_id}
+    for e in _upstream(inc.edge_id, mapping):
+        for m in range(first, min(last_minute, last + 10) + 1):
+            r, b = run.get((e, m)), base.get((e, m))
+            if r is not None and b is not None and r.speed_ms < SLOWED * b.speed_ms:
+                affected.add(e)
+                break
+    dissolved = None
+    for m in range(last, last_minute + 1):
+        ok = True
+        for e in affected:
+            r, b = run.get((e, m)), base.get((e, m))
+            if r is not None and b is not None and r.speed_ms < RECOVERED * b.speed_ms:
+                ok = False
+                break
+        if ok:
+            dissolved = max(inc.end_s, m * 60.0)
+            break
+    return tuple(sorted(affected)), dissolved
+
+
+def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str, list[Report]],
+              edgedata: dict[tuple[str, int], EdgeMinute],
+              baseline: dict[tuple[str, int], EdgeMinute] | None, incidents: list[Incident],
+              tap: Tap, t0: datetime, duration_s: float) -> Score:
+    """Score one replayed run (see the module docstring for every definition)."""
+    road_class = {s: m.road_class for s, m in mapping.by_segment.items()}
+    minutes = int(duration_s // 60)
+    edie_raw = probe_edie(fcd, mapping)
+    eligible = sorted(k for k, (secs, _) in edie_raw.items()
+                      if secs >= MIN_PROBE_SECONDS and k[1] < minutes)
+    edie = {k: d / s * 3.6 for k, (s, d) in edie_raw.items() if s > 0}
+    edge_ref: dict[tuple[str, int], float] = {}
+    for seg, m in eligible:
+        em = edgedata.get((mapping.by_segment[seg].edge_id, m))
+        if em is not None:
+            edge_ref[(seg, m)] = em.speed_ms * 3.6
+    road = true_road((r for rs in reports.values() for r in rs), mapping)
+    tti = tti_speeds(tap, t0)
+    speeds = [
+        _column("TTI vs edgeData", eligible, tti, edge_ref, road_class),
+        _column("TTI vs probe Edie", eligible, tti, edie, road_class),
+        _column("TTI vs true-road avg", eligible, tti, road, road_class),
+        _column("true-road avg vs probe Edie", eligible, road, edie, road_class),
+        _column("probe Edie vs edgeData", eligible, edie, edge_ref, road_class),
+    ]
+    # Warnings and incidents, each by id: when it first arrived, its segments, when it ended.
+    events: dict[str, dict[str, object]] = {}
+    for at, w in tap.warnings:
+        ev = events.setdefault(w.warning_id, {"first": at, "segments": set(), "ended": None,
+                                              "kind": str(w.kind)})
+        ev["segments"].update(w.segment_ids)  # type: ignore[attr-defined]
+        if not w.active and ev["ended"] is None:
+            ev["ended"] = at
+        elif w.active:
+            ev["ended"] = None
+    for at, i in tap.incidents:
+        ev = events.setdefault(f"incident:{i.incident_id}", {
+            "first": at, "segments": set(), "ended": None, "kind": "incident"})
+        ev["segments"].update(i.segment_ids)  # type: ignore[attr-defined]
+        if i.status == "cleared" and ev["ended"] is None:
+            ev["ended"] = at
+    matched: set[str] = set()
+    scored: list[IncidentScore] = []
+    for inc in incidents:
+        if baseline is None:
+            raise ValueError("incidents need the baseline run to be scored")
+        affected, dissolved = _incident_effect(inc, edgedata, baseline, mapping, minutes)
+        edges = set(affected)
+        upto = (dissolved if dissolved is not None else duration_s) + DETECT_AFTER_S
+        hits = []
+        for wid, ev in events.items():
+            rel = (ev["first"] - t0).total_seconds()  # type: ignore[operator]
+            if not inc.start_s <= rel <= upto:
+                continue
+            segs = ev["segments"]
+            if any(mapping.edge_of(s) in edges for s in segs):  # type: ignore[attr-defined]
+                hits.append((rel, wid, ev))
+        hits.sort(key=lambda h: h[0])
+        matched.update(w for _, w, _ in hits)
+        detected = hits[0][0] if hits else None
+        cleared = None
+        if hits and all(ev["ended"] is not None for _, _, ev in hits):
+            cleared = max((ev["ended"] - t0).total_seconds()  # type: ignore[operator]
+                          for _, _, ev in hits)
+        scored.append(IncidentScore(incident=inc, affected_edges=affected, dissolved_s=dissolved,
+                                    detected_s=detected, cleared_s=cleared,
+                                    warning_ids=tuple(w for _, w, _ in hits)))
+    warning_ids = [w for w in events if not w.startswith("incident:")]
+    false = [w for w in events if w not in matched]
+    return Score(speeds=speeds, incidents=scored, warnings=len(warning_ids),
+                 false_alarms=len(false), hours=duration_s / 3600.0, mapped_km=mapping.mapped_km,
+                 segments_mapped=len(mapping.by_segment),
+                 segments_unmapped=mapping.unmapped_segments, probe_vehicles=len(fcd))
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _num(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def format_table(score: Score, title: str) -> str:
+    """The one table, as text."""
+    cols = score.speeds
+    w = max(len(c.name) for c in cols) + 2
+    lines = [title, "",
+             f"{'speeds (segment-minutes with >= 20 probe veh-s)':<50}"
+             + "".join(f"{c.name:>{w}}" for c in cols)]
+    rows = [
+        ("segment-minutes with the reference", [str(c.eligible) for c in cols]),
+        ("coverage (estimate present)", [_pct(c.coverage) for c in cols]),
+        ("median relative error", [_pct(c.median_error) for c in cols]),
+        ("within 10 %", [_pct(c.within_10) for c in cols]),
+        ("within 25 %", [_pct(c.within_25) for c in cols]),
+        ("congestion level agrees", [_pct(c.level_agreement) for c in cols]),
+    ]
+    for label, vals in rows:
+        lines.append(f"{label:<50}" + "".join(f"{v:>{w}}" for v in vals))
+    lines += ["", "incidents"]
+    ttd = [i.time_to_detect_s for i in score.incidents if i.time_to_detect_s is not None]
+    ttc = [i.time_to_clear_s for i in score.incidents if i.time_to_clear_s is not None]
+    lines += [
+        f"  {'incidents':<40}{len(score.incidents)}",
+        f"  {'detection rate':<40}{_pct(score.detection_rate)}",
+        f"  {'mean time to detect':<40}"
+        + (f"{statistics.fmean(ttd) / 60:.1f} min" if ttd else "—"),
+        f"  {'mean time to clear (after queue gone)':<40}"
+        + (f"{statistics.fmean(ttc) / 60:.1f} min ({len(ttc)} cleared)" if ttc else "—"),
+        f"  {'warnings published':<40}{score.warnings}",
+        f"  {'false alarms':<40}{score.false_alarms}"
+        f" = {_num(score.false_alarms_per_h_100km, '{:.2f}')} per h per 100 km",
+    ]
+    for i in score.incidents:
+        inc = i.incident
+        lines.append(
+            f"    {inc.incident_id} {inc.kind} on {inc.edge_id} ({inc.place}, lanes "
+            f"{','.join(map(str, inc.lanes))}) {inc.start_s / 60:.0f}-{inc.end_s / 60:.0f} min: "
+            f"{len(i.affected_edges)} edges slowed, queue gone "
+            f"{_num(None if i.dissolved_s is None else i.dissolved_s / 60)} min; detected "
+            f"{_num(None if i.time_to_detect_s is None else i.time_to_detect_s / 60)} min "
+            f"after; cleared {_num(None if i.time_to_clear_s is None else i.time_to_clear_s / 60)}"
+            f" min after the queue")
+    lines += ["", f"network: {score.segments_mapped} TTI segments mapped onto SUMO edges "
+              f"({score.mapped_km:.1f} km directed), {score.segments_unmapped} not; "
+              f"{score.probe_vehicles} probe vehicles; {score.hours * 60:.0f} min of traffic",
+              "bus ETAs: not scored yet (SUMO buses on the demo GTFS routes come later)"]
+    lines += score.notes
+    return "\n".join(lines)

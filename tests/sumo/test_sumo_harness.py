@@ -1,0 +1,90 @@
+"""The SUMO ground-truth harness end to end, on a few minutes of the demo city.
+
+netconvert builds the network, randomTrips the demand, SUMO runs it twice (with a stopped
+vehicle and without), TTI runs in this process on a clock at rate 20 and the probe vehicles
+report through its JT/T 808 gateway; then the table is computed. This checks the harness, not
+TTI's accuracy (issue 15 §2 and §3 set those targets): every report reaches TTI and is
+acknowledged, TTI publishes speeds for the segments the probes drove, and the references agree
+with each other where they must.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from bench.sumo.run import Options, Outcome, run_harness
+from bench.sumo.score import probe_edie
+from bench.sumo.simulate import read_edgedata
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    out = tmp_path_factory.mktemp("sumo")
+    return run_harness(Options(network="demo", minutes=4, incidents=1, incident_minutes=2,
+                               rate=20.0, out=out, peak_per_hour=2000.0))
+
+
+def test_every_probe_report_reaches_tti_over_jt808(outcome: Outcome) -> None:
+    st = outcome.replay
+    assert st.terminals >= 5, "a tenth of the demo's vehicles are probes"
+    assert st.failures == []
+    assert st.registered == st.authenticated == st.terminals
+    assert st.reports_sent > 10 * st.terminals // 2
+    assert st.reports_acked == st.reports_sent and st.reports_nacked == 0
+
+
+def test_tti_publishes_probe_speeds_on_the_segments_probes_drove(outcome: Outcome) -> None:
+    published = {s.segment_id for _, s in outcome.tap.speeds if s.source == "probe"}
+    assert published, "no tti.segment.speed from the replayed terminals"
+    driven = {k[0] for k in probe_edie(outcome.fcd, outcome.mapping)}
+    # TTI speaks about roads the probes were on (map matching may pick a neighbour here and
+    # there: that is what the score measures, not this test).
+    assert len(published & driven) >= 0.5 * len(published)
+    t0 = outcome.t0
+    minutes = {round((s.window_start - t0).total_seconds() / 60) for _, s in outcome.tap.speeds}
+    assert minutes <= set(range(-1, 6)), "windows on the replay's minutes"
+
+
+def test_table_is_computed_with_every_reference(outcome: Outcome) -> None:
+    names = [c.name for c in outcome.score.speeds]
+    assert names == ["TTI vs edgeData", "TTI vs probe Edie", "TTI vs true-road avg",
+                     "true-road avg vs probe Edie", "probe Edie vs edgeData"]
+    tti = outcome.score.speeds[1]
+    assert tti.eligible > 10 and tti.compared > 0.5 * tti.eligible
+    for c in outcome.score.speeds:
+        for share in (c.within_10, c.within_25, c.level_agreement):
+            assert share is not None and 0.0 <= share <= 1.0
+        assert c.within_10 <= c.within_25  # type: ignore[operator]
+    for line in ("median relative error", "within 10 %", "congestion level agrees",
+                 "detection rate", "false alarms", "bus ETAs"):
+        assert line in outcome.table
+
+
+def test_references_agree_on_free_roads(outcome: Outcome) -> None:
+    """Where traffic flows near the limit, the probes' own Edie speed is SUMO's edgeData."""
+    mapping, edgedata = outcome.mapping, read_edgedata(outcome.out / "incidents" / "edgedata.xml")
+    diffs = []
+    for (seg, minute), (secs, metres) in probe_edie(outcome.fcd, mapping).items():
+        edge = mapping.by_segment[seg].edge_id
+        em = edgedata.get((edge, minute))
+        if secs < 20 or em is None or em.speed_ms < 0.8 * mapping.edge_speed_ms[edge]:
+            continue
+        diffs.append(abs(metres / secs - em.speed_ms) / em.speed_ms)
+    assert len(diffs) >= 5
+    assert statistics.median(diffs) < 0.10
+    # Knowing the true road, the reported speeds average to about what the probes drove.
+    baseline = outcome.score.speeds[3]
+    assert baseline.median_error is not None and baseline.median_error < 0.25
+
+
+def test_incident_happened_and_slowed_its_edge_against_the_baseline(outcome: Outcome) -> None:
+    (inc,) = outcome.score.incidents
+    assert 0 < inc.incident.start_s < 240 and inc.incident.duration_s > 60
+    assert inc.incident.edge_id in inc.affected_edges
+    assert Path(outcome.out / "baseline" / "edgedata.xml").is_file()
+    assert outcome.score.false_alarms <= outcome.score.warnings + len(outcome.tap.incidents)
