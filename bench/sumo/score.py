@@ -16,15 +16,16 @@ compares TTI with). Scored segment-minutes have ≥ 20 probe vehicle-seconds. Re
 divide by the reference speed, at least 5 km/h (a queue's crawl would make any error huge).
 Levels come from ``services/warning/levels.py``, the one grading, by the segment's road class.
 
-Incidents: the edges an incident slowed are the incident's edge and those upstream (within
-2 km) whose edgeData speed fell below 70 % of the baseline run's (same demand, same seed, no
-incident) in some minute while it lasted; its queue has dissolved at the first minute after it
-ends in which every one of those edges is back to ≥ 80 % of the baseline. A warning or incident
-TTI published on a segment of those edges between the incident's start and 5 minutes after its
-queue dissolved detects it; time to detect counts from the incident's start to the first such
-event's arrival on the bus, time to clear from the queue dissolving to the moment every warning
-that detected it had ended. Every other warning is a false alarm, per hour of replayed traffic
-per 100 km of mapped (directed) road.
+Incidents: the edges an incident slowed are the incident's edge and those upstream of it,
+contiguously and within 2 km, whose edgeData speed fell below 70 % of the baseline run's (same
+demand, same seed, no incident) in at least 2 minutes while it lasted or in the 10 minutes
+after (minutes with ≥ 10 vehicle-seconds in both runs); its queue has dissolved at the first
+minute after it ends in which none of those edges is below 80 % of the baseline. A warning or
+incident TTI published on a segment of those edges between the incident's start and 5 minutes
+after its queue dissolved detects it; time to detect counts from the incident's start to the
+first such event's arrival on the bus, time to clear from the queue dissolving to the moment
+every warning that detected it had ended. Every other warning is a false alarm, per hour of
+replayed traffic per 100 km of mapped (directed) road.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ MIN_REFERENCE_KMH = 5.0
 SLOWED = 0.7
 RECOVERED = 0.8
 UPSTREAM_M = 2000.0
+MIN_EDGE_SECONDS = 10.0
 DETECT_AFTER_S = 300.0
 
 
@@ -63,6 +65,8 @@ class SpeedScore:
     within_10: float | None
     within_25: float | None
     level_agreement: float | None
+    median_ratio: float | None = None
+    """Median of estimate / reference: above 1, the estimate is too fast."""
 
     @property
     def coverage(self) -> float | None:
@@ -157,7 +161,7 @@ def tti_speeds(tap: Tap, t0: datetime) -> dict[tuple[str, int], float]:
 
 def _column(name: str, eligible: list[tuple[str, int]], est: dict[tuple[str, int], float],
             ref: dict[tuple[str, int], float], road_class: dict[str, str]) -> SpeedScore:
-    errors, levels = [], []
+    errors, levels, ratios = [], [], []
     compared = 0
     with_ref = [k for k in eligible if k in ref]
     for key in with_ref:
@@ -166,6 +170,7 @@ def _column(name: str, eligible: list[tuple[str, int]], est: dict[tuple[str, int
         compared += 1
         e, r = est[key], ref[key]
         errors.append(abs(e - r) / max(r, MIN_REFERENCE_KMH))
+        ratios.append(e / max(r, MIN_REFERENCE_KMH))
         cls = road_class[key[0]]
         levels.append(level_for_speed(e, cls) == level_for_speed(r, cls))
     n = len(errors)
@@ -174,41 +179,42 @@ def _column(name: str, eligible: list[tuple[str, int]], est: dict[tuple[str, int
         median_error=statistics.median(errors) if n else None,
         within_10=sum(x <= 0.10 for x in errors) / n if n else None,
         within_25=sum(x <= 0.25 for x in errors) / n if n else None,
-        level_agreement=sum(levels) / n if n else None)
+        level_agreement=sum(levels) / n if n else None,
+        median_ratio=statistics.median(ratios) if n else None)
 
 
-def _upstream(edge: str, mapping: Mapping) -> set[str]:
-    seen, frontier = {edge: 0.0}, [edge]
-    while frontier:
-        e = frontier.pop()
-        for up in mapping.incoming.get(e, ()):
-            d = seen[e] + mapping.edge_length_m.get(up, 0.0)
-            if d <= UPSTREAM_M and d < seen.get(up, float("inf")):
-                seen[up] = d
-                frontier.append(up)
-    return set(seen)
+def _slowed(r: EdgeMinute | None, b: EdgeMinute | None, factor: float) -> bool | None:
+    """Whether the run is below ``factor`` × the baseline that minute (None: too few samples)."""
+    if r is None or b is None or r.sampled_s < MIN_EDGE_SECONDS or b.sampled_s < MIN_EDGE_SECONDS:
+        return None
+    return r.speed_ms < factor * b.speed_ms
 
 
 def _incident_effect(inc: Incident, run: dict[tuple[str, int], EdgeMinute],
                      base: dict[tuple[str, int], EdgeMinute], mapping: Mapping,
                      last_minute: int) -> tuple[tuple[str, ...], float | None]:
+    """The incident's queue: its edge and the edges upstream, contiguously, that were slowed
+    against the baseline for ≥ 2 minutes while it lasted (+10 min); and when it dissolved."""
     first, last = int(inc.start_s // 60), int(inc.end_s // 60)
-    affected = {inc.edge_id}
-    for e in _upstream(inc.edge_id, mapping):
-        for m in range(first, min(last_minute, last + 10) + 1):
-            r, b = run.get((e, m)), base.get((e, m))
-            if r is not None and b is not None and r.speed_ms < SLOWED * b.speed_ms:
-                affected.add(e)
-                break
+    window = range(first, min(last_minute, last + 10) + 1)
+
+    def slowed(e: str) -> bool:
+        return sum(bool(_slowed(run.get((e, m)), base.get((e, m)), SLOWED))
+                   for m in window) >= 2
+
+    affected, dist, frontier = {inc.edge_id}, {inc.edge_id: 0.0}, [inc.edge_id]
+    while frontier:
+        e = frontier.pop()
+        for up in mapping.incoming.get(e, ()):
+            d = dist[e] + mapping.edge_length_m.get(up, 0.0)
+            if up in affected or d > UPSTREAM_M or not slowed(up):
+                continue
+            affected.add(up)
+            dist[up] = d
+            frontier.append(up)
     dissolved = None
     for m in range(last, last_minute + 1):
-        ok = True
-        for e in affected:
-            r, b = run.get((e, m)), base.get((e, m))
-            if r is not None and b is not None and r.speed_ms < RECOVERED * b.speed_ms:
-                ok = False
-                break
-        if ok:
+        if not any(_slowed(run.get((e, m)), base.get((e, m)), RECOVERED) for e in affected):
             dissolved = max(inc.end_s, m * 60.0)
             break
     return tuple(sorted(affected)), dissolved
@@ -260,7 +266,8 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
     for inc in incidents:
         if baseline is None:
             raise ValueError("incidents need the baseline run to be scored")
-        affected, dissolved = _incident_effect(inc, edgedata, baseline, mapping, minutes)
+        horizon = max(m for _, m in edgedata) if edgedata else minutes
+        affected, dissolved = _incident_effect(inc, edgedata, baseline, mapping, horizon)
         edges = set(affected)
         upto = (dissolved if dissolved is not None else duration_s) + DETECT_AFTER_S
         hits = []
@@ -311,6 +318,7 @@ def format_table(score: Score, title: str) -> str:
         ("within 10 %", [_pct(c.within_10) for c in cols]),
         ("within 25 %", [_pct(c.within_25) for c in cols]),
         ("congestion level agrees", [_pct(c.level_agreement) for c in cols]),
+        ("median estimate / reference", [_num(c.median_ratio, "{:.2f}") for c in cols]),
     ]
     for label, vals in rows:
         lines.append(f"{label:<50}" + "".join(f"{v:>{w}}" for v in vals))
@@ -322,8 +330,9 @@ def format_table(score: Score, title: str) -> str:
         f"  {'detection rate':<40}{_pct(score.detection_rate)}",
         f"  {'mean time to detect':<40}"
         + (f"{statistics.fmean(ttd) / 60:.1f} min" if ttd else "—"),
-        f"  {'mean time to clear (after queue gone)':<40}"
-        + (f"{statistics.fmean(ttc) / 60:.1f} min ({len(ttc)} cleared)" if ttc else "—"),
+        f"  {'mean time to clear (after the queue went)':<40}"
+        + (f"{statistics.fmean(ttc) / 60:.1f} min ({len(ttc)} cleared; < 0: before it went)"
+           if ttc else "—"),
         f"  {'warnings published':<40}{score.warnings}",
         f"  {'false alarms':<40}{score.false_alarms}"
         f" = {_num(score.false_alarms_per_h_100km, '{:.2f}')} per h per 100 km",
