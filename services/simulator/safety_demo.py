@@ -235,7 +235,8 @@ def plan_scenario(network: RoadNetwork, tunnel_segment_ids: Sequence[str]) -> li
     truck drives through the first one, the others never enter either.
     """
     p = _Planner(network)
-    # (a) 3 km of an arterial (2.4 min over the limit: the 30 s tolerance many times over) at 75 km/h, the rest of it cleanly.
+    # (a) 3 km of an arterial at 75 km/h (2.4 min over the limit: the 30 s tolerance many
+    # times over), the rest of it cleanly.
     run = p.straight("primary", SPEEDING_FROM_M + SPEEDING_LENGTH_M + 600.0)
     speeding: list[tuple[str, float]] = []
     done = 0.0
