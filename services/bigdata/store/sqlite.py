@@ -454,8 +454,14 @@ class SqliteStore(GeoStore):
             raise TransientError("geodatabase is not open")
         conn = self._conn
         async with self._lock:
+            work = asyncio.ensure_future(asyncio.to_thread(fn, conn))
             try:
-                return await asyncio.to_thread(fn, conn)
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: hold the lock until it is done, or close()
+                # would free the connection under it (a segfault at shutdown).
+                await asyncio.wait([work])
+                raise
             except sqlite3.OperationalError as exc:  # locked/busy: worth a retry
                 raise TransientError(f"sqlite: {exc}") from exc
 
