@@ -497,7 +497,8 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
     features_digest = f"{digest}:features-v{EXTRACTOR_VERSION}"
     prior = await store.find_import(f"features:{OSM_FEATURE_SOURCE}")
     if prior is not None and prior.digest == features_digest:
-        roads_changed = await store.import_segments(str(file), digest, file.stem,
+        roads_changed = await store.import_segments(str(file), digest,
+                                                    prior.region_name or file.stem,
                                                     network.segments.values())
         features_changed = False
         counts = await _imported_counts(store)
@@ -508,7 +509,7 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
         counts = dict(sorted(_count(features).items()))
         say(f"database: writing {len(network):,} segments, {len(features):,} features and "
             f"{len(basemap):,} base map shapes and labels")
-        outcome = await store.import_osm(str(file), digest, file.stem,
+        outcome = await store.import_osm(str(file), digest, region_name(basemap, file),
                                          network.segments.values(), features,
                                          features_digest=features_digest,
                                          feature_kinds=OSM_KINDS, basemap=basemap)
@@ -517,6 +518,15 @@ async def import_osm_file(store: GeoStore, path: str | Path, *,
                             segment_count=len(network), feature_counts=counts,
                             roads_changed=roads_changed, features_changed=features_changed,
                             elapsed_s=time.monotonic() - started)
+
+
+def region_name(basemap: Iterable[BasemapItem], file: Path) -> str:
+    """The region's proper name: its most important named place (city before town …, the
+    lowest id among equals), else the file's name without its extension."""
+    places = [i for i in basemap if i.layer == "place" and i.name]
+    if not places:
+        return file.stem
+    return min(places, key=lambda i: (i.rank, i.item_id)).name or file.stem
 
 
 async def _imported_counts(store: GeoStore) -> dict[str, int]:

@@ -82,7 +82,8 @@ async def get(client: TestClient[Any, Any], url: str, status: int = 200) -> Any:
 async def test_region_and_segments_keep_their_contract(client: TestClient[Any, Any],
                                                       demo: DemoRegion) -> None:
     region = await get(client, "/v1/region")
-    assert region["name"] == "demo" and region["segment_count"] == demo.segment_count
+    # The region's proper name: its city's place label in the OSM file.
+    assert region["name"] == demo.name and region["segment_count"] == demo.segment_count
     assert len(region["bbox"]) == 4
     body = await get(client, "/v1/segments")
     assert body["count"] == demo.segment_count
