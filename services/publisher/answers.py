@@ -12,6 +12,7 @@ Chinese map SDKs); everything inside is WGS-84.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -90,6 +91,7 @@ class Answers:
 
     def __init__(self, publisher: Publisher) -> None:
         self.p = publisher
+        self._refreshing: dict[str, asyncio.Task[Any]] = {}
 
     # -- state helpers -----------------------------------------------------------------------
 
@@ -286,7 +288,17 @@ class Answers:
         held = self.p.timetables.get(stop_id)
         mono = self.p.clock.monotonic()
         if held is not None and mono - held[0] <= self.p.timetable_ttl_s:
+            if mono - held[0] > self.p.timetable_ttl_s / 2 and stop_id not in self._refreshing:
+                # Refreshed ahead, in the background: a busy stop's answer never waits for
+                # bigdata (its clients would all wait on that one request).
+                task = asyncio.get_running_loop().create_task(self._fetch_timetable(stop_id))
+                self._refreshing[stop_id] = task
+                task.add_done_callback(lambda _: self._refreshing.pop(stop_id, None))
             return list(held[1]), "included"
+        return await self._fetch_timetable(stop_id)
+
+    async def _fetch_timetable(self, stop_id: str) -> tuple[list[dict[str, Any]], str]:
+        mono = self.p.clock.monotonic()
         try:
             answer = await self.p.bigdata.stop_arrivals(stop_id, limit=40)
         except NotFound:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -65,22 +67,139 @@ def cached_response(request: web.Request, payload: bytes, *, content_type: str,
         if compress:
             response.enable_compression()  # only when the client accepts it
     if last_modified is not None:
-        response.last_modified = last_modified
+        response.headers["Last-Modified"] = http_date(last_modified)
     return response
+
+
+def http_date(at: datetime) -> str:
+    """An HTTP date (RFC 9110 IMF-fixdate) of an aware time."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", at.utctimetuple())
 
 
 def respond(request: web.Request, answer: Answer, *, content_type: str = "application/json",
             compress: bool = False) -> web.Response:
     """An answer as JSON with ``generated_at`` first; its tag leaves ``generated_at`` out, so
     an unchanged answer keeps its tag."""
+    rendered = render_answer(request.app[ANSWERS], answer, ())
+    return cached_response(request, rendered.payload, content_type=content_type,
+                           last_modified=rendered.last_modified, etag=rendered.etag,
+                           compress=compress)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """An answer rendered once: its JSON bytes (with ``generated_at``), tag and time."""
+
+    stamps: tuple[datetime | None, ...]
+    at: float
+    payload: bytes
+    etag: str
+    last_modified: datetime
+    last_modified_http: str
+
+
+class AnswerCache:
+    """Rendered answers by request, reused until the data behind them changes.
+
+    An entry holds while the ``changed`` stamps of the topics its answer is made of are those
+    it was rendered under, and for at most ``ttl_s`` of the service clock (answers that count
+    minutes or age values out depend on the time, too). The hot GETs then cost a dict lookup
+    instead of building and encoding the answer: the same bytes and tag for every client.
+    """
+
+    def __init__(self, *, ttl_s: float = 1.0, max_entries: int = 20_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._held: dict[Hashable, Rendered] = {}
+        self._pending: dict[Hashable, asyncio.Future[Rendered]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def find(self, key: Hashable, stamps: tuple[datetime | None, ...], mono: float
+             ) -> Rendered | None:
+        """The rendered answer for ``key`` if still current, else None."""
+        held = self._held.get(key)
+        if held is None or held.stamps != stamps or mono - held.at > self.ttl_s:
+            return None
+        return held
+
+    def keep(self, key: Hashable, rendered: Rendered) -> Rendered:
+        """Hold a rendered answer (all of them are dropped when the cache is full)."""
+        if len(self._held) >= self.max_entries:
+            self._held.clear()
+        self._held[key] = rendered
+        return rendered
+
+    async def render_once(self, key: Hashable, render: Callable[[], Awaitable[Rendered]]
+                          ) -> Rendered:
+        """Render ``key``'s answer; requests that miss while it renders wait for that one
+        (a burst of 100 clients must not ask bigdata 100 times for one timetable)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
+        # Retrieved even when nobody waited, so a failure is not reported as lost.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending[key] = future
+        try:
+            rendered = self.keep(key, await render())
+        except asyncio.CancelledError:
+            future.cancel()  # only at shutdown: aiohttp does not cancel handlers otherwise
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(rendered)
+            return rendered
+        finally:
+            del self._pending[key]
+
+
+ANSWER_CACHE = web.AppKey("answer_cache", AnswerCache)
+
+
+def render_answer(answers: Answers, answer: Answer, stamps: tuple[datetime | None, ...]
+                  ) -> Rendered:
+    """An answer as JSON with ``generated_at`` first; its tag leaves ``generated_at`` out, so
+    an unchanged answer keeps its tag."""
     body, changed = answer
     payload = dumps(body)
     tag = etag_of(payload)
-    now = request.app[ANSWERS].p.clock.now()
+    now = answers.p.clock.now()
     stamp = b'{"generated_at":' + dumps(now)
     payload = stamp + b"}" if payload == b"{}" else stamp + b"," + payload[1:]
-    return cached_response(request, payload, content_type=content_type,
-                           last_modified=changed or now, etag=tag, compress=compress)
+    last_modified = changed or now
+    return Rendered(stamps=stamps, at=answers.p.clock.monotonic(), payload=payload, etag=tag,
+                    last_modified=last_modified, last_modified_http=http_date(last_modified))
+
+
+async def respond_cached(request: web.Request, key: Hashable, topics: tuple[str, ...],
+                         compute: Callable[[], Awaitable[Answer]], *,
+                         content_type: str = "application/json",
+                         compress: bool = False) -> web.Response:
+    """Like :func:`respond`, rendering the answer only when ``topics`` changed (see
+    :class:`AnswerCache`); an answer that raises is not cached."""
+    answers = request.app[ANSWERS]
+    cache = request.app[ANSWER_CACHE]
+    p = answers.p
+    stamps = tuple(p.changed.get(t) for t in topics)
+    rendered = cache.find(key, stamps, p.clock.monotonic())
+    if rendered is None:
+
+        async def render() -> Rendered:
+            return render_answer(answers, await compute(), stamps)
+
+        rendered = await cache.render_once(key, render)
+    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache",
+               "Last-Modified": rendered.last_modified_http}
+    if not_modified(request, rendered.etag):
+        return web.Response(status=304, headers=headers)
+    response = web.Response(body=rendered.payload, content_type=content_type, headers=headers)
+    if compress:
+        response.enable_compression()
+    return response
 
 
 @web.middleware
@@ -189,9 +308,10 @@ async def list_roads(request: web.Request) -> web.Response:
 
 async def get_road(request: web.Request) -> web.Response:
     """``GET /api/v1/roads/{segment_id}``."""
-    answer = await _answers(request).road(request.match_info["segment_id"],
-                                          coords_of(request.query))
-    return respond(request, answer, content_type="application/geo+json")
+    segment_id, coords = request.match_info["segment_id"], coords_of(request.query)
+    return await respond_cached(
+        request, ("road", segment_id, coords.system), ("roads", "catalogue"),
+        lambda: _answers(request).road(segment_id, coords), content_type="application/geo+json")
 
 
 async def list_warnings(request: web.Request) -> web.Response:
@@ -262,8 +382,10 @@ async def list_stops(request: web.Request) -> web.Response:
 async def list_arrivals(request: web.Request) -> web.Response:
     """``GET /api/v1/stops/{stop_id}/arrivals``."""
     q = request.query
-    return respond(request, await _answers(request).arrivals(
-        request.match_info["stop_id"], limit=count(q, "limit", 20), coords=coords_of(q)))
+    stop_id, limit, coords = request.match_info["stop_id"], count(q, "limit", 20), coords_of(q)
+    return await respond_cached(
+        request, ("arrivals", stop_id, limit, coords.system), ("buses", "places"),
+        lambda: _answers(request).arrivals(stop_id, limit=limit, coords=coords))
 
 
 async def list_parking(request: web.Request) -> web.Response:
@@ -357,6 +479,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 def add_api_routes(app: web.Application, answers: Answers) -> None:
     """Register the ``/api/v1`` endpoints (reports are registered by their own module)."""
     app[ANSWERS] = answers
+    app[ANSWER_CACHE] = AnswerCache()
     r = app.router
     r.add_get("/api/v1/roads", list_roads)
     r.add_get("/api/v1/roads/{segment_id}", get_road)

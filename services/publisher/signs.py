@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from services.publisher import render
-from services.publisher.api import respond
+from services.publisher.api import respond_cached
 from services.publisher.cap_feed import is_public
 from services.publisher.openapi_schemas import OCCUPANCY
 from services.publisher.places import Stop
@@ -330,7 +330,10 @@ async def sign_page(request: web.Request) -> web.StreamResponse:
 
 async def sign_data(request: web.Request) -> web.Response:
     """``GET /api/v1/stops/{stop_id}/sign``: what the sign shows, as JSON."""
-    return respond(request, await request.app[SIGNS].sign(request.match_info["stop_id"]))
+    stop_id = request.match_info["stop_id"]
+    return await respond_cached(
+        request, ("sign", stop_id), ("buses", "places", "roads", "warnings", "catalogue"),
+        lambda: request.app[SIGNS].sign(stop_id))
 
 
 _NOT_FOUND_HTML = """<!doctype html>
