@@ -3,6 +3,7 @@ real prediction events, the road ahead and its level, warnings near the stop, un
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -231,3 +232,24 @@ def test_arrivals_group_per_route_and_direction_in_order() -> None:
     assert first["headsign"] == "终点" and len(first["arrivals"]) == 3
     assert [a["minutes"] for a in first["arrivals"]] == [1, 3, 5]
     assert first["arrivals"][0]["source"] == "live"
+
+
+async def test_answers_are_rendered_once_until_their_data_changes(stack: Stack) -> None:
+    url = f"/api/v1/stops/{STOP}/arrivals"
+    first = await (await stack.client.get(url)).read()
+    assert await (await stack.client.get(url)).read() == first  # the same bytes, generated_at too
+    # A burst of clients on a stop whose answer must be rendered: bigdata is asked once.
+    stack.publisher.timetables.clear()
+    await feed_live_bus(stack, in_s=300)
+    asked: list[str] = []
+    original = stack.publisher.bigdata.stop_arrivals
+
+    async def counted(stop_id: str, **kw: Any) -> dict[str, Any]:
+        asked.append(stop_id)
+        return await original(stop_id, **kw)
+
+    stack.publisher.bigdata.stop_arrivals = counted  # type: ignore[method-assign]
+    bodies = await asyncio.gather(*(stack.client.get(url) for _ in range(20)))
+    texts = {await b.read() for b in bodies}
+    assert asked == [STOP] and len(texts) == 1 and texts != {first}
+    assert all(b.status == 200 for b in bodies)
