@@ -1,569 +1,857 @@
-// TTI live traffic page: draws the publisher's roads on a canvas and lists active warnings.
-// Talks only to this server (/api/v1/...); no map tiles, fonts or scripts from elsewhere.
+// TTI citizen map: Leaflet (vendored) over a base map drawn from the geodatabase itself, with
+// roads coloured by level, bridges and tunnels, warnings and incidents, bus stops with live
+// arrivals, live buses, car parks, search, "my location", directions and the traffic index.
+// Talks only to this server (/api/v1/...): no tiles, fonts or scripts from anywhere else.
 "use strict";
 
 (() => {
-  const POLL_MS = 10000;
+  const I = window.TTI_I18N;
+  const t = I.t;
+  const POLL_MS = 15000;
+  const STALE_S = 300;          // newest live road value older than this: the data is stale
+  const ROADS_MIN_ZOOM = 12;    // below it only congested roads (min_level=3) are asked for
+  const STOPS_MIN_ZOOM = 14;
   const LEVEL_COLORS = ["#a3a8ae", "#2e9e44", "#9ccc3c", "#f2b600", "#ee6a1f", "#a50f15"];
-  // Level names are the server's (GET /api/v1/levels, the one vocabulary); 0 is "no data".
-  const LEVEL_NAMES = ["无数据"];
-  const LEVEL_NAMES_EN = ["no data"];
-  const SOURCE_NAMES = {
-    probe: "浮动车 probe vehicles", detector: "检测器 road detectors",
-    "probe+detector": "浮动车+检测器 probe vehicles and detectors",
-    profile: "历史规律 historical profile", none: "无数据 no data",
+  const CLASS_WEIGHT = {
+    motorway: 6, trunk: 5.5, primary: 5, secondary: 4.5, tertiary: 4, motorway_link: 3.5,
+    trunk_link: 3.5, primary_link: 3, secondary_link: 3, residential: 3, unclassified: 3,
   };
-  // Wider lines for bigger roads, in CSS pixels at the default zoom.
-  const CLASS_WIDTH = {
-    motorway: 3.5, trunk: 3.2, primary: 2.8, secondary: 2.4, tertiary: 2.0,
-    motorway_link: 2.0, trunk_link: 2.0, primary_link: 1.8,
+  const BASE_FILL = {
+    water: "#a9d3e9", green: "#cfe8b8", forest: "#b5d69c", residential: "#ece8e2",
+    commercial: "#f3e1dc", retail: "#f3e1dc", industrial: "#e5dfe9",
   };
-  const CLICK_TOLERANCE_PX = 8;
 
-  const canvas = document.getElementById("map");
-  const ctx = canvas.getContext("2d");
-  const statusEl = document.getElementById("status");
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  };
 
   const state = {
     region: null,
-    cosLat: 1,          // equirectangular projection: x = lon * cos(lat0), y = lat
-    roads: [],          // {id, props, pts: Float64Array of projected x,y, minX,minY,maxX,maxY}
+    levels: [],
+    roads: new Map(),          // segment_id -> {props, line, casing}
     warnings: [],
-    selectedId: null,
-    selectedDetail: null,
-    view: { cx: 0, cy: 0, scale: 1 },  // scale: CSS pixels per projected degree
-    fitScale: 1,
-    width: 0, height: 0,
-    roadsRequest: 0,
-    roadsAbort: null,
-    refetchTimer: 0,
-    drawQueued: false,
+    incidents: [],
+    index: null,
+    lastContact: null,         // service time of the last successful answer
+    newestObserved: null,      // newest live observed_at of a road in view
+    serverNow: null,
+    streamUp: false,
+    serverUp: true,
+    basemapKey: "",
+    roadsKey: "",
+    routeEnds: { from: null, to: null },
+    me: null,
   };
 
-  // ---- formatting --------------------------------------------------------------------------
+  // ---- fetching ------------------------------------------------------------------------------
 
-  const beijing = new Intl.DateTimeFormat("zh-CN", {
-    timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
-  });
-
-  function fmtTime(iso) {
-    if (!iso) return "—";
-    const d = new Date(iso);
-    return Number.isNaN(d.getTime()) ? iso : beijing.format(d);
-  }
-
-  function fmtAge(iso) {
-    if (!iso) return "";
-    const s = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
-    if (!Number.isFinite(s)) return "";
-    if (s < 60) return `（${Math.max(s, 0)} 秒前 s ago）`;
-    if (s < 3600) return `（${Math.round(s / 60)} 分钟前 min ago）`;
-    return `（${Math.round(s / 3600)} 小时前 h ago）`;
-  }
-
-  function setStatus(text, isError) {
-    statusEl.textContent = text;
-    statusEl.classList.toggle("error", Boolean(isError));
-  }
-
-  // ---- projection and view -----------------------------------------------------------------
-
-  function project(lon, lat) { return [lon * state.cosLat, lat]; }
-
-  function toScreen(x, y) {
-    const v = state.view;
-    return [(x - v.cx) * v.scale + state.width / 2, state.height / 2 - (y - v.cy) * v.scale];
-  }
-
-  function toWorld(sx, sy) {
-    const v = state.view;
-    return [(sx - state.width / 2) / v.scale + v.cx, v.cy - (sy - state.height / 2) / v.scale];
-  }
-
-  function fitRegion() {
-    if (!state.region) return;
-    const [minLon, minLat, maxLon, maxLat] = state.region.bbox;
-    const [x0, y0] = project(minLon, minLat);
-    const [x1, y1] = project(maxLon, maxLat);
-    const w = Math.max(x1 - x0, 1e-6);
-    const h = Math.max(y1 - y0, 1e-6);
-    state.view.cx = (x0 + x1) / 2;
-    state.view.cy = (y0 + y1) / 2;
-    state.view.scale = 0.92 * Math.min(state.width / w, state.height / h);
-    state.fitScale = state.view.scale;
-  }
-
-  // The padded view as a bbox query, clamped to valid WGS-84 ranges.
-  function viewBbox() {
-    const pad = 0.25;
-    const [x0, y1] = toWorld(-state.width * pad, -state.height * pad);
-    const [x1, y0] = toWorld(state.width * (1 + pad), state.height * (1 + pad));
-    const clamp = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
-    const minLon = clamp(x0 / state.cosLat, -180, 180);
-    const maxLon = clamp(x1 / state.cosLat, -180, 180);
-    const minLat = clamp(y0, -90, 90);
-    const maxLat = clamp(y1, -90, 90);
-    if (!(minLon < maxLon && minLat < maxLat)) return null;
-    return [minLon, minLat, maxLon, maxLat].map((v) => v.toFixed(6)).join(",");
-  }
-
-  function zoomAt(factor, sx, sy) {
-    const [wx, wy] = toWorld(sx, sy);
-    const v = state.view;
-    v.scale = Math.min(Math.max(v.scale * factor, state.fitScale / 8), state.fitScale * 4096);
-    // Keep the world point under the cursor where it was.
-    v.cx = wx - (sx - state.width / 2) / v.scale;
-    v.cy = wy + (sy - state.height / 2) / v.scale;
-    viewChanged();
-  }
-
-  function viewChanged() {
-    requestDraw();
-    clearTimeout(state.refetchTimer);
-    state.refetchTimer = setTimeout(loadRoads, 350);
-  }
-
-  // ---- drawing -----------------------------------------------------------------------------
-
-  function resize() {
-    const rect = canvas.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    const firstFit = state.width === 0;
-    state.width = rect.width;
-    state.height = rect.height;
-    canvas.width = Math.round(rect.width * dpr);
-    canvas.height = Math.round(rect.height * dpr);
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    if (firstFit) fitRegion();
-    requestDraw();
-  }
-
-  function requestDraw() {
-    if (state.drawQueued) return;
-    state.drawQueued = true;
-    requestAnimationFrame(() => { state.drawQueued = false; draw(); });
-  }
-
-  function roadLevel(road) { return road.props.level || 0; }
-
-  function roadWidth(road, zoom) {
-    const base = CLASS_WIDTH[road.props.road_class] || 1.4;
-    return Math.min(base * Math.max(1, Math.log2(zoom) * 0.6 + 1), 10);
-  }
-
-  // Trace a road shifted to the right of its direction of travel (traffic keeps right), so the
-  // two directions of a street show apart once zoomed in.
-  function traceRoad(road, offset) {
-    const p = road.pts;
-    const n = p.length / 2;
-    for (let i = 0; i < n; i++) {
-      let [sx, sy] = toScreen(p[2 * i], p[2 * i + 1]);
-      if (offset > 0) {
-        const a = Math.max(i - 1, 0);
-        const b = Math.min(i + 1, n - 1);
-        const [ax, ay] = toScreen(p[2 * a], p[2 * a + 1]);
-        const [bx, by] = toScreen(p[2 * b], p[2 * b + 1]);
-        const dx = bx - ax;
-        const dy = by - ay;
-        const len = Math.hypot(dx, dy) || 1;
-        sx += (-dy / len) * offset;
-        sy += (dx / len) * offset;
-      }
-      if (i === 0) ctx.moveTo(sx, sy); else ctx.lineTo(sx, sy);
+  async function api(path, params) {
+    const url = new URL(path, window.location.origin);
+    for (const [k, v] of Object.entries(params || {})) {
+      if (v != null && v !== "") url.searchParams.set(k, v);
     }
-  }
-
-  function visible(road, bounds) {
-    return road.maxX >= bounds[0] && road.minX <= bounds[2]
-      && road.maxY >= bounds[1] && road.minY <= bounds[3];
-  }
-
-  function draw() {
-    ctx.clearRect(0, 0, state.width, state.height);
-    const zoom = state.view.scale / state.fitScale;
-    const [bx0, by1] = toWorld(0, 0);
-    const [bx1, by0] = toWorld(state.width, state.height);
-    const bounds = [bx0, by0, bx1, by1];
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    // Batch by level and width: a handful of strokes instead of one per road. No-data roads
-    // first so congestion is drawn on top.
-    for (let level = 0; level <= 5; level++) {
-      const byWidth = new Map();
-      for (const road of state.roads) {
-        if (roadLevel(road) !== level || !visible(road, bounds)) continue;
-        const w = roadWidth(road, zoom);
-        if (!byWidth.has(w)) byWidth.set(w, []);
-        byWidth.get(w).push(road);
-      }
-      ctx.strokeStyle = LEVEL_COLORS[level];
-      for (const [w, roads] of byWidth) {
-        ctx.lineWidth = w;
-        const offset = offsetPx(roads[0], zoom);
-        ctx.beginPath();
-        for (const road of roads) traceRoad(road, offset);
-        ctx.stroke();
-      }
-    }
-    const selected = state.roads.find((r) => r.id === state.selectedId);
-    if (selected) {
-      const w = roadWidth(selected, zoom);
-      const offset = offsetPx(selected, zoom);
-      ctx.beginPath();
-      traceRoad(selected, offset);
-      ctx.lineWidth = w + 6;
-      ctx.strokeStyle = "rgba(31, 111, 235, 0.45)";
-      ctx.stroke();
-      ctx.beginPath();
-      traceRoad(selected, offset);
-      ctx.lineWidth = w;
-      ctx.strokeStyle = LEVEL_COLORS[roadLevel(selected)];
-      ctx.stroke();
-    }
-    drawWarningMarkers();
-  }
-
-  function drawWarningMarkers() {
-    ctx.fillStyle = "#d93025";
-    ctx.strokeStyle = "#ffffff";
-    ctx.lineWidth = 1.5;
-    for (const w of state.warnings) {
-      if (w.lon == null || w.lat == null) continue;
-      const [x, y] = project(w.lon, w.lat);
-      const [sx, sy] = toScreen(x, y);
-      if (sx < -10 || sy < -10 || sx > state.width + 10 || sy > state.height + 10) continue;
-      ctx.beginPath();
-      ctx.moveTo(sx, sy - 9);
-      ctx.lineTo(sx + 6, sy + 3);
-      ctx.lineTo(sx - 6, sy + 3);
-      ctx.closePath();
-      ctx.fill();
-      ctx.stroke();
-    }
-  }
-
-  // ---- data --------------------------------------------------------------------------------
-
-  async function getJson(url, signal) {
-    const resp = await fetch(url, { signal, headers: { Accept: "application/json" } });
-    let body = null;
-    try { body = await resp.json(); } catch (_) { body = null; }
-    if (!resp.ok) {
-      const msg = body && body.error ? `${body.error.code}: ${body.error.message}` : resp.status;
-      const err = new Error(String(msg));
-      err.status = resp.status;
+    let resp;
+    try {
+      resp = await fetch(url.pathname + url.search, { headers: { Accept: "application/json" } });
+    } catch (err) {
+      serverState(false);
       throw err;
+    }
+    const body = await resp.json().catch(() => ({}));
+    serverState(true, body.generated_at);
+    if (!resp.ok) {
+      const e = new Error((body.error && body.error.message) || resp.statusText);
+      e.code = body.error && body.error.code;
+      e.status = resp.status;
+      throw e;
     }
     return body;
   }
 
-  function toRoad(feature) {
-    const coords = feature.geometry.coordinates;
-    const pts = new Float64Array(coords.length * 2);
-    let minX = Infinity; let minY = Infinity; let maxX = -Infinity; let maxY = -Infinity;
-    coords.forEach(([lon, lat], i) => {
-      const [x, y] = project(lon, lat);
-      pts[2 * i] = x; pts[2 * i + 1] = y;
-      if (x < minX) minX = x; if (x > maxX) maxX = x;
-      if (y < minY) minY = y; if (y > maxY) maxY = y;
-    });
-    return { id: feature.properties.segment_id, props: feature.properties, pts,
-      minX, minY, maxX, maxY };
-  }
-
-  async function loadLevels() {
-    const answer = await getJson("/api/v1/levels");
-    const items = [];
-    for (const { level, name, name_en: nameEn } of answer.levels) {
-      LEVEL_NAMES[level] = name;
-      LEVEL_NAMES_EN[level] = nameEn;
-      const li = el("li", "", null);
-      li.append(el("i", `swatch l${level}`), `${name} `, el("small", "", nameEn));
-      items.push(li);
+  function serverState(up, generatedAt) {
+    state.serverUp = up;
+    if (up && generatedAt) {
+      state.serverNow = new Date(generatedAt);
+      state.lastContact = generatedAt;
     }
-    const list = document.getElementById("legend-levels");
-    list.prepend(...items);
+    updateBanner();
   }
 
-  async function loadRegion() {
-    for (;;) {
-      try {
-        state.region = await getJson("/api/v1/region");
-        const [, minLat, , maxLat] = state.region.bbox;
-        state.cosLat = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
-        document.getElementById("region-name").textContent = state.region.name;
-        return;
-      } catch (err) {
-        setStatus(`正在加载路网… Loading road network (${err.message})`, err.status !== 503);
-        await new Promise((r) => setTimeout(r, 2000));
+  const bboxOf = (bounds) => [bounds.getWest(), bounds.getSouth(), bounds.getEast(),
+    bounds.getNorth()].map((v) => v.toFixed(5)).join(",");
+
+  // ---- the map -------------------------------------------------------------------------------
+
+  const map = L.map("map", { minZoom: 3, maxZoom: 19, zoomSnap: 1, worldCopyJump: false });
+  map.attributionControl.setPrefix(false);
+  map.attributionControl.addAttribution(t("osm_credit"));
+  map.createPane("basemap").style.zIndex = 250;
+  map.createPane("labels").style.zIndex = 390;
+  map.getPane("labels").style.pointerEvents = "none";
+  const baseRenderer = L.canvas({ pane: "basemap", padding: 0.2 });
+  const roadRenderer = L.canvas({ padding: 0.3, tolerance: 6 });
+  const layers = {
+    base: L.layerGroup().addTo(map), labels: L.layerGroup().addTo(map),
+    roads: L.layerGroup().addTo(map), route: L.layerGroup().addTo(map),
+    warnings: L.layerGroup().addTo(map), stops: L.layerGroup().addTo(map),
+    parking: L.layerGroup().addTo(map), buses: L.layerGroup().addTo(map),
+    me: L.layerGroup().addTo(map),
+  };
+
+  // Web Mercator tiles: the base map is asked for the box of whole tiles in view, so panning
+  // inside them asks the same box (cached by the publisher) again.
+  function tileBox(bounds, z) {
+    const n = 2 ** z;
+    const tx = (lon) => ((lon + 180) / 360) * n;
+    const ty = (lat) => {
+      const r = (Math.max(-85, Math.min(85, lat)) * Math.PI) / 180;
+      return ((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * n;
+    };
+    const lon = (x) => (x / n) * 360 - 180;
+    const lat = (y) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / n))) * 180) / Math.PI;
+    const x0 = Math.floor(tx(bounds.getWest())), x1 = Math.ceil(tx(bounds.getEast()));
+    const y0 = Math.floor(ty(bounds.getNorth())), y1 = Math.ceil(ty(bounds.getSouth()));
+    return [lon(x0), lat(y1), lon(x1), lat(y0)];
+  }
+
+  function clipToRegion(box) {
+    const rb = state.region && state.region.bbox;
+    if (!rb) return box;
+    const pad = 0.05;
+    const out = [Math.max(box[0], rb[0] - pad), Math.max(box[1], rb[1] - pad),
+      Math.min(box[2], rb[2] + pad), Math.min(box[3], rb[3] + pad)];
+    return out[0] < out[2] && out[1] < out[3] ? out : null;
+  }
+
+  function baseStyle(feature) {
+    const p = feature.properties;
+    const fill = BASE_FILL[p.class] || BASE_FILL[p.layer] || "#e8e8e0";
+    if (feature.geometry.type.endsWith("LineString")) {
+      return { renderer: baseRenderer, color: BASE_FILL.water, weight: 3, interactive: false };
+    }
+    return { renderer: baseRenderer, stroke: p.layer === "water", color: "#8fc3de", weight: 1,
+      fillColor: fill, fillOpacity: 1, interactive: false };
+  }
+
+  async function loadBasemap() {
+    const z = Math.max(0, Math.min(18, Math.round(map.getZoom())));
+    const box = clipToRegion(tileBox(map.getBounds(), z));
+    if (!box) return;
+    const bbox = box.map((v) => v.toFixed(5)).join(",");
+    const key = `${bbox}/${z}`;
+    if (key === state.basemapKey) return;
+    state.basemapKey = key;
+    let data;
+    try {
+      data = await api("/api/v1/basemap", { bbox, zoom: z });
+    } catch (_) {
+      state.basemapKey = "";
+      return;
+    }
+    if (key !== state.basemapKey) return;  // the view moved on meanwhile
+    layers.base.clearLayers();
+    layers.labels.clearLayers();
+    const shapes = { type: "FeatureCollection", features: [] };
+    // Land use under green under water, as on any map.
+    const order = { landuse: 0, green: 1, water: 2 };
+    for (const f of data.features) {
+      if (f.properties.layer === "place") {
+        const [lon, lat] = f.geometry.coordinates;
+        L.marker([lat, lon], {
+          pane: "labels", interactive: false, keyboard: false,
+          icon: L.divIcon({ className: `place-label rank-${f.properties.rank}`,
+            html: escapeHtml(I.name(f.properties)), iconSize: null }),
+        }).addTo(layers.labels);
+      } else {
+        shapes.features.push(f);
       }
     }
+    shapes.features.sort((a, b) => order[a.properties.layer] - order[b.properties.layer]);
+    L.geoJSON(shapes, { style: baseStyle }).addTo(layers.base);
+    $("map").dataset.basemapFeatures = String(data.count);
   }
 
-  async function loadRoads() {
-    if (!state.region) return;
-    const bbox = viewBbox();
-    if (!bbox) return;
-    if (state.roadsAbort) state.roadsAbort.abort();
-    const abort = new AbortController();
-    state.roadsAbort = abort;
-    const seq = ++state.roadsRequest;
-    try {
-      const data = await getJson(`/api/v1/roads?bbox=${bbox}`, abort.signal);
-      if (seq !== state.roadsRequest) return;  // a newer view's answer wins
-      state.roads = data.features.map(toRoad);
-      setStatus(`更新于 Updated ${fmtTime(data.generated_at)} · ${data.count} 条路段 segments`);
-      refreshInfo();
-      requestDraw();
-    } catch (err) {
-      if (err.name === "AbortError") return;
-      setStatus(`路况更新失败 Update failed: ${err.message}`, true);
+  function escapeHtml(s) {
+    return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;",
+      '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  // ---- roads ---------------------------------------------------------------------------------
+
+  function roadStyle(p) {
+    const color = LEVEL_COLORS[p.level || 0];
+    const weight = CLASS_WEIGHT[p.road_class] || 2.5;
+    return { renderer: roadRenderer, color, weight, opacity: p.tunnel ? 0.55 : 0.95,
+      dashArray: p.tunnel ? "6 5" : null, lineCap: "butt" };
+  }
+
+  function roadPopup(p) {
+    const box = el("div", "popup road-popup");
+    const title = el("h3", null, I.name(p) || t("road"));
+    if (p.bridge) title.append(" ", el("span", "tag bridge", t("bridge")));
+    if (p.tunnel) title.append(" ", el("span", "tag tunnel", t("tunnel")));
+    box.append(title);
+    const dl = el("dl");
+    const badge = el("span", `level-badge l${p.level || 0}`, I.levelName(p));
+    addRow(dl, t("level"), badge);
+    if (p.speed_kmh != null) addRow(dl, t("speed"), `${Math.round(p.speed_kmh)} km/h`);
+    addRow(dl, t("source"), t(p.source || "none"));
+    if (p.observed_at) addRow(dl, t("observed"), I.time(p.observed_at));
+    box.append(dl);
+    return box;
+  }
+
+  function addRow(dl, label, value) {
+    dl.append(el("dt", null, label));
+    const dd = el("dd");
+    dd.append(value instanceof Node ? value : document.createTextNode(String(value)));
+    dl.append(dd);
+  }
+
+  function drawRoad(f) {
+    const p = f.properties;
+    const latlngs = f.geometry.coordinates.map(([lon, lat]) => [lat, lon]);
+    const old = state.roads.get(p.segment_id);
+    if (old) {
+      old.props = p;
+      old.line.setStyle(roadStyle(p));
+      return old;
+    }
+    const entry = { props: p, casing: null, line: null };
+    if (p.bridge) {
+      entry.casing = L.polyline(latlngs, { renderer: roadRenderer, color: "#3b3b3b",
+        weight: (CLASS_WEIGHT[p.road_class] || 2.5) + 4, opacity: 0.9, interactive: false,
+        lineCap: "butt" }).addTo(layers.roads);
+    }
+    entry.line = L.polyline(latlngs, roadStyle(p)).addTo(layers.roads);
+    entry.line.on("click", (ev) => {
+      L.popup().setLatLng(ev.latlng).setContent(roadPopup(entry.props)).openOn(map);
+    });
+    state.roads.set(p.segment_id, entry);
+    return entry;
+  }
+
+  function trackObserved(p) {
+    if (p.observed_at && (p.source === "probe" || p.source === "detector"
+        || p.source === "probe+detector")) {
+      const at = new Date(p.observed_at);
+      if (!state.newestObserved || at > state.newestObserved) state.newestObserved = at;
     }
   }
 
-  async function loadWarnings() {
-    try {
-      const data = await getJson("/api/v1/warnings?status=active");
-      state.warnings = data.warnings;
-      renderWarnings();
-      requestDraw();
-    } catch (err) {
-      setStatus(`预警更新失败 Warnings update failed: ${err.message}`, true);
+  async function loadRoads(force) {
+    const z = map.getZoom();
+    const bbox = bboxOf(map.getBounds().pad(0.2));
+    const params = { bbox };
+    if (z < ROADS_MIN_ZOOM) params.min_level = 3;
+    const key = `${bbox}/${params.min_level || 0}`;
+    if (!force && key === state.roadsKey) return;
+    state.roadsKey = key;
+    const data = await api("/api/v1/roads", params);
+    const seen = new Set();
+    state.newestObserved = null;
+    for (const f of data.features) {
+      seen.add(f.properties.segment_id);
+      drawRoad(f);
+      trackObserved(f.properties);
+    }
+    for (const [id, entry] of state.roads) {
+      if (!seen.has(id)) {
+        layers.roads.removeLayer(entry.line);
+        if (entry.casing) layers.roads.removeLayer(entry.casing);
+        state.roads.delete(id);
+      }
+    }
+    updateBanner();
+  }
+
+  // ---- legend, index, banner -----------------------------------------------------------------
+
+  function renderLegend() {
+    const ul = $("legend-levels");
+    ul.replaceChildren();
+    for (const lv of state.levels) {
+      const li = el("li");
+      li.append(el("i", `swatch l${lv.level}`),
+        el("span", null, I.lang === "en" ? lv.name_en : lv.name));
+      ul.append(li);
     }
   }
 
-  // ---- warnings list -----------------------------------------------------------------------
+  function setLegend(open) {
+    $("legend-body").hidden = !open;
+    $("legend-toggle").setAttribute("aria-expanded", String(open));
+  }
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text != null) node.textContent = text;
-    return node;
+  function renderIndex() {
+    const chip = $("index-chip");
+    const net = state.index && state.index.network;
+    if (!net || net.tpi == null) {
+      chip.hidden = true;
+      return;
+    }
+    chip.hidden = false;
+    chip.className = `index-chip l${net.level || 0}`;
+    chip.textContent = `${t("index")} ${net.tpi.toFixed(1)} · ${I.levelName(net)}`;
+  }
+
+  function updateBanner() {
+    const banner = $("banner");
+    let text = "";
+    if (!state.serverUp) {
+      text = `${t("server_down")} ${I.time(state.lastContact)}`;
+    } else if (!state.streamUp && state.streamTried) {
+      text = t("connection_lost");
+    } else if (state.newestObserved && state.serverNow) {
+      const ageS = (state.serverNow - state.newestObserved) / 1000;
+      if (ageS > STALE_S) text = `${t("stale")} ${I.time(state.newestObserved.toISOString())}`
+        + `（${I.age(ageS)}）`;
+    }
+    banner.hidden = !text;
+    banner.textContent = text;
+  }
+
+  // ---- warnings and incidents ----------------------------------------------------------------
+
+  function warningIcon(cls, text) {
+    return L.divIcon({ className: `map-mark ${cls}`, html: text, iconSize: [22, 22] });
+  }
+
+  // A warning carries its level's number; the names are those of /api/v1/levels.
+  function levelLabel(level) {
+    const lv = state.levels.find((l) => l.level === level);
+    return lv ? I.levelName({ level, level_name: lv.name, level_name_en: lv.name_en })
+      : String(level);
   }
 
   function renderWarnings() {
-    const list = document.getElementById("warnings");
-    const items = state.warnings.map((w) => {
-      const li = el("li", `sev-${String(w.severity).toLowerCase()}`);
+    layers.warnings.clearLayers();
+    const list = $("warnings");
+    list.replaceChildren();
+    $("warning-count").textContent = String(state.warnings.length);
+    $("no-warnings").hidden = state.warnings.length > 0 || state.incidents.length > 0;
+    for (const w of state.warnings) {
+      const li = el("li", `sev-${(w.severity || "").toLowerCase()}`);
       li.tabIndex = 0;
-      li.appendChild(el("div", "headline", w.headline));
-      if (w.description) li.appendChild(el("div", "", w.description));
-      const parts = [`${w.kind} · ${w.severity}`];
-      if (w.level && LEVEL_NAMES[w.level]) {
-        parts.push(`${LEVEL_NAMES[w.level]} ${LEVEL_NAMES_EN[w.level]}`);
+      li.append(el("div", "headline", w.headline || w.kind));
+      const meta = [I.time(w.started_at)];
+      if (w.level) meta.push(levelLabel(w.level));
+      li.append(el("div", "meta", meta.join(" · ")));
+      if (w.lon != null && w.lat != null) {
+        const m = L.marker([w.lat, w.lon], { icon: warningIcon("warn", "!") })
+          .bindPopup(() => warningPopup(w)).addTo(layers.warnings);
+        li.addEventListener("click", () => { map.setView([w.lat, w.lon], 16); m.openPopup(); });
       }
-      if (w.segment_ids && w.segment_ids.length > 1) parts.push(`${w.segment_ids.length} 段 segments`);
-      if (w.speed_kmh != null) parts.push(`${Math.round(w.speed_kmh)} km/h`);
-      parts.push(`开始 since ${fmtTime(w.started_at)}`);
-      li.appendChild(el("div", "meta", parts.join(" · ")));
-      const go = () => focusWarning(w);
-      li.addEventListener("click", go);
-      li.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
-      return li;
-    });
-    list.replaceChildren(...items);
-    document.getElementById("warning-count").textContent = String(state.warnings.length);
-    document.getElementById("no-warnings").hidden = state.warnings.length > 0;
-  }
-
-  function centerOn(x, y, minZoom) {
-    state.view.cx = x;
-    state.view.cy = y;
-    state.view.scale = Math.max(state.view.scale, state.fitScale * minZoom);
-    viewChanged();
-  }
-
-  function focusWarning(w) {
-    const road = w.segment_id && state.roads.find((r) => r.id === w.segment_id);
-    if (road) {
-      selectRoad(road.id);
-      centerOn((road.minX + road.maxX) / 2, (road.minY + road.maxY) / 2, 8);
-    } else if (w.lon != null && w.lat != null) {
-      const [x, y] = project(w.lon, w.lat);
-      centerOn(x, y, 8);
-      if (w.segment_id) selectRoad(w.segment_id);
+      list.append(li);
+    }
+    const incidents = $("incidents");
+    incidents.replaceChildren();
+    for (const inc of state.incidents) {
+      if (inc.warning_id) continue;  // shown with its warning
+      const li = el("li", "incident");
+      li.append(el("div", "headline", `${t("incident")}: ${inc.description || inc.kind}`),
+        el("div", "meta", I.time(inc.detected_at)));
+      if (inc.lon != null && inc.lat != null) {
+        L.marker([inc.lat, inc.lon], { icon: warningIcon("incident", "⚠") })
+          .bindPopup(inc.description || inc.kind).addTo(layers.warnings);
+      }
+      incidents.append(li);
     }
   }
 
-  // ---- road details ------------------------------------------------------------------------
-
-  function distToSegment(px, py, ax, ay, bx, by) {
-    const dx = bx - ax;
-    const dy = by - ay;
-    const len2 = dx * dx + dy * dy;
-    let t = len2 > 0 ? ((px - ax) * dx + (py - ay) * dy) / len2 : 0;
-    t = Math.max(0, Math.min(1, t));
-    return Math.hypot(px - (ax + t * dx), py - (ay + t * dy));
+  function warningPopup(w) {
+    const box = el("div", "popup");
+    box.append(el("h3", null, w.headline || w.kind));
+    if (w.description) box.append(el("p", null, w.description));
+    box.append(el("p", "muted", I.time(w.started_at)));
+    return box;
   }
 
-  function offsetPx(road, zoom) {
-    return zoom >= 4 ? roadWidth(road, zoom) / 2 + 0.5 : 0;
+  async function loadWarnings() {
+    const [w, inc] = await Promise.all([api("/api/v1/warnings"), api("/api/v1/incidents")]);
+    state.warnings = w.warnings || [];
+    state.incidents = inc.incidents || [];
+    renderWarnings();
   }
 
-  function roadAt(sx, sy) {
-    const [wx, wy] = toWorld(sx, sy);
-    const tol = CLICK_TOLERANCE_PX / state.view.scale;
-    const zoom = state.view.scale / state.fitScale;
-    let best = null;
-    let bestDist = tol;
-    for (const road of state.roads) {
-      if (wx < road.minX - tol || wx > road.maxX + tol
-          || wy < road.minY - tol || wy > road.maxY + tol) continue;
-      const p = road.pts;
-      const off = offsetPx(road, zoom) / state.view.scale;
-      for (let i = 0; i + 3 < p.length; i += 2) {
-        // Measure against the line as drawn: shifted to the right of travel, so a click picks
-        // the direction it landed on.
-        const dx = p[i + 2] - p[i];
-        const dy = p[i + 3] - p[i + 1];
-        const len = Math.hypot(dx, dy) || 1;
-        const px = wx - (dy / len) * off;
-        const py = wy + (dx / len) * off;
-        const d = distToSegment(px, py, p[i], p[i + 1], p[i + 2], p[i + 3]);
-        // Prefer the worse level on a tie: that is the line drawn on top.
-        if (d < bestDist || (best && d === bestDist && roadLevel(road) > roadLevel(best))) {
-          bestDist = d;
-          best = road;
-        }
-      }
-    }
-    return best;
+  // ---- stops and arrivals --------------------------------------------------------------------
+
+  function radiusOfView() {
+    const b = map.getBounds();
+    return Math.min(5000, Math.round(b.getNorthEast().distanceTo(b.getSouthWest()) / 2));
   }
 
-  async function selectRoad(id) {
-    state.selectedId = id;
-    state.selectedDetail = null;
-    refreshInfo();
-    requestDraw();
-    if (!id) return;
+  async function loadStops() {
+    layers.stops.clearLayers();
+    if (map.getZoom() < STOPS_MIN_ZOOM) return;
+    const c = map.getCenter();
+    const data = await api("/api/v1/stops", { near: `${c.lng.toFixed(6)},${c.lat.toFixed(6)}`,
+      radius_m: Math.max(1, radiusOfView()), limit: 100 });
+    for (const s of data.stops) stopMarker(s).addTo(layers.stops);
+  }
+
+  function stopMarker(s) {
+    const m = L.circleMarker([s.lat, s.lon], { radius: 6, color: "#1f4fb8", weight: 2,
+      fillColor: "#ffffff", fillOpacity: 1, className: "stop-marker" });
+    m.bindPopup(() => {
+      const box = el("div", "popup stop-popup");
+      box.append(el("h3", null, I.name(s)), el("p", "muted", t("loading")));
+      showArrivals(s, box);
+      return box;
+    }, { minWidth: 220 });
+    return m;
+  }
+
+  async function showArrivals(stop, box) {
+    let data;
     try {
-      const detail = await getJson(`/api/v1/roads/${encodeURIComponent(id)}`);
-      if (state.selectedId === id) {
-        state.selectedDetail = detail.properties;
-        refreshInfo();
-      }
+      data = await api(`/api/v1/stops/${encodeURIComponent(stop.stop_id)}/arrivals`);
     } catch (err) {
-      if (state.selectedId === id) setStatus(`路段详情失败 Road details failed: ${err.message}`, true);
+      box.lastChild.textContent = err.message;
+      return;
+    }
+    const list = el("ul", "arrivals");
+    for (const a of data.arrivals.slice(0, 8)) {
+      const li = el("li", a.source === "live" ? "live" : "schedule");
+      li.append(el("b", "route", a.route_short_name || a.route_id));
+      if (a.headsign) li.append(el("span", "headsign", `→ ${a.headsign}`));
+      const when = a.minutes <= 0 ? t("arriving") : `${a.minutes} ${t("minutes")}`;
+      li.append(el("span", "minutes", when),
+        el("small", "src", a.source === "live" ? t("live") : t("schedule")));
+      const occ = I.occupancy(a.occupancy);
+      if (occ) li.append(el("small", "occ", occ));
+      list.append(li);
+    }
+    box.lastChild.remove();
+    box.append(list);
+    if (!data.arrivals.length) box.append(el("p", "muted", t("no_arrivals")));
+    if (data.timetable === "unavailable") box.append(el("p", "muted", t("timetable_unavailable")));
+  }
+
+  // ---- buses ---------------------------------------------------------------------------------
+
+  const buses = new Map();  // public label -> marker
+
+  function busIcon(v) {
+    return L.divIcon({ className: "map-mark bus", html: escapeHtml(v.route_short_name || "B"),
+      iconSize: [26, 18] });
+  }
+
+  function busPopup(v) {
+    const box = el("div", "popup");
+    box.append(el("h3", null, `${t("bus")} ${v.label}`));
+    const dl = el("dl");
+    if (v.speed_kmh != null) addRow(dl, t("speed"), `${Math.round(v.speed_kmh)} km/h`);
+    const occ = I.occupancy(v.occupancy);
+    if (occ) addRow(dl, t("occupancy"), occ);
+    if (v.stop_name) addRow(dl, t("stop"), v.stop_name);
+    addRow(dl, t("observed"), I.time(v.observed_at));
+    box.append(dl);
+    return box;
+  }
+
+  function placeBus(v) {
+    let m = buses.get(v.vehicle);
+    if (!m) {
+      m = L.marker([v.lat, v.lon], { icon: busIcon(v), keyboard: false }).addTo(layers.buses);
+      buses.set(v.vehicle, m);
+    } else {
+      m.setLatLng([v.lat, v.lon]);
+    }
+    m.bindPopup(() => busPopup(v));
+  }
+
+  async function loadBuses() {
+    const data = await api("/api/v1/vehicles", { bbox: bboxOf(map.getBounds().pad(0.3)) });
+    const seen = new Set();
+    for (const v of data.vehicles) {
+      seen.add(v.vehicle);
+      placeBus(v);
+    }
+    for (const [id, m] of buses) {
+      if (!seen.has(id)) {
+        layers.buses.removeLayer(m);
+        buses.delete(id);
+      }
     }
   }
 
-  function refreshInfo() {
-    const box = document.getElementById("info");
-    const road = state.roads.find((r) => r.id === state.selectedId);
-    // The list's live values are fresher than the detail fetched on click.
-    const props = road ? { ...(state.selectedDetail || {}), ...road.props } : state.selectedDetail;
-    if (!state.selectedId || !props) { box.hidden = true; return; }
-    box.hidden = false;
-    document.getElementById("info-name").textContent = props.name || "未命名道路 Unnamed road";
-    document.getElementById("info-name-en").textContent = props.name_en || props.segment_id;
-    const level = props.level || 0;
-    const badge = el("span", `level-badge l${level}`,
-      `${props.level_name || LEVEL_NAMES[0]} ${props.level_name_en || LEVEL_NAMES_EN[0]}`);
-    const rows = [
-      ["路况 Level", badge],
-      ["车速 Speed", props.speed_kmh != null ? `${props.speed_kmh} km/h` : "—"],
-      ["自由流 Free flow", props.free_flow_kmh != null ? `${Math.round(props.free_flow_kmh)} km/h` : "—"],
-      ["观测时间 Observed", `${fmtTime(props.observed_at)}${fmtAge(props.observed_at)}`],
-      ["样本数 Samples", String(props.sample_count ?? 0)],
-      ["来源 Source", SOURCE_NAMES[props.source] || props.source],
-      ["道路等级 Class", props.road_class],
-    ];
-    if (props.tpi != null) rows.splice(2, 0, ["指数 TPI", String(props.tpi)]);
-    if (props.lanes != null) rows.push(["车道 Lanes", String(props.lanes)]);
-    if (props.speed_limit_kmh != null) rows.push(["限速 Limit", `${props.speed_limit_kmh} km/h`]);
-    if (props.bridge) rows.push(["桥梁 Bridge", "是 yes"]);
-    if (props.tunnel) rows.push(["隧道 Tunnel", "是 yes"]);
-    rows.push(["路段 Segment", props.segment_id]);
-    const dl = document.getElementById("info-fields");
-    dl.replaceChildren(...rows.flatMap(([k, v]) => {
-      const dd = el("dd");
-      if (typeof v === "string") dd.textContent = v; else dd.appendChild(v);
-      return [el("dt", "", k), dd];
-    }));
+  // ---- parking -------------------------------------------------------------------------------
+
+  function parkingText(p) {
+    if (p.free_spaces == null) return t("no_figure");
+    const cap = p.capacity == null ? "" : ` / ${p.capacity}`;
+    return `${t("free_spaces")} ${p.free_spaces}${cap}`;
   }
 
-  // ---- interaction -------------------------------------------------------------------------
+  async function loadParking() {
+    const c = state.me || map.getCenter();
+    const data = await api("/api/v1/parking", {
+      near: `${c.lng.toFixed(6)},${c.lat.toFixed(6)}`, radius_m: 5000, limit: 50 });
+    layers.parking.clearLayers();
+    const list = $("parking");
+    list.replaceChildren();
+    $("parking-status").textContent = data.parking.length ? "" : t("no_parking");
+    for (const p of data.parking) {
+      const cls = p.free_spaces == null ? "unknown" : p.free_spaces === 0 ? "full" : "free";
+      const m = L.marker([p.lat, p.lon], { icon: L.divIcon({ className: `map-mark park ${cls}`,
+        html: "P", iconSize: [22, 22] }) }).addTo(layers.parking);
+      const text = () => {
+        const box = el("div", "popup");
+        box.append(el("h3", null, I.name(p)), el("p", null, parkingText(p)));
+        if (p.age_s != null) box.append(el("p", "muted", I.age(p.age_s)));
+        return box;
+      };
+      m.bindPopup(text);
+      const li = el("li", `parking-item ${cls}`);
+      li.tabIndex = 0;
+      li.append(el("div", "headline", I.name(p)),
+        el("div", "meta", `${parkingText(p)} · ${I.km(p.distance_m)}`
+          + (p.age_s != null ? ` · ${I.age(p.age_s)}` : "")));
+      li.addEventListener("click", () => { map.setView([p.lat, p.lon], 17); m.openPopup(); });
+      list.append(li);
+    }
+  }
 
-  function bindInput() {
-    let drag = null;
-    canvas.addEventListener("pointerdown", (e) => {
-      canvas.setPointerCapture(e.pointerId);
-      drag = { x: e.offsetX, y: e.offsetY, cx: state.view.cx, cy: state.view.cy, moved: false };
-    });
-    canvas.addEventListener("pointermove", (e) => {
-      if (!drag) return;
-      const dx = e.offsetX - drag.x;
-      const dy = e.offsetY - drag.y;
-      if (!drag.moved && Math.hypot(dx, dy) < 4) return;
-      drag.moved = true;
-      canvas.classList.add("dragging");
-      state.view.cx = drag.cx - dx / state.view.scale;
-      state.view.cy = drag.cy + dy / state.view.scale;
-      viewChanged();
-    });
-    const end = (e) => {
-      if (!drag) return;
-      const wasClick = !drag.moved;
-      drag = null;
-      canvas.classList.remove("dragging");
-      if (wasClick && e.type === "pointerup") {
-        const road = roadAt(e.offsetX, e.offsetY);
-        selectRoad(road ? road.id : null);
+  // ---- search --------------------------------------------------------------------------------
+
+  function groupRoads(features) {
+    const groups = new Map();
+    for (const f of features) {
+      const p = f.properties;
+      const key = p.name || p.name_en || p.segment_id;
+      const g = groups.get(key) || { props: p, features: [], level: 0 };
+      g.features.push(f);
+      if ((p.level || 0) > g.level) { g.level = p.level; g.props = p; }
+      groups.set(key, g);
+    }
+    return [...groups.values()].sort((a, b) => b.level - a.level);
+  }
+
+  async function search(q) {
+    showTab("results");
+    const list = $("results");
+    list.replaceChildren();
+    $("results-empty").textContent = t("loading");
+    $("results-empty").hidden = false;
+    const [roads, stops, places] = await Promise.all([
+      api("/api/v1/roads", { q }).catch(() => ({ features: [] })),
+      api("/api/v1/stops", { q, limit: 10 }).catch(() => ({ stops: [] })),
+      api("/api/v1/places", { q, limit: 10 }).catch(() => ({ places: [] })),
+    ]);
+    for (const g of groupRoads(roads.features).slice(0, 10)) {
+      const li = resultItem(t("road"), I.name(g.props), g.props.bridge ? t("bridge")
+        : g.props.tunnel ? t("tunnel") : "", g.props);
+      li.addEventListener("click", () => showRoadGroup(g));
+      list.append(li);
+    }
+    for (const s of stops.stops) {
+      const li = resultItem(t("stop"), I.name(s), s.code || "");
+      li.addEventListener("click", () => {
+        map.setView([s.lat, s.lon], 17);
+        stopMarker(s).addTo(layers.stops).openPopup();
+      });
+      list.append(li);
+    }
+    for (const p of places.places) {
+      const li = resultItem(t("place"), I.name(p), p.kind);
+      li.addEventListener("click", () => {
+        map.setView([p.lat, p.lon], 17);
+        L.popup().setLatLng([p.lat, p.lon]).setContent(el("b", null, I.name(p))).openOn(map);
+      });
+      list.append(li);
+    }
+    const empty = !list.children.length;
+    $("results-empty").textContent = empty ? t("no_results") : "";
+    $("results-empty").hidden = !empty;
+  }
+
+  function resultItem(kind, title, extra, roadProps) {
+    const li = el("li", "result");
+    li.tabIndex = 0;
+    const head = el("div", "headline");
+    head.append(el("span", "kind", kind), document.createTextNode(` ${title}`));
+    li.append(head);
+    const meta = el("div", "meta");
+    if (roadProps) meta.append(el("span", `level-badge l${roadProps.level || 0}`,
+      I.levelName(roadProps)), document.createTextNode(" "));
+    if (extra) meta.append(document.createTextNode(extra));
+    li.append(meta);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") li.click(); });
+    return li;
+  }
+
+  function showRoadGroup(g) {
+    const bounds = L.latLngBounds([]);
+    for (const f of g.features) {
+      for (const [lon, lat] of f.geometry.coordinates) bounds.extend([lat, lon]);
+    }
+    map.fitBounds(bounds, { maxZoom: 17, padding: [30, 30] });
+    for (const f of g.features) drawRoad(f);
+    L.popup().setLatLng(bounds.getCenter()).setContent(roadPopup(g.props)).openOn(map);
+  }
+
+  // ---- directions ----------------------------------------------------------------------------
+
+  async function resolvePlace(text) {
+    const raw = text.trim();
+    const m = raw.match(/^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$/);
+    if (m) return { lon: Number(m[1]), lat: Number(m[2]), label: raw };
+    if (raw === t("my_location") && state.me) {
+      return { lon: state.me.lng, lat: state.me.lat, label: raw };
+    }
+    const stops = await api("/api/v1/stops", { q: raw, limit: 1 }).catch(() => ({ stops: [] }));
+    if (stops.stops.length) return { ...stops.stops[0], label: I.name(stops.stops[0]) };
+    const places = await api("/api/v1/places", { q: raw, limit: 1 })
+      .catch(() => ({ places: [] }));
+    if (places.places.length) return { ...places.places[0], label: I.name(places.places[0]) };
+    const roads = await api("/api/v1/roads", { q: raw }).catch(() => ({ features: [] }));
+    if (roads.features.length) {
+      const c = roads.features[0].geometry.coordinates;
+      const [lon, lat] = c[Math.floor(c.length / 2)];
+      return { lon, lat, label: raw };
+    }
+    return null;
+  }
+
+  async function findRoute() {
+    const status = $("route-status");
+    const list = $("routes");
+    list.replaceChildren();
+    layers.route.clearLayers();
+    status.textContent = t("loading");
+    const [a, b] = await Promise.all([resolvePlace($("route-from").value),
+      resolvePlace($("route-to").value)]);
+    if (!a || !b) {
+      status.textContent = `${t("unknown_place")}: ${!a ? $("route-from").value
+        : $("route-to").value}`;
+      return;
+    }
+    let data;
+    try {
+      data = await api("/api/v1/directions", { from: `${a.lon},${a.lat}`,
+        to: `${b.lon},${b.lat}`, alternatives: 2 });
+    } catch (err) {
+      status.textContent = err.code === "no_route" ? t("no_route") : err.message;
+      return;
+    }
+    status.textContent = `${a.label} → ${b.label}`;
+    const bounds = L.latLngBounds([]);
+    data.routes.forEach((r, i) => {
+      const latlngs = r.geometry.coordinates.map(([lon, lat]) => [lat, lon]);
+      latlngs.forEach((p) => bounds.extend(p));
+      L.polyline(latlngs, { color: i === 0 ? "#1f6feb" : "#7d8fb3", weight: i === 0 ? 7 : 5,
+        opacity: i === 0 ? 0.75 : 0.55, interactive: false }).addTo(layers.route);
+      const li = el("li", i === 0 ? "route fastest" : "route");
+      const minutes = r.travel_time_min != null ? r.travel_time_min
+        : Math.round(r.travel_time_s / 60);
+      li.append(el("div", "headline", `${t("travel_time")} ${minutes} ${t("minutes")}`),
+        el("div", "meta", `${t("length")} ${I.km(r.length_m)} · `
+          + (i === 0 ? t("fastest") : t("alternative"))));
+      if (r.warning_ids && r.warning_ids.length) {
+        li.append(el("div", "meta warn-text", `${t("route_warnings")}: ${r.warning_ids.length}`));
       }
+      list.append(li);
+    });
+    if (bounds.isValid()) map.fitBounds(bounds, { padding: [30, 30] });
+  }
+
+  function setRouteEnd(which, latlng) {
+    $(which === "from" ? "route-from" : "route-to").value =
+      `${latlng.lng.toFixed(6)},${latlng.lat.toFixed(6)}`;
+    map.closePopup();
+    showTab("route");
+    if ($("route-from").value && $("route-to").value) findRoute();
+  }
+
+  map.on("contextmenu", (ev) => {
+    const box = el("div", "popup route-here");
+    const from = el("button", null, t("from_here"));
+    const to = el("button", null, t("to_here"));
+    from.type = "button";
+    to.type = "button";
+    from.addEventListener("click", () => setRouteEnd("from", ev.latlng));
+    to.addEventListener("click", () => setRouteEnd("to", ev.latlng));
+    box.append(from, to);
+    L.popup().setLatLng(ev.latlng).setContent(box).openOn(map);
+  });
+
+  // ---- my location ---------------------------------------------------------------------------
+
+  const LocateControl = L.Control.extend({
+    options: { position: "topleft" },
+    onAdd() {
+      const b = L.DomUtil.create("button", "locate leaflet-bar");
+      b.type = "button";
+      b.id = "locate";
+      b.textContent = "◎";
+      b.title = t("my_location");
+      L.DomEvent.disableClickPropagation(b);
+      b.addEventListener("click", locate);
+      return b;
+    },
+  });
+  new LocateControl().addTo(map);
+
+  function locate() {
+    if (!navigator.geolocation) return;
+    $("locate").classList.add("busy");
+    navigator.geolocation.getCurrentPosition((pos) => {
+      $("locate").classList.remove("busy");
+      const ll = L.latLng(pos.coords.latitude, pos.coords.longitude);
+      state.me = ll;
+      layers.me.clearLayers();
+      L.circle(ll, { radius: Math.min(pos.coords.accuracy || 30, 500), color: "#1f6feb",
+        weight: 1, fillOpacity: 0.15, interactive: false }).addTo(layers.me);
+      L.circleMarker(ll, { radius: 7, color: "#ffffff", weight: 2, fillColor: "#1f6feb",
+        fillOpacity: 1, className: "me-marker" }).bindTooltip(t("my_location"))
+        .addTo(layers.me);
+      map.setView(ll, Math.max(map.getZoom(), 16));
+      if (!$("route-from").value) $("route-from").value = t("my_location");
+      loadParking().catch(() => {});
+    }, () => {
+      $("locate").classList.remove("busy");
+      $("route-status").textContent = t("location_failed");
+    }, { enableHighAccuracy: true, timeout: 10000, maximumAge: 60000 });
+  }
+
+  // ---- live stream ---------------------------------------------------------------------------
+
+  function follow() {
+    if (!window.EventSource || !state.region || !state.region.bbox) return;
+    const source = new EventSource(`/api/v1/stream?bbox=${state.region.bbox.join(",")}`);
+    state.streamTried = true;
+    source.addEventListener("hello", (e) => {
+      state.streamUp = true;
+      const hello = JSON.parse(e.data);
+      if (hello.at) state.serverNow = new Date(hello.at);
+      updateBanner();
+    });
+    source.addEventListener("road", (e) => {
+      const p = JSON.parse(e.data);
+      const entry = state.roads.get(p.segment_id);
+      if (entry) {
+        Object.assign(entry.props, p);
+        entry.line.setStyle(roadStyle(entry.props));
+      }
+      trackObserved(p);
+      updateBanner();
+    });
+    source.addEventListener("vehicle", (e) => placeBus(JSON.parse(e.data)));
+    const reload = () => loadWarnings().catch(() => {});
+    source.addEventListener("warning", reload);
+    source.addEventListener("incident", reload);
+    source.addEventListener("index", () => loadIndex().catch(() => {}));
+    source.addEventListener("overflow", () => { source.close(); setTimeout(follow, 1000); });
+    source.onerror = () => {
+      state.streamUp = false;
+      updateBanner();
     };
-    canvas.addEventListener("pointerup", end);
-    canvas.addEventListener("pointercancel", end);
-    canvas.addEventListener("wheel", (e) => {
-      e.preventDefault();
-      zoomAt(Math.exp(-e.deltaY * (e.deltaMode === 1 ? 0.05 : 0.0015)), e.offsetX, e.offsetY);
-    }, { passive: false });
-    canvas.addEventListener("keydown", (e) => {
-      const step = 60 / state.view.scale;
-      const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, step],
-        ArrowDown: [0, -step] };
-      if (moves[e.key]) {
-        state.view.cx += moves[e.key][0];
-        state.view.cy += moves[e.key][1];
-        viewChanged();
-      } else if (e.key === "+" || e.key === "=") {
-        zoomAt(1.5, state.width / 2, state.height / 2);
-      } else if (e.key === "-") {
-        zoomAt(1 / 1.5, state.width / 2, state.height / 2);
-      } else {
-        return;
-      }
-      e.preventDefault();
-    });
-    document.getElementById("zoom-in").addEventListener("click",
-      () => zoomAt(1.5, state.width / 2, state.height / 2));
-    document.getElementById("zoom-out").addEventListener("click",
-      () => zoomAt(1 / 1.5, state.width / 2, state.height / 2));
-    document.getElementById("zoom-fit").addEventListener("click", () => {
-      fitRegion();
-      viewChanged();
-    });
-    document.getElementById("info-close").addEventListener("click", () => selectRoad(null));
-    window.addEventListener("resize", () => { resize(); viewChanged(); });
   }
 
-  async function main() {
-    bindInput();
-    await loadRegion();
-    await loadLevels();
-    resize();
-    fitRegion();
-    await Promise.all([loadRoads(), loadWarnings()]);
-    setInterval(() => {
-      // A hidden tab need not poll; it catches up when shown again.
-      if (document.hidden) return;
-      loadRoads();
-      loadWarnings();
-    }, POLL_MS);
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) { loadRoads(); loadWarnings(); }
-    });
+  // ---- panel, tabs, language -----------------------------------------------------------------
+
+  function showTab(name) {
+    for (const tab of document.querySelectorAll("[role=tab]")) {
+      const on = tab.dataset.tab === name;
+      tab.setAttribute("aria-selected", String(on));
+      $(`pane-${tab.dataset.tab}`).hidden = !on;
+    }
+    setPanel(true);
+    if (name === "parking") loadParking().catch(() => {});
   }
 
-  main();
+  function setPanel(open) {
+    $("panel").classList.toggle("collapsed", !open);
+    $("panel-toggle").setAttribute("aria-expanded", String(open));
+    $("panel-toggle").textContent = open ? "▾" : "▴";
+    setTimeout(() => map.invalidateSize(), 50);
+  }
+
+  function applyLanguage() {
+    I.apply(document);
+    $("lang").textContent = I.lang === "en" ? "中文" : "EN";
+    $("lang").lang = I.lang === "en" ? "zh-CN" : "en";
+    const region = state.region;
+    const regionName = region ? (I.lang === "en" && region.name_en) || region.name : "";
+    $("region-name").textContent = regionName ? `${regionName} ${t("title")}` : t("title");
+    document.title = regionName ? `${regionName} · ${t("title")}` : t("title");
+    renderLegend();
+    renderIndex();
+    renderWarnings();
+    updateBanner();
+  }
+
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", () => showTab(tab.dataset.tab));
+  }
+  $("panel-toggle").addEventListener("click", () => {
+    setPanel($("panel").classList.contains("collapsed"));
+  });
+  $("legend-toggle").addEventListener("click", () => setLegend($("legend-body").hidden));
+  $("index-chip").addEventListener("click", () => showTab("warnings"));
+  $("lang").addEventListener("click", () => {
+    I.setLang(I.lang === "en" ? "zh" : "en");
+    applyLanguage();
+    state.basemapKey = "";
+    loadBasemap();
+  });
+  $("search").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("search-q").value.trim();
+    if (q) search(q).catch(() => {});
+  });
+  $("route-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    findRoute().catch((err) => { $("route-status").textContent = err.message; });
+  });
+
+  // ---- start and refresh ---------------------------------------------------------------------
+
+  async function loadIndex() {
+    state.index = await api("/api/v1/index");
+    renderIndex();
+  }
+
+  const refreshView = () => {
+    loadBasemap();
+    loadRoads(false).catch(() => {});
+    loadStops().catch(() => {});
+    loadBuses().catch(() => {});
+  };
+
+  async function poll() {
+    await Promise.allSettled([loadRoads(true), loadWarnings(), loadIndex(), loadBuses()]);
+  }
+
+  async function start() {
+    const wide = window.matchMedia("(min-width: 721px)").matches;
+    setLegend(wide);
+    setPanel(wide);
+    applyLanguage();
+    const [levels, region] = await Promise.all([
+      api("/api/v1/levels").catch(() => ({ levels: [] })),
+      api("/api/v1/region").catch(() => null)]);
+    state.levels = levels.levels || [];
+    state.region = region;
+    applyLanguage();
+    const bb = region && region.bbox;
+    if (bb) {
+      map.fitBounds([[bb[1], bb[0]], [bb[3], bb[2]]]);
+    } else {
+      map.setView([30.59, 114.30], 12);  // Wuhan, until the region is known
+    }
+    map.on("moveend", refreshView);
+    refreshView();
+    poll();
+    follow();
+    setInterval(poll, POLL_MS);
+    setInterval(updateBanner, 30000);
+  }
+
+  start();
 })();
