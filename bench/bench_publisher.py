@@ -23,7 +23,8 @@ requests per CPU-second of the server process (from /proc: steadier than wall-cl
 when other work shares the machine). Targets: ≥ 5,000 req/s, p99 < 50 ms, ≥ 0.5× bare.
 
 Needs ``wrk`` (``apt-get install -y wrk``; run as root the bench installs it) and two cores.
-``TTI_BENCH_PROFILE=FILE`` writes a pyinstrument profile of the publisher under load to FILE.
+``TTI_BENCH_PROFILE=FILE`` writes a pyinstrument profile of the publisher under load to FILE
+(``TTI_BENCH_PROFILE_ALL=1``: with aiohttp's own frames).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import re
@@ -171,6 +173,8 @@ async def _publisher_main(port: int, bigdata_url: str, size: int) -> None:
     from shared.config import Config
     from shared.service import make_runner
 
+    # No warning service runs here: its index and incidents stay unprimed (retried quietly).
+    logging.getLogger("tti.publisher").setLevel(logging.ERROR)
     clock = Clock(start=START)
     bus = MemoryBus(partitions=16)
     await bus.start()
@@ -197,7 +201,8 @@ async def _publisher_main(port: int, bigdata_url: str, size: int) -> None:
     await stop.wait()
     if profiler is not None and profile:
         profiler.stop()
-        text = profiler.output_text(unicode=True, show_all=False)
+        text = profiler.output_text(unicode=True,
+                                    show_all=os.environ.get("TTI_BENCH_PROFILE_ALL") == "1")
         await asyncio.to_thread(Path(profile).write_text, text)
     feeder.cancel()
     await runner.cleanup()

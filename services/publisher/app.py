@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
@@ -60,6 +61,9 @@ HTTP_REQUESTS = Counter("tti_publisher_http_requests_total", "HTTP requests by r
                         ["route", "method", "status"])
 HTTP_LATENCY = Histogram("tti_publisher_http_request_seconds",
                          "Time to produce a response (headers), by route", ["route"])
+
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+"""The labelled metric children by (route, method, status): bounded, as the labels are."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,8 +142,13 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
         # The route template, never the raw path, keeps label values bounded.
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in _METHODS else "other"
-        HTTP_REQUESTS.labels(route, method, str(status)).inc()
-        HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+        key = (route, method, status)
+        series = _SERIES.get(key)
+        if series is None:  # the label lookups cost more than the answer of a cached GET
+            series = _SERIES[key] = (HTTP_REQUESTS.labels(route, method, str(status)),
+                                     HTTP_LATENCY.labels(route))
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
