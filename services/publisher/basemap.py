@@ -21,7 +21,7 @@ from services.publisher.api import cached_response
 from shared.clients.bigdata import BigdataClient
 from shared.clock import Clock
 from shared.codec import dumps
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound, TransientError
 from shared.params import parse_bbox
 
 MAX_ZOOM = 20
@@ -63,7 +63,11 @@ class BasemapCache:
             asyncio.get_running_loop().create_future())
         self._inflight[key] = future
         try:
-            answer = await self.bigdata.get_basemap(key[0], zoom)
+            try:
+                answer = await self.bigdata.get_basemap(key[0], zoom)
+            except NotFound as exc:  # a bigdata without the base map: not the page's 404
+                raise TransientError("bigdata serves no base map", code="basemap_unavailable"
+                                     ) from exc
             result = (dumps(answer), self.clock.now())
         except BaseException as exc:
             BASEMAP_REQUESTS.labels("error").inc()
