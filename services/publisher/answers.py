@@ -297,6 +297,13 @@ class Answers:
             return list(held[1]), "included"
         return await self._fetch_timetable(stop_id)
 
+    async def close(self) -> None:
+        """Cancel and await the timetable refreshes still running (app cleanup)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _fetch_timetable(self, stop_id: str) -> tuple[list[dict[str, Any]], str]:
         mono = self.p.clock.monotonic()
         try:

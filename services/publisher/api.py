@@ -480,6 +480,13 @@ def add_api_routes(app: web.Application, answers: Answers) -> None:
     """Register the ``/api/v1`` endpoints (reports are registered by their own module)."""
     app[ANSWERS] = answers
     app[ANSWER_CACHE] = AnswerCache()
+
+    async def close_answers(app: web.Application) -> None:
+        await answers.close()
+
+    # First of the cleanups (cleanup_ctx unwinds in one of them): the refreshes end before
+    # bigdata's session closes.
+    app.on_cleanup.insert(0, close_answers)
     r = app.router
     r.add_get("/api/v1/roads", list_roads)
     r.add_get("/api/v1/roads/{segment_id}", get_road)
