@@ -243,7 +243,10 @@ def test_openapi_and_web_page_are_served(embedded: Embedded) -> None:
     assert status == 200 and spec["openapi"].startswith("3.")  # type: ignore[index]
     with urllib.request.urlopen(embedded.base + "/", timeout=10) as resp:
         html = resp.read().decode()
-    assert "<canvas" in html
+    assert '<div id="map">' in html and "/static/vendor/leaflet/leaflet.js" in html
+    with urllib.request.urlopen(embedded.base + "/static/vendor/leaflet/leaflet.js",
+                                timeout=10) as resp:
+        assert resp.status == 200 and b"Leaflet" in resp.read(2000)
 
 
 def test_sigterm_drains_and_exits_cleanly(embedded: Embedded) -> None:
