@@ -461,8 +461,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
-            if change.kind == "overflow":
-                await response.write(b"event: overflow\ndata: {}\n\n")
+            if change.kind in ("overflow", "closing"):
+                await response.write(b"event: " + change.kind.encode() + b"\ndata: {}\n\n")
                 break
             data = coords.item(dict(change.data)) if coords.gcj02 else change.data
             await response.write(b"event: " + change.kind.encode() + b"\ndata: "
@@ -487,6 +487,11 @@ def add_api_routes(app: web.Application, answers: Answers) -> None:
     # First of the cleanups (cleanup_ctx unwinds in one of them): the refreshes end before
     # bigdata's session closes.
     app.on_cleanup.insert(0, close_answers)
+
+    async def end_streams(app: web.Application) -> None:
+        answers.p.hub.close_all()
+
+    app.on_shutdown.append(end_streams)
     r = app.router
     r.add_get("/api/v1/roads", list_roads)
     r.add_get("/api/v1/roads/{segment_id}", get_road)

@@ -87,6 +87,17 @@ class PushHub:
         self._followers.discard(follower)
         FOLLOWERS.set(len(self._followers))
 
+    def close_all(self) -> None:
+        """End every stream (the server is shutting down): each gets a ``closing`` change and
+        ends at once, so shutdown does not wait out its grace for open streams; clients
+        reconnect after the stream's ``retry``."""
+        for f in list(self._followers):
+            self.leave(f)
+            with contextlib.suppress(asyncio.QueueEmpty, asyncio.QueueFull):
+                if f.queue.full():
+                    f.queue.get_nowait()
+                f.queue.put_nowait(Change("closing", {}))
+
     def push(self, kind: str, data: dict[str, Any], where: Where) -> None:
         """Queue a change to every follower it concerns; drop those whose queue is full."""
         change = Change(kind, data)

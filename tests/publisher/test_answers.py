@@ -259,3 +259,15 @@ async def test_directions_through_the_warning_router(stack: Stack) -> None:
     assert route["travel_time_s"] > 0 and route["travel_time_min"] == round(
         route["travel_time_s"] / 60, 1)
     assert route["warning_ids"] == [] and route["geometry"]["type"] == "LineString"
+
+
+async def test_a_stream_ends_at_once_when_the_server_shuts_down(stack: Stack) -> None:
+    resp = await stack.client.get("/api/v1/stream?bbox=114.0,30.0,115.0,31.0")
+    assert resp.status == 200
+    first = await asyncio.wait_for(resp.content.readline(), 5)
+    assert first.startswith(b"retry:")
+    assert stack.publisher.hub  # following
+    stack.publisher.hub.close_all()  # what the app's on_shutdown does
+    rest = await asyncio.wait_for(resp.content.read(), 5)  # the stream ends: EOF, no wait
+    assert b"event: closing\n" in rest
+    assert not stack.publisher.hub
