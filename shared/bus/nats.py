@@ -287,12 +287,21 @@ class _PullConsumer:
                 log.warning("handler on %s still busy after %.0fs; cancelling it",
                             self.name, grace_s)
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _settled(self._task, f"consumer loop of {self.name}")
         if self._keepalive is not None:
             self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+            await _settled(self._keepalive, f"keep-alive of {self.name}")
+
+
+async def _settled(task: asyncio.Task[Any], what: str, timeout_s: float = 5.0) -> None:
+    """Wait (bounded) for a finished or cancelled task: a task stuck in a library call that
+    does not honour cancellation must not hang the bus's close, and with it a pod's shutdown."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        log.warning("%s did not end %.0fs after being cancelled; leaving it", what, timeout_s)
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", what, task.exception())
 
 
 class _NatsSubscription(Subscription):
