@@ -212,6 +212,16 @@ def _message_paths() -> dict[str, Any]:
     vehicle = {"name": "vehicle_id", "in": "path", "required": True,
                "description": "The terminal's phone number without leading zeros",
                "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"}}
+    accepted = _json({"type": "object", "required": ["command_id", "duplicate", "status",
+                                                     "expires_at"],
+                      "properties": {"command_id": {"type": "string"},
+                                     "duplicate": {"type": "boolean"},
+                                     "status": {"type": "string"},
+                                     "expires_at": {"type": "string", "format": "date-time"},
+                                     "command": ref("DriverCommand")}},
+                     "Accepted: on its way to the terminal")
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": 128}}
     return {"/v1/dept/vehicles/{vehicle_id}/messages": {
         "post": {
             "summary": "Text the driver (JT/T 808 0x8300 through the collector)",
@@ -222,21 +232,11 @@ def _message_paths() -> dict[str, Any]:
                            "vehicle about the same warning while it is pending or delivered) "
                            "is the same command.",
             "security": secured,
-            "parameters": [vehicle, {"name": "Idempotency-Key", "in": "header",
-                                     "required": False,
-                                     "schema": {"type": "string", "maxLength": 128}}],
+            "parameters": [vehicle, idempotency],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": ref("TextBody")}}},
             "responses": {
-                "202": _json({"type": "object", "required": ["command_id", "duplicate",
-                                                             "status", "expires_at"],
-                              "properties": {"command_id": {"type": "string"},
-                                             "duplicate": {"type": "boolean"},
-                                             "status": {"type": "string"},
-                                             "expires_at": {"type": "string",
-                                                            "format": "date-time"},
-                                             "command": ref("DriverCommand")}},
-                             "Accepted: on its way to the terminal"),
+                "202": accepted,
                 "400": _error("Bad vehicle id, body or Idempotency-Key"),
                 "404": _error("Unknown warning_id"),
                 "409": _error("The Idempotency-Key was used for another message"),
@@ -266,19 +266,9 @@ def _message_paths() -> dict[str, Any]:
                            "The same Idempotency-Key is the same query; without one each "
                            "request is a new query.",
             "security": secured,
-            "parameters": [vehicle, {"name": "Idempotency-Key", "in": "header",
-                                     "required": False,
-                                     "schema": {"type": "string", "maxLength": 128}}],
+            "parameters": [vehicle, idempotency],
             "responses": {
-                "202": _json({"type": "object", "required": ["command_id", "duplicate",
-                                                             "status", "expires_at"],
-                              "properties": {"command_id": {"type": "string"},
-                                             "duplicate": {"type": "boolean"},
-                                             "status": {"type": "string"},
-                                             "expires_at": {"type": "string",
-                                                            "format": "date-time"},
-                                             "command": ref("DriverCommand")}},
-                             "Accepted: on its way to the terminal"),
+                "202": accepted,
                 "400": _error("Bad vehicle id or Idempotency-Key"), **errors}}}}
 
 
