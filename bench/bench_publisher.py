@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -302,10 +302,11 @@ async def keep_feeding(bus: Any, demo: Any, clock: Any, every_s: float) -> None:
 # -- orchestration --------------------------------------------------------------------------
 
 
-async def start_child(*args: str) -> asyncio.subprocess.Process:
-    """This script in a child process on the server core; returns once it prints READY."""
+async def start_child(*args: str, script: str = __file__) -> asyncio.subprocess.Process:
+    """``script`` (this one by default) in a child process on the server core; returns once
+    it prints READY."""
     proc = await asyncio.create_subprocess_exec(
-        "taskset", "-c", str(SERVER_CORE), sys.executable, __file__, *args,
+        "taskset", "-c", str(SERVER_CORE), sys.executable, script, *args,
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 600)
@@ -329,7 +330,66 @@ def free_port() -> int:
 
 
 async def bench(args: argparse.Namespace) -> int:
+    wrk = ensure_wrk()
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench_publisher needs two cores: the server on one, wrk on the other")
+    os.sched_setaffinity(0, {LOAD_CORE})  # bigdata (here) and wrk share the load core
+    async with demo_bigdata("tti-bench-publisher-", args.size) as (demo, bigdata, _):
+        print(f"python {platform.python_version()}, uvloop, server pinned to core "
+              f"{SERVER_CORE}, wrk on core {LOAD_CORE}: {args.connections} connections, "
+              f"{args.threads} threads, {args.duration} s per run")
+        results = await _measure(args, wrk, demo, bigdata)
+    return _report(results, args)
+
+
+async def _measure(args: argparse.Namespace, wrk: str, demo: Any, bigdata: Any
+                   ) -> dict[str, dict[str, float]]:
+    """The bare endpoint, road status, stop arrivals and the sign under wrk."""
     from aiohttp import ClientSession
+
+    results: dict[str, dict[str, float]] = {}
+    port, bare_port = free_port(), free_port()
+    proc = await start_child("_publisher", str(port), str(bigdata.make_url("")).rstrip("/"),
+                             str(args.size))
+    bare_proc = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with ClientSession() as http:
+            bridges = await (await http.get(f"{base}/api/v1/roads?bridge=true")).json()
+            segment = bridges["features"][0]["id"]
+            stop = busiest_stop(demo)
+            road_url = f"{base}/api/v1/roads/{segment}"
+            road_body = await (await http.get(road_url)).read()
+            arrivals = await (await http.get(f"{base}/api/v1/stops/{stop}/arrivals")).json()
+            live = sum(a["source"] == "live" for a in arrivals["arrivals"])
+            print(f"road answer {len(road_body)} B ({segment}); stop {stop}: "
+                  f"{len(arrivals['arrivals'])} arrivals ({live} live, timetable "
+                  f"{arrivals['timetable']})")
+        # Both servers wait on the server core; each is measured while the other idles.
+        # The bare endpoint is measured first and last (the machine may be shared) and
+        # its mean is the baseline.
+        bare_proc = await start_child("_baseline", str(bare_port), str(len(road_body)))
+        bare_url = f"http://127.0.0.1:{bare_port}/json"
+        runs = (("bare aiohttp (1)", bare_url), ("road status", road_url),
+                ("stop arrivals", f"{base}/api/v1/stops/{stop}/arrivals"),
+                ("stop sign", f"{base}/api/v1/stops/{stop}/sign"),
+                ("bare aiohttp (2)", bare_url))
+        for name, url in runs:
+            pid = bare_proc.pid if url == bare_url else proc.pid
+            results[name] = await run_wrk(wrk, url, connections=args.connections,
+                                          duration_s=args.duration, threads=args.threads,
+                                          server_pid=pid)
+    finally:
+        await stop_child(proc)
+        if bare_proc is not None:
+            await stop_child(bare_proc)
+    return results
+
+
+@contextlib.asynccontextmanager
+async def demo_bigdata(prefix: str, size: int) -> AsyncIterator[tuple[Any, Any, Path]]:
+    """The demo city of ``size`` imported into SQLite and served by the real bigdata app in
+    this process (on the load core): (the demo, its TestServer, a scratch folder)."""
     from aiohttp.test_utils import TestServer
 
     from services.bigdata.app import create_app as create_bigdata_app
@@ -341,76 +401,37 @@ async def bench(args: argparse.Namespace) -> int:
     from shared.config import Config
     from shared.demo import generate_demo_region
 
-    wrk = ensure_wrk()
-    if (os.cpu_count() or 1) < 2:
-        sys.exit("bench_publisher needs two cores: the server on one, wrk on the other")
-    os.sched_setaffinity(0, {LOAD_CORE})  # bigdata (here) and wrk share the load core
-    tmp = Path(tempfile.mkdtemp(prefix="tti-bench-publisher-"))
-    t0 = time.perf_counter()
-    demo = generate_demo_region(tmp / "demo", size=args.size)
-    db = tmp / "geo.db"
-    store = store_from_url(f"sqlite:///{db}")
-    await store.open()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        await import_osm_file(store, demo.osm_path)
-        await import_gtfs_file(store, demo.gtfs_path)
-    finally:
-        await store.close()
-    clock = Clock(start=START)
-    bus = MemoryBus(partitions=4)
-    await bus.start()
-    config = Config(db_url=f"sqlite:///{db}", osm=str(demo.osm_path), gtfs=str(demo.gtfs_path),
-                    var_dir=str(tmp), partitions=4, log_level="WARNING")
-    bigdata = TestServer(create_bigdata_app(config, bus=bus, clock=clock))
-    await bigdata.start_server()
-    print(f"demo city size {args.size}: {demo.segment_count} segments, "
-          f"{len(demo.bus_routes)} bus routes; imported in {time.perf_counter() - t0:.1f} s")
-    print(f"python {platform.python_version()}, uvloop, server pinned to core {SERVER_CORE}, "
-          f"wrk on core {LOAD_CORE}: {args.connections} connections, {args.threads} threads, "
-          f"{args.duration} s per run")
-
-    results: dict[str, dict[str, float]] = {}
-    port, bare_port = free_port(), free_port()
-    try:
-        proc = await start_child("_publisher", str(port), str(bigdata.make_url("")).rstrip("/"),
-                                 str(args.size))
-        bare_proc = None
+        t0 = time.perf_counter()
+        demo = generate_demo_region(tmp / "demo", size=size)
+        db = tmp / "geo.db"
+        store = store_from_url(f"sqlite:///{db}")
+        await store.open()
         try:
-            base = f"http://127.0.0.1:{port}"
-            async with ClientSession() as http:
-                bridges = await (await http.get(f"{base}/api/v1/roads?bridge=true")).json()
-                segment = bridges["features"][0]["id"]
-                stop = busiest_stop(demo)
-                road_url = f"{base}/api/v1/roads/{segment}"
-                road_body = await (await http.get(road_url)).read()
-                arrivals = await (await http.get(f"{base}/api/v1/stops/{stop}/arrivals")).json()
-                live = sum(a["source"] == "live" for a in arrivals["arrivals"])
-                print(f"road answer {len(road_body)} B ({segment}); stop {stop}: "
-                      f"{len(arrivals['arrivals'])} arrivals ({live} live, timetable "
-                      f"{arrivals['timetable']})")
-            # Both servers wait on the server core; each is measured while the other idles.
-            # The bare endpoint is measured first and last (the machine may be shared) and
-            # its mean is the baseline.
-            bare_proc = await start_child("_baseline", str(bare_port), str(len(road_body)))
-            bare_url = f"http://127.0.0.1:{bare_port}/json"
-            runs = (("bare aiohttp (1)", bare_url), ("road status", road_url),
-                    ("stop arrivals", f"{base}/api/v1/stops/{stop}/arrivals"),
-                    ("stop sign", f"{base}/api/v1/stops/{stop}/sign"),
-                    ("bare aiohttp (2)", bare_url))
-            for name, url in runs:
-                pid = bare_proc.pid if url == bare_url else proc.pid
-                results[name] = await run_wrk(wrk, url, connections=args.connections,
-                                              duration_s=args.duration, threads=args.threads,
-                                              server_pid=pid)
+            await import_osm_file(store, demo.osm_path)
+            await import_gtfs_file(store, demo.gtfs_path)
         finally:
-            await stop_child(proc)
-            if bare_proc is not None:
-                await stop_child(bare_proc)
+            await store.close()
+        bus = MemoryBus(partitions=4)
+        await bus.start()
+        config = Config(db_url=f"sqlite:///{db}", osm=str(demo.osm_path),
+                        gtfs=str(demo.gtfs_path), var_dir=str(tmp), partitions=4,
+                        log_level="WARNING")
+        bigdata = TestServer(create_bigdata_app(config, bus=bus, clock=Clock(start=START)))
+        await bigdata.start_server()
+        print(f"demo city size {size}: {demo.segment_count} segments, "
+              f"{len(demo.bus_routes)} bus routes; imported in {time.perf_counter() - t0:.1f} s")
+        try:
+            yield demo, bigdata, tmp
+        finally:
+            await bigdata.close()
+            await bus.close()
     finally:
-        await bigdata.close()
-        await bus.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> int:
     bares = [results["bare aiohttp (1)"], results["bare aiohttp (2)"]]
     bare = sum(r["rps"] for r in bares) / 2
     bare_cpu = sum(r["per_cpu_s"] for r in bares) / 2

@@ -40,6 +40,7 @@ def make_bus(config: Config, clock: Clock) -> EventBus:
                               "clock": clock}
     if not config.bus_url.startswith("memory:"):
         kwargs["stream"] = config.bus_stream
+        kwargs["stream_replicas"] = config.bus_replicas
     return bus_from_url(config.bus_url, **kwargs)
 
 

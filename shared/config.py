@@ -38,15 +38,17 @@ GROUPS: dict[str, str] = {
 
 
 def setting(default: T, group: str, text: str, *, also: tuple[str, ...] = (),
-            show_default: bool = True) -> T:
+            show_default: bool = True, secret: bool = False) -> T:
     """A Config field with its group (the service that reads it) and one sentence of help.
 
     ``also`` names other groups whose commands read it too (``tti serve <service> --help``
     lists a setting of its own group, of ``general``, or naming the service in ``also``);
-    ``show_default=False`` when the help sentence says what happens by default.
+    ``show_default=False`` when the help sentence says what happens by default; ``secret``
+    keeps the value out of the Config's repr (so it is never logged with it).
     """
-    return field(default=default, metadata={"group": group, "help": text, "also": also,
-                                            "show_default": show_default})
+    return field(default=default, repr=not secret,
+                 metadata={"group": group, "help": text, "also": also,
+                           "show_default": show_default, "secret": secret})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +64,10 @@ class Config:
         "Event bus: memory:// inside one process, or nats://HOST:4222 (NATS JetStream).")
     bus_stream: str = setting("TTI", GENERAL, "JetStream stream that holds every subject.")
     bus_prefix: str = setting("tti", GENERAL, "Prefix of every bus subject (tti.position.<p>, …).")
+    bus_replicas: int = setting(
+        1, GENERAL,
+        "Copies NATS keeps of the stream and the key-value buckets: 1, or 3 on a three-node "
+        "cluster; every service sets it on the stream when it starts.")
     db_url: str = setting(
         "sqlite:///var/tti.db", GENERAL,
         "Geodatabase, sqlite:///FILE or postgresql://…; unset, tti run and the imports use "
@@ -128,6 +134,10 @@ class Config:
         30.0, COLLECTOR,
         "Seconds a terminal has to answer a platform command (0x8300, 0x8201, 0x8203) before "
         "its outcome is failed (no reply).")
+    jt808_drain_s: float = setting(
+        30.0, COLLECTOR,
+        "On shutdown, seconds over which terminal connections are closed in even batches "
+        "(readiness 503, no new connections meanwhile); 0 closes them all at once.")
     vehicle_registry: str = setting(
         "", COLLECTOR,
         "CSV of vehicles (plate, terminal, class, operator, bus route); tti run writes the "
@@ -184,6 +194,10 @@ class Config:
         "", BIGDATA, "GTFS static feed (.zip) imported at startup (tti run: the demo city's).")
     speed_window_s: float = setting(
         60.0, BIGDATA, "Length of one segment-speed window, in seconds.", also=(WARNING,))
+    speed_history_days: int = setting(
+        90, BIGDATA,
+        "Days of segment speed history kept; older whole days (Beijing days) are dropped "
+        "hourly; 0 also means 90; the profiles read the last 28.")
     geofence_tokens: tuple[str, ...] = setting(
         (), BIGDATA,
         "Bearer tokens that may create, replace and delete geofences through bigdata's API "
@@ -225,6 +239,43 @@ class Config:
         "Secret key of the public vehicle labels (HMAC of the vehicle id, so a terminal's "
         "phone number cannot be recovered from them); give every publisher replica the same "
         "one. Empty: a random key per process (labels change at restart).")
+    wechat_token: str = setting(
+        "", PUBLISHER,
+        "Token of the WeChat official account's callback (/wechat/callback signatures); "
+        "empty: the WeChat channel is off.", secret=True)
+    wechat_app_id: str = setting(
+        "", PUBLISHER, "AppID of the WeChat official account (checked in AES mode).")
+    wechat_app_secret: str = setting(
+        "", PUBLISHER,
+        "AppSecret of the WeChat official account, for the access token (customer-service "
+        "and template messages); empty: passive replies only.", secret=True)
+    wechat_aes_key: str = setting(
+        "", PUBLISHER,
+        "EncodingAESKey (43 characters) of the WeChat callback's safe mode; empty: plain "
+        "mode.", secret=True)
+    wechat_api_url: str = setting(
+        "https://api.weixin.qq.com", PUBLISHER, "Base URL of the WeChat API.")
+    wechat_template_id: str = setting(
+        "", PUBLISHER,
+        "Template message id for warnings to subscribers (fields first, keyword1-3, remark); "
+        "empty: no template messages.")
+    public_url: str = setting(
+        "", PUBLISHER,
+        "Public base URL of the citizen page (https://…), for links in WeChat messages; "
+        "empty: messages carry no link.")
+    weibo_access_token: str = setting(
+        "", PUBLISHER,
+        "Access token of the Weibo account that posts significant warnings and their "
+        "clearance (statuses/share); empty: the Weibo channel is off.", secret=True)
+    weibo_api_url: str = setting(
+        "https://api.weibo.com", PUBLISHER, "Base URL of the Weibo API.")
+    weibo_link_url: str = setting(
+        "", PUBLISHER,
+        "Link every Weibo post carries, on the domain bound to the Weibo app ({warning_id} "
+        "is replaced by the warning's id); empty: TTI_PUBLIC_URL.")
+    weibo_min_interval_s: float = setting(
+        30.0, PUBLISHER,
+        "At most one request to Weibo per this many seconds, across the publisher replicas.")
 
     # --- simulator ---
     demo_size: int = setting(
@@ -358,6 +409,10 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
     cfg = Config(**values)  # type: ignore[arg-type]
     if not 0 <= cfg.replica_index < cfg.replica_count:
         raise ConfigError("TTI_REPLICA_INDEX must be in [0, TTI_REPLICA_COUNT)")
+    if not 1 <= cfg.bus_replicas <= 5:
+        raise ConfigError("TTI_BUS_REPLICAS must be 1 to 5 (JetStream's limit)")
+    if cfg.speed_history_days < 0:
+        raise ConfigError("TTI_SPEED_HISTORY_DAYS must be 0 (the default, 90) or more")
     if cfg.partitions < 1 or cfg.speed_window_s <= 0:
         raise ConfigError("TTI_PARTITIONS and TTI_SPEED_WINDOW_S must be positive")
     cfg.make_clock()  # a bad TTI_CLOCK_RATE or TTI_CLOCK_START fails here, with its name

@@ -7,11 +7,16 @@ km/h, distances metres. Per-vehicle subjects are partitioned: the wire subject i
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import uuid
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
+
+_BEIJING = timezone(timedelta(hours=8))
 
 T = TypeVar("T")
 
@@ -404,6 +409,43 @@ class ReportPhoto:
     height: int | None = None
 
 
+REPORT_STATUSES = {
+    "received": ("已受理", "received"),
+    "reviewing": ("核查中", "being checked"),
+    "confirmed": ("已核实", "confirmed"),
+    "resolved": ("已办结", "resolved"),
+    "rejected": ("不予采纳", "not taken up"),
+}
+"""A citizen report's (or hotline ticket's) status, owned by the warning service: its Chinese
+and English names. ``resolved`` and ``rejected`` are final."""
+
+REPORT_STATUS_NEXT = {
+    "received": frozenset({"reviewing", "confirmed", "resolved", "rejected"}),
+    "reviewing": frozenset({"confirmed", "resolved", "rejected"}),
+    "confirmed": frozenset({"resolved"}),
+    "resolved": frozenset(),
+    "rejected": frozenset(),
+}
+"""The statuses a report may move on to from each (never back)."""
+
+
+def report_id_for(channel: str, message_id: str | None) -> str:
+    """A report's id: from the channel's own message id (a resend is the same report, on any
+    replica, any day), else new."""
+    if not message_id:
+        return f"{channel}-{uuid.uuid4().hex[:24]}"
+    return f"{channel}-" + hashlib.sha256(f"{channel}\x00{message_id}".encode()).hexdigest()[:24]
+
+
+def report_number(report_id: str, reported_at: datetime) -> str:
+    """The number a citizen quotes: Beijing date and six characters of the report id's hash.
+
+    Computed alike by the publisher that takes a report and the warning service that owns it.
+    """
+    code = base64.b32encode(hashlib.sha256(report_id.encode()).digest()[:5]).decode()[:6]
+    return f"{reported_at.astimezone(_BEIJING):%Y%m%d}-{code}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CitizenReport:
     """A report from a citizen or a hotline agent, accepted by the publisher.
@@ -722,7 +764,9 @@ class SegmentSpeedPartial:
     seconds). ``moving``, ``stopped`` and ``parked`` are ``{"mm": int, "ms": int, "vehicles":
     [int, …]}``: distance driven (millimetres), time (milliseconds) and 64-bit vehicle keys of
     that motion class, integers so that merging shares is exact; ``excluded_ms`` is dwell at bus
-    stops and ignition-off time, left out of the speed.
+    stops and ignition-off time, left out of the speed; ``queued`` (same form) is standing in
+    the approach to the segment's end (a red light, a queue), counted as travel time — None
+    from a replica that predates it.
     """
 
     segment_id: str
@@ -732,6 +776,7 @@ class SegmentSpeedPartial:
     stopped: dict[str, Any]
     parked: dict[str, Any]
     excluded_ms: int = 0
+    queued: dict[str, Any] | None = None
 
 
 # Partitioned by segment id (not vehicle): every share of a segment reaches the one replica that

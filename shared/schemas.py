@@ -11,7 +11,10 @@ from enum import StrEnum
 from typing import Any
 
 from shared.events import (
+    CITIZEN_REPORT_CHANNELS,
+    CITIZEN_REPORT_KINDS,
     INCIDENT_STATUSES,
+    REPORT_STATUSES,
     CapCategory,
     CapCertainty,
     CapMsgType,
@@ -163,5 +166,34 @@ def contract_schemas() -> dict[str, Any]:
                 "measured_count": {"type": "integer", "minimum": 0},
                 "bbox": {"type": ["array", "null"], "items": {"type": "number"}},
             },
+        },
+        "ReportStatus": {
+            "type": "object",
+            "required": ["number", "status", "status_name", "status_name_en", "status_at",
+                         "final", "kind", "channel", "reported_at", "status_owner"],
+            "description": "A citizen report's or hotline ticket's public status: never the "
+                           "reporter's contact or the departments' notes.",
+            "properties": {
+                "number": {"type": "string", "pattern": r"^\d{8}-[A-Z2-7]{6}$",
+                           "description": "Quote it to the hotline"},
+                "status": {"enum": list(REPORT_STATUSES)},
+                "status_name": {"enum": [zh for zh, _ in REPORT_STATUSES.values()]},
+                "status_name_en": {"enum": [en for _, en in REPORT_STATUSES.values()]},
+                "status_at": TIME, "final": {"type": "boolean"},
+                "reply": {"type": ["string", "null"],
+                          "description": "What the department answered the reporter"},
+                "warning_id": {"type": ["string", "null"],
+                               "description": "The warning the report led to"},
+                "kind": {"enum": list(CITIZEN_REPORT_KINDS)},
+                "channel": {"enum": list(CITIZEN_REPORT_CHANNELS)},
+                "reported_at": TIME, "occurred_at": NULLABLE_TIME,
+                "lon": number_or_null, "lat": number_or_null,
+                "segment_id": {"type": ["string", "null"]}, "text": {"type": "string"},
+                "photo": {"type": ["object", "null"]},
+                "status_owner": {"enum": ["warning", "publisher"],
+                                 "description": "warning: the status as its owner holds it; "
+                                                "publisher: as the publisher that took it "
+                                                "knew it (the warning service not reached "
+                                                "or not yet told)"}},
         },
     }

@@ -17,7 +17,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +36,7 @@ CONFIG = web.AppKey("config", Config)
 SERVICE_NAME = web.AppKey("service_name", str)
 READINESS = web.AppKey("readiness", dict)
 TASKS = web.AppKey("tasks", set)
+DRAIN_STEPS = web.AppKey("drain_steps", list)
 
 HTTP_ERRORS = Counter("tti_http_errors_total", "HTTP error responses", ["service", "code"])
 
@@ -48,31 +49,53 @@ def json_error(status: int, code: str, message: str, details: object = None) -> 
     return web.json_response({"error": body}, status=status)
 
 
-def error_middleware(service: str) -> Any:
-    """Map TtiError and aiohttp HTTP errors to JSON; log and hide unexpected exceptions."""
+Finish = Callable[[web.Request, web.StreamResponse], web.StreamResponse]
+"""Post-processing of a handler's response (e.g. the publisher's ETags)."""
+Observe = Callable[[web.Request, int, float], None]
+"""Called once per request with its final status and seconds taken (request metrics)."""
+
+
+def error_middleware(service: str, *, finish: Finish | None = None,
+                     observe: Observe | None = None) -> Any:
+    """Map TtiError and aiohttp HTTP errors to JSON; log and hide unexpected exceptions.
+
+    ``finish`` rewrites a handler's response; ``observe`` sees every request's final status
+    (after the mapping) and duration. One middleware does all three: each layer of aiohttp
+    middleware costs a coroutine and a partial on every request of a hot endpoint.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request],
                                                                  Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
+        started = time.perf_counter() if observe is not None else 0.0
         try:
-            return await handler(request)
+            response = await handler(request)
+            if finish is not None:
+                response = finish(request, response)
         except TtiError as exc:
             HTTP_ERRORS.labels(service, exc.code).inc()
-            return json_error(exc.http_status, exc.code, exc.message, exc.details)
+            response = json_error(exc.http_status, exc.code, exc.message, exc.details)
         except web.HTTPException as exc:
             if exc.status < 400:
+                if observe is not None:
+                    observe(request, exc.status, time.perf_counter() - started)
                 raise
             code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                     413: "too_large"}.get(exc.status, "http_error")
             HTTP_ERRORS.labels(service, code).inc()
-            return json_error(exc.status, code, exc.reason)
+            response = json_error(exc.status, code, exc.reason)
         except asyncio.CancelledError:
+            if observe is not None:
+                observe(request, 499, time.perf_counter() - started)  # the client went away
             raise
         except Exception:
             HTTP_ERRORS.labels(service, "internal").inc()
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return json_error(500, "internal", "internal error")
+            response = json_error(500, "internal", "internal error")
+        if observe is not None:
+            observe(request, response.status, time.perf_counter() - started)
+        return response
 
     return middleware
 
@@ -137,7 +160,17 @@ class _JsonErrorServer(web.Server):
 
 
 class ServiceRunner(web.AppRunner):
-    """An AppRunner whose connections answer malformed requests with JSON errors."""
+    """An AppRunner whose connections answer malformed requests with JSON errors, and which
+    runs the app's drain steps (:func:`add_drain_step`) before its sites stop."""
+
+    async def cleanup(self) -> None:
+        if self.server is not None:  # set up: the sites still answer while the steps run
+            for step in self.app.get(DRAIN_STEPS, []):
+                try:
+                    await step()
+                except Exception:
+                    log.exception("drain step failed; shutting down anyway")
+        await super().cleanup()
 
     async def _make_server(self) -> web.Server:
         # AppRunner starts the app and builds aiohttp's Server; we keep its settings (handler,
@@ -215,14 +248,18 @@ async def _metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_base_app(name: str, config: Config, *, client_max_size: int = 1 << 20
+def create_base_app(name: str, config: Config, *, client_max_size: int = 1 << 20,
+                    finish: Finish | None = None, observe: Observe | None = None
                     ) -> web.Application:
-    """An aiohttp app with the health/readiness/metrics endpoints and JSON errors."""
-    app = web.Application(middlewares=[error_middleware(name)], client_max_size=client_max_size)
+    """An aiohttp app with the health/readiness/metrics endpoints and JSON errors
+    (``finish`` and ``observe``: see :func:`error_middleware`)."""
+    app = web.Application(middlewares=[error_middleware(name, finish=finish, observe=observe)],
+                          client_max_size=client_max_size)
     app[SERVICE_NAME] = name
     app[CONFIG] = config
     app[READINESS] = {}
     app[TASKS] = set()
+    app[DRAIN_STEPS] = []
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -233,6 +270,54 @@ def create_base_app(name: str, config: Config, *, client_max_size: int = 1 << 20
 def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
     """Register a readiness check (``/readyz`` is 200 only when all pass)."""
     app[READINESS][name] = check
+
+
+def add_drain_step(app: web.Application, step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` first on shutdown, while the HTTP port still answers (``/readyz`` can say
+    why the service is not ready), before the sites stop and ``on_shutdown``/``cleanup_ctx`` run.
+
+    Only :func:`make_runner`'s runner runs them, and only for the app it serves (not a mounted
+    subapp's): the service must also finish the work in its ``cleanup_ctx`` when they did not run.
+    """
+    app[DRAIN_STEPS].append(step)
+
+
+def add_probe_check(app: web.Application, name: str, probe: Callable[[], Awaitable[object]], *,
+                    interval_s: float = 2.0, timeout_s: float = 3.0) -> None:
+    """A readiness check for a dependency the service's own traffic may not touch for a while
+    (its database): ``probe`` (a cheap query) runs every ``interval_s`` from app start-up on.
+
+    Add it after the ``cleanup_ctx`` that opens the dependency. Not ready until the first
+    probe answers; a probe that raises or takes longer than ``timeout_s`` makes the check
+    fail with the error in its detail. Logged once when it starts failing, once on recovery.
+    """
+    state: list[tuple[bool, str]] = [(False, "not checked yet")]
+
+    async def watch() -> None:
+        failing = False
+        while True:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await probe()
+            except Exception as exc:
+                text = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+                if not failing:
+                    log.warning("%s unreachable: %s", name, text)
+                failing = True
+                state[0] = (False, f"unreachable: {text}")
+            else:
+                if failing:
+                    log.warning("%s reachable again", name)
+                failing = False
+                state[0] = (True, "reachable")
+            await asyncio.sleep(interval_s)
+
+    async def running(app: web.Application) -> AsyncIterator[None]:
+        spawn(app, watch(), name=f"probe:{name}")
+        yield
+
+    app.cleanup_ctx.append(running)
+    add_readiness_check(app, name, lambda: state[0])
 
 
 def spawn(app: web.Application, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:

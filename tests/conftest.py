@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -58,6 +59,28 @@ def require_server(host: str, port: int, what: str) -> None:
             return
     except OSError as exc:
         unavailable(f"{what} not reachable at {host}:{port}: {exc}")
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's headless Chromium through Playwright (no downloaded browser): the one launch
+    every page test uses. Locally a missing browser skips; in CI it fails."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install playwright)")
+    if not shutil.which("chromium"):
+        unavailable("Debian's chromium is not installed (apt-get install chromium)")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
 
 
 NATS_URL = os.environ.get("TTI_TEST_NATS_URL", "nats://127.0.0.1:4222")

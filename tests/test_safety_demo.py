@@ -17,7 +17,7 @@ import pytest
 
 from tests.test_embedded_run import Embedded, _get, _wait, start_embedded
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the demo runs about 220 s
 
 EXPECTED = {"speeding": "speeding", "night": "night_driving", "tunnel": "geofence",
             "fatigue": "fatigue_continuous"}

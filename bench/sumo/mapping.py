@@ -6,13 +6,22 @@ runs in its direction and passes closest to points along it; the part of the edg
 range of fractions of the lane length, so a probe's FCD position (lane, pos) says which segment
 it is on. A segment longer than one SUMO edge (SUMO split a way TTI kept whole) maps onto the
 edge covering its middle, and its probe speed is measured on the covered part only.
+
+A TTI segment runs to its OSM node, the middle of the junction; a SUMO edge stops at the
+junction's edge (its stop line), and the vehicles cross the junction on internal lanes. An
+internal lane (or chain of them, from one edge to the next) is split where it passes the node:
+before it, it belongs to the segment the incoming edge ends in, after it to the segment the
+outgoing edge begins with. Without that, a car that waited at the stop line and crossed within
+the minute read 0 km/h on its segment (the crossing dropped, the wait kept). Where the incoming
+and outgoing segments do not meet at one node (a short segment between two nodes of a joined
+junction), the part between the two nodes stays unmapped.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.roadnet import RoadNetwork, RoadSegment
@@ -62,11 +71,18 @@ class Mapping:
     """Edge → the edges that lead into it (for an incident's upstream)."""
     unmapped_segments: int
     unmapped_edges: int
+    internal: dict[str, tuple[tuple[float, SegmentOnEdge | None], ...]] = field(
+        default_factory=dict)
+    """Internal (junction) lane → (fraction of its length up to which, segment piece there)."""
 
     def segment_at(self, lane: str, pos_m: float) -> SegmentOnEdge | None:
-        """The segment a vehicle at ``pos_m`` on ``lane`` is on (None: a junction, unmapped)."""
+        """The segment a vehicle at ``pos_m`` on ``lane`` is on (None: unmapped)."""
         if lane.startswith(":"):
-            return None
+            spans = self.internal.get(lane)
+            if not spans:
+                return None
+            frac = pos_m / max(1e-6, self.lane_length_m.get(lane, 1.0))
+            return next((piece for upto, piece in spans if frac <= upto), spans[-1][1])
         edge = lane.rpartition("_")[0]
         on = self.by_edge.get(edge)
         if not on:
@@ -138,7 +154,7 @@ def map_network(net_path: Path, roads: RoadNetwork) -> Mapping:
     """Map every TTI segment onto the SUMO edge it lies on (where one does)."""
     import sumolib
 
-    net = sumolib.net.readNet(str(net_path), withInternal=False)
+    net = sumolib.net.readNet(str(net_path), withInternal=True)
     by_way: dict[int, list[object]] = {}
     lane_length: dict[str, float] = {}
     edge_lanes: dict[str, int] = {}
@@ -147,7 +163,7 @@ def map_network(net_path: Path, roads: RoadNetwork) -> Mapping:
     incoming: dict[str, list[str]] = {}
     edge_speed: dict[str, float] = {}
     for edge in net.getEdges():
-        if not edge.allows("passenger"):
+        if edge.getFunction() == "internal" or not edge.allows("passenger"):
             continue
         for w in _way_ids(edge):
             by_way.setdefault(w, []).append(edge)
@@ -173,10 +189,69 @@ def map_network(net_path: Path, roads: RoadNetwork) -> Mapping:
             by_edge.setdefault(piece.edge_id, []).append(piece)
     for on in by_edge.values():
         on.sort(key=lambda s: s.lo)
+    internal = _map_junctions(net, roads, by_edge, lane_length)
     return Mapping(by_segment=by_segment, by_edge=by_edge, lane_length_m=lane_length,
                    edge_lanes=edge_lanes, edge_length_m=edge_length, edge_type=edge_type,
                    edge_speed_ms=edge_speed, incoming=incoming, unmapped_segments=unmapped,
-                   unmapped_edges=sum(1 for e in edge_lanes if e not in by_edge))
+                   unmapped_edges=sum(1 for e in edge_lanes if e not in by_edge),
+                   internal=internal)
+
+
+def _map_junctions(net: object, roads: RoadNetwork, by_edge: dict[str, list[SegmentOnEdge]],
+                   lane_length: dict[str, float]
+                   ) -> dict[str, tuple[tuple[float, SegmentOnEdge | None], ...]]:
+    """Each chain of internal lanes from one mapped edge to the next, split at the OSM node(s)
+    where the segment the first ends in meets the one the second begins with."""
+    segments = {s.segment_id: s for s in roads}
+    out: dict[str, tuple[tuple[float, SegmentOnEdge | None], ...]] = {}
+    for edge in net.getEdges():  # type: ignore[attr-defined]
+        if edge.getFunction() == "internal" or edge.getID() not in by_edge:
+            continue
+        before = max(by_edge[edge.getID()], key=lambda p: p.hi)
+        for lane in edge.getLanes():
+            for conn in lane.getOutgoing():
+                via = conn.getViaLaneID()
+                to_on = by_edge.get(conn.getToLane().getEdge().getID())
+                if not via or not to_on:
+                    continue
+                after = min(to_on, key=lambda p: p.lo)
+                chain = [net.getLane(via)]  # type: ignore[attr-defined]
+                while len(chain) < 8:
+                    nxt = [c.getViaLaneID() for c in chain[-1].getOutgoing()
+                           if c.getViaLaneID()]
+                    if not nxt:
+                        break
+                    chain.append(net.getLane(nxt[0]))  # type: ignore[attr-defined]
+                seg_a, seg_b = segments[before.segment_id], segments[after.segment_id]
+                node_a = net.convertLonLat2XY(*seg_a.coords[-1])  # type: ignore[attr-defined]
+                node_b = net.convertLonLat2XY(*seg_b.coords[0])  # type: ignore[attr-defined]
+                shape: list[tuple[float, float]] = []
+                starts = []
+                for ln in chain:
+                    starts.append(_length(shape))
+                    pts = ln.getShape()
+                    shape.extend(pts[1:] if shape and pts and pts[0] == shape[-1] else pts)
+                total = _length(shape)
+                split_a = _project(node_a, shape)[1] if len(shape) >= 2 else 0.0
+                split_b = (split_a if seg_a.to_node == seg_b.from_node
+                           else max(split_a, _project(node_b, shape)[1] if len(shape) >= 2
+                                    else 0.0))
+                ends = [*starts[1:], total]
+                for ln, lo, hi in zip(chain, starts, ends, strict=True):
+                    lane_length[ln.getID()] = ln.getLength()
+                    span = max(hi - lo, 1e-6)
+                    spans: list[tuple[float, SegmentOnEdge | None]] = []
+                    if split_a > lo:
+                        spans.append((min(1.0, (split_a - lo) / span), before))
+                    if split_b > split_a and split_b > lo and split_a < hi:
+                        spans.append((min(1.0, (split_b - lo) / span), None))
+                    spans.append((1.0, after))
+                    out[ln.getID()] = tuple(spans)
+    return out
+
+
+def _length(shape: list[tuple[float, float]]) -> float:
+    return sum(math.hypot(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(shape))
 
 
 def _map_segment(seg: RoadSegment, edges: list[object], net: object) -> MappedSegment | None:

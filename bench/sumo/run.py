@@ -156,7 +156,7 @@ async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path
 def run_harness(opts: Options) -> Outcome:
     """Everything from the network to the table (blocking; runs its own event loop)."""
     name = opts.network if opts.network in ("demo", "wuhan") else Path(opts.network).stem
-    out = opts.out or Path("var") / "sumo" / name
+    out = (opts.out or Path("var") / "sumo" / name).resolve()  # tools run in its folders
     net = build_network(opts.network, out, demo_size=opts.demo_size)
     duration = opts.minutes * 60
     peak = opts.peak_per_hour or DEFAULT_PEAK.get(name, 1800.0)
@@ -204,7 +204,8 @@ def run_harness(opts: Options) -> Outcome:
                        "cleared_s": i.cleared_s, "warning_ids": i.warning_ids}
                       for i in score.incidents],
         "warnings": score.warnings, "false_alarms": score.false_alarms,
-        "replay": asdict(st), "table": table}, indent=1, ensure_ascii=False), encoding="utf-8")
+        "replay": asdict(st), "table": table, "segment_minutes": score.details},
+        indent=1, ensure_ascii=False), encoding="utf-8")
     return Outcome(score=score, replay=st, table=table, out=out, t0=t0, tap=host.tap,
                    mapping=mapping, fcd=fcd, reports=reports)
 

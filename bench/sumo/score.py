@@ -109,6 +109,8 @@ class Score:
     segments_unmapped: int
     probe_vehicles: int
     notes: list[str] = field(default_factory=list)
+    details: list[dict[str, object]] = field(default_factory=list)
+    """Per scored segment-minute: probe vehicle-seconds and every speed (km/h, None: none)."""
 
     @property
     def false_alarms_per_h_100km(self) -> float | None:
@@ -245,6 +247,11 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         _column("true-road avg vs probe Edie", eligible, road, edie, road_class),
         _column("probe Edie vs edgeData", eligible, edie, edge_ref, road_class),
     ]
+    details: list[dict[str, object]] = [
+        {"segment_id": seg, "minute": m, "probe_s": edie_raw[(seg, m)][0],
+         "edge_id": mapping.by_segment[seg].edge_id, "tti": tti.get((seg, m)),
+         "probe_edie": edie.get((seg, m)), "true_road": road.get((seg, m)),
+         "edgedata": edge_ref.get((seg, m))} for seg, m in eligible]
     # Warnings and incidents, each by id: when it first arrived, its segments, when it ended.
     events: dict[str, dict[str, object]] = {}
     for at, w in tap.warnings:
@@ -293,7 +300,8 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
     return Score(speeds=speeds, incidents=scored, warnings=len(warning_ids),
                  false_alarms=len(false), hours=duration_s / 3600.0, mapped_km=mapping.mapped_km,
                  segments_mapped=len(mapping.by_segment),
-                 segments_unmapped=mapping.unmapped_segments, probe_vehicles=len(fcd))
+                 segments_unmapped=mapping.unmapped_segments, probe_vehicles=len(fcd),
+                 details=details)
 
 
 def _pct(x: float | None) -> str:

@@ -47,6 +47,7 @@ from services.bigdata.store import (
     GtfsStop,
     GtfsStopTime,
     GtfsTrip,
+    RegionInfo,
     SearchHit,
 )
 from services.bigdata.store.features import SEARCH_KINDS, check_kinds
@@ -220,9 +221,19 @@ def _store(request: web.Request) -> GeoStore:
 
 
 async def _region(request: web.Request) -> web.Response:
-    info = await _store(request).region()
-    return web.json_response({"name": info.name, "bbox": info.bbox,
-                              "segment_count": info.segment_count})
+    store = _store(request)
+    info = await store.region()
+    return web.json_response({"name": info.name, "name_en": await _region_name_en(store, info),
+                              "bbox": info.bbox, "segment_count": info.segment_count})
+
+
+async def _region_name_en(store: GeoStore, info: RegionInfo) -> str | None:
+    """The English name (OSM ``name:en``) of the place the region is named after, if tagged."""
+    if not info.name or info.bbox is None:
+        return None
+    places = await store.basemap_in_bbox(info.bbox, layers=["place"], limit=1000)
+    named = [p for p in places if p.name == info.name and p.name_en]
+    return min(named, key=lambda p: (p.rank, p.item_id)).name_en if named else None
 
 
 async def _segments(request: web.Request) -> web.Response:

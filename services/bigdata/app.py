@@ -6,9 +6,12 @@ parked vehicles and ignition-off time out of them (``speeds.py``). Consumes
 ``tti.detector.reading``: a reading of a detector in the registry (``detector`` features in the
 geodatabase) is fused with the probe window of the segment it watches (``source``
 ``probe+detector``), or published alone (``detector``) when no probe drove the segment. Persists
-each value and publishes ``tti.segment.speed``. A value is stored once and then owed to the bus:
-what the bus refuses waits in an outbox and is sent again on the next flush (``outbox.py``,
-event id ``speed:<segment>:<bucket>``, so JetStream drops a duplicate resend).
+each value in the speed history and publishes ``tti.segment.speed``; once closed, a value is owed
+to both, each retried on its own: what the bus refuses waits in an outbox and is sent again on
+the next flush (``outbox.py``, event id ``speed:<segment>:<bucket>``, so JetStream drops a
+duplicate resend), and what the database refuses waits in ``unstored`` for the next flush (the
+history is an upsert), so live values keep flowing while the database is away. ``/readyz``
+probes the database every 2 s (check ``database``).
 
 **Time** is the service's clock (``shared/clock.py``): it decides which windows are due, what
 arrived late, and paces the flush loop, so under a clock at rate 10 a window of 60 s closes after
@@ -58,6 +61,7 @@ from services.bigdata.profiles import keep_profiles
 from services.bigdata.speeds import (
     FusedSpeed,
     ProbeSample,
+    SettleSchedule,
     SpeedPartial,
     SpeedWindows,
     StopIndex,
@@ -93,7 +97,7 @@ from shared.events import (
     partition_of,
 )
 from shared.roadnet import RoadNetwork, RoadSegment
-from shared.service import add_readiness_check, create_base_app, spawn
+from shared.service import add_probe_check, add_readiness_check, create_base_app, spawn
 
 log = logging.getLogger("tti.bigdata")
 
@@ -101,6 +105,10 @@ POSITIONS = Counter("tti_bigdata_positions_total", "Positions processed by match
                     ["result"])
 WINDOWS = Counter("tti_bigdata_speed_windows_total", "Segment speed windows published, by source",
                   ["source"])
+HISTORY = Counter("tti_bigdata_speed_history_total",
+                  "Closed speed values written to the speed history, by outcome (stored; retried: "
+                  "the database refused and they wait for the next flush; dropped: over the bound)",
+                  ["result"])
 LATE = Counter("tti_bigdata_late_pieces_total", "Matched pieces that arrived after their window")
 READINGS = Counter("tti_bigdata_detector_readings_total",
                    "Detector readings by outcome (buffered for fusion or why dropped)", ["result"])
@@ -171,6 +179,7 @@ class Bigdata:
     MAX_DETECTORS = 1_000_000
     MAX_OUTBOX = 200_000
     PUBLISH_BATCH = 256
+    STORE_BATCH = 5000
 
     def __init__(self, config: Config, bus: EventBus, store: GeoStore, *,
                  clock: Clock | None = None) -> None:
@@ -187,6 +196,9 @@ class Bigdata:
         # when that is longer): grace covers that plus transport for intervals up to 40 s.
         self.grace_s = min(self.window_s, self.MAX_GRACE_S)
         self.windows = SpeedWindows(self.window_s, grace_s=self.grace_s)
+        self.flush_interval_s = max(0.2, min(5.0, self.window_s / 4))
+        # A vehicle gone quiet has its last fixes decided before their windows close.
+        self.settling = SettleSchedule(self.windows, lead_s=self.flush_interval_s)
         self.sharded = config.replica_count > 1
         self.owned = frozenset(config.owned_partitions())
         self.merger = (SpeedWindows(self.window_s, grace_s=self.grace_s + self.MERGE_SLACK_S)
@@ -202,6 +214,9 @@ class Bigdata:
                                  batch=self.PUBLISH_BATCH)
         # 两客一危 vehicles' decided fixes on their roads, for the warning service's rules.
         self.matched = MatchedPositions(bus, limit=self.MAX_OUTBOX, batch=self.PUBLISH_BATCH)
+        # Closed values the speed history has not taken yet (the database away for a while).
+        self.unstored: list[SpeedRecord] = []
+        self._history_failing = False
         self._position_sub: Subscription | None = None
         self._subs: list[Subscription] = []
         self.partials_published = 0
@@ -325,11 +340,15 @@ class Bigdata:
         # acked). Shares of these windows that arrive later go to the restarted replica, which
         # publishes them as a value of their own; from the next window on all is exact again.
         await self._close(math.inf, self.clock.time())
+        await self._store_speeds()
         await self._send_speeds()
         await self.matched.send()
         unsent = len(self.partials_out) + len(self.speeds_out) + len(self.matched.outbox)
         if unsent:
             log.error("stopping with %d events the bus did not take (lost)", unsent)
+        if self.unstored:
+            log.error("stopping with %d speed values the history did not take (lost)",
+                      len(self.unstored))
 
     async def on_position(self, env: Envelope[VehiclePosition]) -> None:
         """Match one position and add what the vehicle did to the open windows."""
@@ -355,6 +374,7 @@ class Bigdata:
             t, pos.lon, pos.lat, heading=pos.heading_deg, speed_kmh=pos.speed_kmh,
             acc_on=acc_on, vehicle_class=pos.vehicle_class,
             tag=env if monitored(pos.vehicle_class) else None))
+        self.settling.note(pos.vehicle_id, probe)
 
     def _add_samples(self, vehicle_id: str, samples: list[ProbeSample]) -> None:
         # The matcher decides fixes a little late (its lag): each sample carries its own time.
@@ -509,6 +529,10 @@ class Bigdata:
         """Whether the window ``bucket`` is closed (or closing) into SegmentSpeeds here."""
         return (bucket + 1) * self.window_s + self.merger.grace_s <= now
 
+    def _find_probe(self, vehicle_id: str) -> VehicleProbe | None:
+        entry = self.matchers.get(vehicle_id)
+        return None if entry is None else entry[1]
+
     def _evict_idle(self, now: float) -> None:
         while self.matchers:
             vid, (seen, probe) = next(iter(self.matchers.items()))
@@ -529,12 +553,15 @@ class Bigdata:
         if final:
             for vid, (_, probe) in list(self.matchers.items()):
                 self._add_samples(vid, probe.flush())
+        for vid, samples in self.settling.settle(now, self._find_probe):
+            self._add_samples(vid, samples)
         if self.sharded:
             shares = self.windows.drain_partials(math.inf if final else now, hold_s=self.grace_s)
             await self._publish_partials(shares, now)
         self._evict_idle(now)
         await self.matched.send()
         closed = await self._close(now, now)
+        await self._store_speeds()
         await self._send_speeds()
         return closed
 
@@ -560,9 +587,38 @@ class Bigdata:
         for item in await self.speeds_out.send():
             WINDOWS.labels(item.payload.source).inc()
 
+    def _add_unstored(self, records: Sequence[SpeedRecord]) -> None:
+        self.unstored.extend(records)
+        over = len(self.unstored) - self.MAX_OUTBOX
+        if over > 0:
+            del self.unstored[:over]
+            HISTORY.labels("dropped").inc(over)
+            log.error("speed history backlog full: %d oldest values dropped", over)
+
+    async def _store_speeds(self) -> None:
+        """Write the closed values the history does not hold yet, a batch at a time; what the
+        database refuses stays for the next flush (an upsert: a repeat does no harm)."""
+        while self.unstored:
+            batch = self.unstored[:self.STORE_BATCH]
+            try:
+                await self.store.insert_speeds(batch)
+            except Exception as exc:  # the database away (or refusing): keep them, try later
+                HISTORY.labels("retried").inc(len(batch))
+                if not self._history_failing:  # once when it starts failing, once when it ends
+                    self._history_failing = True
+                    log.warning("speed history not written (%d values wait): %s",
+                                len(self.unstored), exc)
+                return
+            del self.unstored[:len(batch)]
+            HISTORY.labels("stored").inc(len(batch))
+        if self._history_failing:
+            self._history_failing = False
+            log.warning("speed history written again")
+
     async def _close(self, due_before: float, now: float) -> list[SegmentSpeed]:
-        """Close the windows and detector-only readings due by ``due_before``; persist them
-        and queue them for the bus (sent by the caller). ``now`` is the clock's time."""
+        """Close the windows and detector-only readings due by ``due_before``; queue them for
+        the history and the bus (written and sent by the caller: ``_store_speeds``,
+        ``_send_speeds``). ``now`` is the clock's time."""
         if self.network is None:
             return []
         w_s = self.window_s
@@ -587,8 +643,9 @@ class Bigdata:
             events.append((bucket, self._event(seg, bucket, fused)))
         if not events:
             return []
-        # Stored once, here; only the publish is retried.
-        await self.store.insert_speeds([
+        # Owed to the history and to the bus from here on; each is retried on its own, so
+        # live values keep flowing while the database is away, and the other way round.
+        self._add_unstored([
             SpeedRecord(segment_id=e.segment_id, window_start=e.window_start,
                         observed_at=e.observed_at, speed_kmh=e.speed_kmh,
                         sample_count=e.sample_count, source=e.source, confidence=e.confidence)
@@ -615,7 +672,7 @@ class Bigdata:
 
     async def flush_loop(self) -> None:
         """Close windows a few times per window length, refresh the detector registry, forever."""
-        interval = max(0.2, min(5.0, self.window_s / 4))
+        interval = self.flush_interval_s
         while True:
             await self.clock.sleep(interval)
             now = self.clock.time()
@@ -633,6 +690,29 @@ class Bigdata:
 
 
 BIGDATA = web.AppKey("bigdata", Bigdata)
+
+HISTORY_UPKEEP_S = 3600.0
+HISTORY_FIRST_UPKEEP_S = 600.0
+
+
+async def keep_speed_history(store: GeoStore, *, clock: Clock, keep_days: int,
+                             first_s: float = HISTORY_FIRST_UPKEEP_S,
+                             interval_s: float = HISTORY_UPKEEP_S) -> None:
+    """Expire the speed history beyond ``keep_days`` and prepare the coming days' partitions,
+    ``first_s`` after start (opening the store already prepared them; start is busy enough),
+    then every ``interval_s`` (clock time), forever; a failure is logged and retried then."""
+    await clock.sleep(first_s)
+    while True:
+        try:
+            done = await store.maintain_speed_history(keep_days=keep_days)
+            log.info("speed history kept from %s: %d partitions created, %d dropped, %d rows "
+                     "deleted", done.kept_from.isoformat(), done.partitions_created,
+                     done.partitions_dropped, done.rows_deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("speed history upkeep failed")
+        await clock.sleep(interval_s)
 
 
 def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None,
@@ -664,6 +744,9 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None,
             spawn(app, bd.catalogue_loop(), name="bigdata-catalogue")
             # Time-of-week profiles and learned free flow: at start, then hourly (profiles.py).
             spawn(app, keep_profiles(store, clock=clock), name="bigdata-profiles")
+            spawn(app, keep_speed_history(store, clock=clock,
+                                          keep_days=config.speed_history_days),
+                  name="bigdata-history")
             yield
             await bd.stop()
         finally:
@@ -677,6 +760,8 @@ def create_app(config: Config, *, bus: EventBus, store: GeoStore | None = None,
         f"{len(bd.network.segments)} segments" if bd.network else "not loaded"))
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
+    # The geodatabase behind the API and the speed history (after `resources` opened it).
+    add_probe_check(app, "database", store.schema_version)
     if config.gtfs:
         # A rejected feed is reported here but does not take the road API out of service.
         add_readiness_check(app, "gtfs", lambda: (bd.gtfs_state != "importing", bd.gtfs_state))

@@ -40,6 +40,10 @@ heading, as JT/T 808 terminals do):
   (6.7 → 4.2 m at σ = 10 m), which is what the driven distances, and so the speeds, are
   computed from. Distances here are metres driven: the ramp penalty is for choosing routes and
   stays out of them.
+- **Standing still** (reported speed below ``stationary_kmh``): a fix just past a node is
+  unlikely (vehicles wait at the stop line before the junction), and from one standing fix to
+  the next the vehicle is placed where it was: GPS jitter does not carry a waiting car over
+  the junction, or round onto the other direction of its road.
 - **Junctions**: the lattice's states are single points, so near a junction of a straight road
   it weighs "just before" against "just after" on the fix's own projection alone (the
   neighbours' route distances barely differ). A fix whose refined position is within
@@ -61,8 +65,9 @@ chain ends, several), oldest first, each a `MatchResult` with the fix's time and
 position, its matched position (a `Candidate`; None when it matched nothing) and the pieces
 driven since the previously decided fix: distance per segment and the time it took, split
 between segments by the reported speeds. `flush` decides what is still pending (vehicle idle or
-gone). Per-vehicle memory is bounded: at most ``lag + 1`` fixes of at most ``max_candidates``
-candidates each.
+gone) and ends the chain; `settle` decides the pending fixes older than a time and goes on (a
+vehicle gone quiet while its speed windows close). Per-vehicle memory is bounded: at most
+``lag + 1`` fixes of at most ``max_candidates`` candidates each.
 """
 
 from __future__ import annotations
@@ -147,6 +152,14 @@ class MatchParams:
     # Fixes whose refined position is within this distance of a junction are placed on the
     # segment of their route they most probably are on (0 turns it off).
     junction_reach_m: float = 30.0
+    # A vehicle standing still is rarely just past a node: it waits before the junction, at
+    # the stop line. A standing fix's candidate within ``past_node_m`` of its segment's start
+    # costs ``past_node_log``, so the wait is not counted on the road beyond the junction
+    # (SUMO, demo city, 10 s reports, 30 min: within 10 % of the probes' own speed 73.7 →
+    # 76.4 % of segment-minutes, within 25 % 87.4 → 90.9 %). Then, standing since the last
+    # fix, a vehicle stays where it was (`_refine`), whatever its jitter says.
+    past_node_m: float = 20.0
+    past_node_log: float = 2.0
     max_gap_s: float = 120.0
     max_speed_kmh: float = 160.0
 
@@ -297,6 +310,26 @@ class OnlineMatcher:
         steps = self._steps
         return steps[-1].t - steps[0 if steps[0].decided < 0 else 1].t
 
+    @property
+    def undecided_since(self) -> float | None:
+        """Where the time not decided yet begins (s): the last decided fix of the chain (the
+        next decision's pieces start there), else its oldest fix; None when nothing is pending.
+        """
+        return self._steps[0].t if self.pending else None
+
+    def settle(self, before_t: float) -> list[MatchResult]:
+        """Decide pending fixes, oldest first, until the undecided time begins at or after
+        ``before_t``; the chain goes on (the next fix is joined to the last decision).
+
+        For a vehicle gone quiet, or reporting less often than the lag allows for: the speed
+        windows close on time, so what a decision would add to a window about to close is
+        decided now, on the evidence at hand, rather than after the window is gone.
+        """
+        out = []
+        while self.pending and self._steps[0].t < before_t:
+            out.append(self._decide_oldest())
+        return out
+
     def flush(self) -> list[MatchResult]:
         """Decide every pending fix now (best path through the window) and end the chain."""
         out = []
@@ -317,6 +350,7 @@ class OnlineMatcher:
         use_heading = (heading is not None and math.isfinite(heading) and speed_kmh is not None
                        and speed_kmh >= p.min_heading_speed_kmh)
         segs = [index[c.segment_id] for c in cands]
+        standing = speed_kmh is not None and speed_kmh < p.stationary_kmh
         emissions = []
         for c, seg in zip(cands, segs, strict=True):
             z = c.distance_m * inv_sigma
@@ -325,6 +359,8 @@ class OnlineMatcher:
                 assert heading is not None
                 diff = abs((heading - c.bearing_deg + 180.0) % 360.0 - 180.0) / 45.0
                 score -= min(p.heading_cap, p.heading_weight * diff * diff)
+            if standing and c.offset_m < p.past_node_m:
+                score -= p.past_node_log
             if speed_kmh is not None:
                 over = (speed_kmh - free_flow[seg] - p.speed_margin_kmh) / p.speed_scale_kmh
                 if over > 0.0:
@@ -573,6 +609,17 @@ class OnlineMatcher:
         v = step.speed_kmh
         if not p.refine or v is None:
             return
+        if anchor is not None and anchor.speed_kmh is not None \
+                and max(anchor.speed_kmh, v) < p.stationary_kmh:
+            # Standing still since the anchor: it is where it was, whatever the jitter says
+            # (a car at a stop line is not hopped over the junction by its fixes).
+            assert step.route_m is not None
+            r_prev = step.route_m[j][anchor.decided]
+            if math.isfinite(r_prev):
+                step.pos_seg, step.pos_off = anchor.pos_seg, anchor.pos_off
+                step.pos_delta, step.pos_var = anchor.pos_delta - r_prev, anchor.pos_var
+                step.filt_delta, step.filt_var = anchor.filt_delta - r_prev, anchor.filt_var
+                return
         # The fix's own position: its projection, where a clamped one (beyond an end of the
         # segment) is taken along the end's extension instead.
         own = self._overshoot(step, j)

@@ -2,7 +2,9 @@
 
 **Space-mean speed** over a window is total distance driven on the segment divided by total time
 spent driving it (Σd / Σt), which weighs slow vehicles correctly, unlike an average of spot
-speeds. Pieces are assigned to the window containing the time of the fix that ended them.
+speeds. An interval between two decided fixes is laid out in time (driving and standing in the
+order they happened, ending at the later fix) and split at window boundaries, so each window gets
+the distance and the time that fell in it (within a piece the speed is taken as constant).
 
 **Stops that are not traffic.** A `VehicleProbe` (one per vehicle: its map matcher plus a little
 state) splits each interval between two decided fixes into driving and standing (an interval in
@@ -10,13 +12,16 @@ which the vehicle pulled up or drove off has both: driving took distance / repor
 rest was standing) and labels the standing time with a `Motion`:
 
 - ``moving``: no standing at all (≥ ``stationary_kmh`` throughout, as far as we can tell);
+- ``queued``: standing, ignition on, within ``approach_m`` of the segment's downstream end — at
+  a red light, a stop line or in the queue before the junction: travel time (GB/T 33171 grades
+  travel speed, delay at signals included), always counted;
 - ``bus_stop``: a bus standing within ``stop_radius_m`` of a bus stop — dwell, excluded;
 - ``acc_off``: standing with the ignition off (JT/T 808 status bit 0) — parked, excluded;
 - ``parked``: standing, ignition on or unknown, for more than ``parked_after_s`` so far;
-- ``stopped``: any other standing (a red light, a queue).
+- ``stopped``: any other standing (mid-block: kerbside, or a queue).
 
-Standing time counts towards a window only when it is evidence of congestion, decided when the
-window closes, after partial windows from every pod are merged (so the rule sees all vehicles):
+Other standing time counts towards a window only when it is evidence of congestion, decided when
+the window closes, after partial windows from every pod are merged (so the rule sees all vehicles):
 
 - if traffic through the segment flows (moving vehicles at ≥ ``flowing_kmh``), standing vehicles
   are kerbside (loading, waiting) unless at least ``queue_min_vehicles`` of them stand
@@ -40,8 +45,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +56,7 @@ from typing import Any
 from services.bigdata.matching import MatchResult, OnlineMatcher, Piece
 from shared.events import DetectorReading
 from shared.geo import haversine_m
+from shared.roadnet import Candidate
 
 __all__ = [
     "FUSED_SOURCE",
@@ -57,6 +64,7 @@ __all__ = [
     "FusedSpeed",
     "Motion",
     "ProbeSample",
+    "SettleSchedule",
     "SpeedPartial",
     "SpeedWindows",
     "StopIndex",
@@ -77,6 +85,7 @@ class Motion(StrEnum):
     """What a vehicle did between two decided fixes (see the module docstring)."""
 
     MOVING = "moving"
+    QUEUED = "queued"
     STOPPED = "stopped"
     PARKED = "parked"
     BUS_STOP = "bus_stop"
@@ -88,6 +97,10 @@ class DwellRules:
     """When standing is dwell or parking rather than traffic (metres, seconds, km/h)."""
 
     stationary_kmh: float = 3.0
+    # Standing this close to the segment's downstream end is at the junction (a red light, a
+    # stop line, the queue before them): SUMO, demo city, 10 s reports: 90 % of the stops at
+    # signals are matched within 40 m of the segment's end.
+    approach_m: float = 80.0
     stop_radius_m: float = 30.0
     parked_after_s: float = 300.0
     bus_classes: frozenset[str] = frozenset({"bus"})
@@ -129,7 +142,9 @@ class ProbeSample:
     The interval's pieces are split into ``moving`` (driven, with the time spent driving) and
     ``standing`` (zero distance; the rest of the time), and ``motion`` labels the standing
     part (`Motion.MOVING` when the vehicle never stood). An interval in which a vehicle pulled
-    up or drove off has both. ``tag`` is what the caller passed with the fix to
+    up or drove off has both: ``standing_first`` says it drove off (stood, then drove), else
+    it drove, then stood. The interval ends at ``result.t``. ``tag`` is what the caller passed
+    with the fix to
     `VehicleProbe.update` (the app: the position's envelope, for the vehicles it publishes on
     their roads), None otherwise.
     """
@@ -139,6 +154,13 @@ class ProbeSample:
     moving: tuple[Piece, ...] = ()
     standing: tuple[Piece, ...] = ()
     tag: object = None
+    standing_first: bool = False
+
+    def timeline(self) -> tuple[tuple[Piece, Motion], ...]:
+        """The interval's pieces in the order they happened, each with its motion class."""
+        moving = tuple((p, Motion.MOVING) for p in self.moving)
+        standing = tuple((p, self.motion) for p in self.standing)
+        return standing + moving if self.standing_first else moving + standing
 
 
 class VehicleProbe:
@@ -162,8 +184,9 @@ class VehicleProbe:
         # wanted.
         self._inputs: list[tuple[float, float | None, bool | None, object]] = []
         self._last_t = -math.inf
-        # The previous decided fix: reported speed, ignition, matched position.
-        self._prev: tuple[float | None, bool | None, float, float] | None = None
+        # The previous decided fix: reported speed, ignition, matched position (lon, lat, and
+        # metres before the end of its segment).
+        self._prev: tuple[float | None, bool | None, float, float, float] | None = None
         self._run_start: float | None = None
 
     def update(self, t: float, lon: float, lat: float, *, heading: float | None = None,
@@ -181,6 +204,16 @@ class VehicleProbe:
         self._inputs.append((t, speed_kmh, acc_on, tag))
         return self._label(self.matcher.update(t, lon, lat, heading=heading,
                                                speed_kmh=speed_kmh))
+
+    @property
+    def undecided_since(self) -> float | None:
+        """Where this vehicle's undecided time begins (s); None when nothing is pending."""
+        return self.matcher.undecided_since
+
+    def settle(self, before_t: float) -> list[ProbeSample]:
+        """Decide the pending fixes whose interval begins before ``before_t``, keeping the
+        chain (see `OnlineMatcher.settle`): a vehicle gone quiet while its windows close."""
+        return self._label(self.matcher.settle(before_t))
 
     def flush(self) -> list[ProbeSample]:
         """Decide what is pending (vehicle idle or evicted)."""
@@ -201,8 +234,14 @@ class VehicleProbe:
             sample = self._sample(r, speed, acc_on)
             out.append(sample if tag is None else dataclasses.replace(sample, tag=tag))
             where = r.candidate
-            self._prev = None if where is None else (speed, acc_on, where.lon, where.lat)
+            self._prev = None if where is None else (speed, acc_on, where.lon, where.lat,
+                                                     self._to_end(where))
         return out
+
+    def _to_end(self, where: Candidate) -> float:
+        """Metres from a matched position to the downstream end of its segment."""
+        graph = self.matcher.graph
+        return graph.seg_len[graph.seg_index[where.segment_id]] - where.offset_m
 
     def _sample(self, r: MatchResult, speed: float | None, acc_on: bool | None) -> ProbeSample:
         rules = self.rules
@@ -239,13 +278,14 @@ class VehicleProbe:
         at_start = stood_at_start and not stood_at_end
         standing = (Piece((r.pieces[0] if at_start else r.pieces[-1]).segment_id, 0.0, stand_s),)
         if at_start:
-            acc_on, lon, lat = prev[1], prev[2], prev[3]
+            acc_on, lon, lat, to_end = prev[1], prev[2], prev[3], prev[4]
             run_start = self._run_start if self._run_start is not None else r.t - duration
             run_end = r.t - drive_s
             self._run_start = None  # it drives on
         else:
             where = r.candidate
             lon, lat = (where.lon, where.lat) if where is not None else (r.lon, r.lat)
+            to_end = self._to_end(where) if where is not None else math.inf
             if self._run_start is None:
                 self._run_start = r.t - stand_s
             run_start, run_end = self._run_start, r.t
@@ -256,13 +296,78 @@ class VehicleProbe:
             motion = Motion.BUS_STOP
         elif run_end - run_start > rules.parked_after_s:
             motion = Motion.PARKED
+        elif to_end <= rules.approach_m:
+            motion = Motion.QUEUED
         else:
             motion = Motion.STOPPED
-        return ProbeSample(r, motion, moving, standing)
+        return ProbeSample(r, motion, moving, standing, standing_first=at_start)
 
     def state_size(self) -> int:
         """Units of memory held for this vehicle (bounded by the matcher's lag)."""
         return self.matcher.state_size() + len(self._inputs)
+
+
+class SettleSchedule:
+    """When each vehicle's undecided fixes must be decided so that its windows get them.
+
+    The matcher decides a fix once newer fixes span its lag. A vehicle that goes quiet (its
+    trip over, out of coverage, the terminal switched off) or reports less often than the lag
+    and the windows' grace allow would have its last interval decided only when it is evicted,
+    long after the windows it fell in were closed: the end of each trip lost, its queue at the
+    last light with it. Each vehicle with undecided time is kept here under the moment the
+    window that time begins in closes; `settle`, called on every flush tick before windows
+    close, decides (`VehicleProbe.settle`) what a window closing before the next tick needs.
+    A vehicle reporting on time is decided by its matcher first and is not touched.
+
+    Memory: at most a few entries per vehicle with undecided fixes (stale ones are skipped).
+    """
+
+    def __init__(self, windows: SpeedWindows, *, lead_s: float) -> None:
+        self.windows = windows
+        self.lead_s = lead_s
+        self._heap: list[tuple[float, str]] = []
+        self._noted: dict[str, float] = {}
+        self.settled = 0
+        """Fixes decided here rather than by their matcher's lag (diagnostics)."""
+
+    def __len__(self) -> int:
+        return len(self._noted)
+
+    def note(self, vehicle_id: str, probe: VehicleProbe) -> None:
+        """Keep ``probe`` under the closing time of the window its undecided time begins in
+        (call after each update)."""
+        since = probe.undecided_since
+        if since is None:
+            return
+        deadline = self.windows.closes_at(since)
+        if self._noted.get(vehicle_id, math.inf) <= deadline:
+            return  # an earlier (or the same) deadline is waiting already
+        self._noted[vehicle_id] = deadline
+        heapq.heappush(self._heap, (deadline, vehicle_id))
+
+    def settle(self, now: float, find: Callable[[str], VehicleProbe | None]
+               ) -> list[tuple[str, list[ProbeSample]]]:
+        """Decide, for every vehicle whose oldest undecided time falls in a window closing
+        within ``lead_s`` of ``now``, the fixes that window needs; ``find`` gives the probe of
+        a vehicle id (None: gone, nothing to do). Returns (vehicle id, samples) to add."""
+        at = now + self.lead_s
+        before = self.windows.open_since(at)
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= at:
+            deadline, vid = heapq.heappop(heap)
+            if self._noted.get(vid) != deadline:
+                continue  # superseded by an earlier deadline, already handled
+            del self._noted[vid]
+            probe = find(vid)
+            if probe is None:
+                continue
+            samples = probe.settle(before)
+            if samples:
+                self.settled += len(samples)
+                out.append((vid, samples))
+            self.note(vid, probe)
+        return out
 
 
 def vehicle_key(vehicle_id: str) -> int:
@@ -288,8 +393,9 @@ class _Class:
 class SpeedPartial:
     """One pod's share of one segment × window; `merge` of any split of vehicles is exact.
 
-    ``moving``, ``stopped`` and ``parked`` hold distance (mm), time (ms) and the vehicle keys;
-    ``excluded_ms`` counts dwell at bus stops and ignition-off time (diagnostics only).
+    ``moving``, ``queued``, ``stopped`` and ``parked`` hold distance (mm), time (ms) and the
+    vehicle keys; ``excluded_ms`` counts dwell at bus stops and ignition-off time (diagnostics
+    only).
     """
 
     segment_id: str
@@ -299,6 +405,7 @@ class SpeedPartial:
     stopped: _Class = field(default_factory=_Class)
     parked: _Class = field(default_factory=_Class)
     excluded_ms: int = 0
+    queued: _Class = field(default_factory=_Class)
 
     @property
     def window_start(self) -> datetime:
@@ -311,6 +418,7 @@ class SpeedPartial:
                 self.segment_id, self.bucket, self.window_s):
             raise ValueError("can only merge partials of the same segment and window")
         self.moving.merge(other.moving)
+        self.queued.merge(other.queued)
         self.stopped.merge(other.stopped)
         self.parked.merge(other.parked)
         self.excluded_ms += other.excluded_ms
@@ -321,18 +429,24 @@ class SpeedPartial:
             return {"mm": c.mm, "ms": c.ms, "vehicles": sorted(c.vehicles)}
 
         return {"segment_id": self.segment_id, "bucket": self.bucket, "window_s": self.window_s,
-                "moving": cls(self.moving), "stopped": cls(self.stopped),
-                "parked": cls(self.parked), "excluded_ms": self.excluded_ms}
+                "moving": cls(self.moving), "queued": cls(self.queued),
+                "stopped": cls(self.stopped), "parked": cls(self.parked),
+                "excluded_ms": self.excluded_ms}
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> SpeedPartial:
-        """Inverse of `to_payload`; KeyError/TypeError/ValueError on malformed input."""
-        def part(raw: Mapping[str, Any]) -> _Class:
+        """Inverse of `to_payload`; KeyError/TypeError/ValueError on malformed input.
+
+        A share without ``queued`` (from a replica older than that class) has none.
+        """
+        def part(raw: Mapping[str, Any] | None) -> _Class:
+            if raw is None:
+                return _Class()
             return _Class(int(raw["mm"]), int(raw["ms"]), {int(v) for v in raw["vehicles"]})
 
         return cls(str(data["segment_id"]), int(data["bucket"]), float(data["window_s"]),
                    part(data["moving"]), part(data["stopped"]), part(data["parked"]),
-                   int(data.get("excluded_ms", 0)))
+                   int(data.get("excluded_ms", 0)), part(data.get("queued")))
 
 
 def confidence(sample_count: int, duration_s: float, window_s: float) -> float:
@@ -366,7 +480,7 @@ class WindowSpeed:
 
 
 class SpeedWindows:
-    """Accumulates pieces into windows of ``window_s`` seconds keyed by their end time.
+    """Accumulates pieces into windows of ``window_s`` seconds, split at the windows' boundaries.
 
     One instance per pod aggregates its vehicles; with several pods it also serves as the
     merger of everyone's partials. Memory: open windows only, each at most one partial per
@@ -390,38 +504,82 @@ class SpeedWindows:
     def _due(self, bucket: int, now: float) -> bool:
         return (bucket + 1) * self.window_s + self.grace_s <= now
 
+    def closes_at(self, t: float) -> float:
+        """When the window holding time ``t`` closes (its end plus the grace)."""
+        return (self._bucket(t) + 1) * self.window_s + self.grace_s
+
+    def open_since(self, now: float) -> float:
+        """Start of the oldest window still open at ``now``: a piece before it is late."""
+        return math.floor((now - self.grace_s) / self.window_s) * self.window_s
+
     def add(self, vehicle_id: str, t_end: float, pieces: Iterable[Piece], *,
             now: float | None = None, motion: Motion = Motion.MOVING) -> None:
-        """Add a vehicle's pieces that ended at ``t_end`` (epoch seconds)."""
-        bucket = self._bucket(t_end)
-        if now is not None and (self._due(bucket, now) or t_end > now + self.window_s):
-            self.late_pieces += 1
-            return
-        windows = self._open.setdefault(bucket, {})
-        key = vehicle_key(vehicle_id)
-        for piece in pieces:
-            partial = windows.get(piece.segment_id)
-            if partial is None:
-                partial = windows[piece.segment_id] = SpeedPartial(piece.segment_id, bucket,
-                                                                   self.window_s)
-            ms = round(piece.duration_s * 1000.0)
-            if motion in (Motion.BUS_STOP, Motion.ACC_OFF):
-                partial.excluded_ms += ms
-                continue
-            acc = (partial.moving if motion is Motion.MOVING
-                   else partial.parked if motion is Motion.PARKED else partial.stopped)
-            acc.mm += round(piece.distance_m * 1000.0)
-            acc.ms += ms
-            acc.vehicles.add(key)
+        """Add a vehicle's pieces, one after the other in time, the last ending at ``t_end``.
+
+        Each piece is split at window boundaries in proportion to its time (the speed within a
+        piece taken as constant): a window gets the distance and time that fell in it.
+        """
+        pieces = list(pieces)
+        self._add_timeline(vehicle_id, t_end, [(p, motion) for p in pieces], now=now)
 
     def add_sample(self, vehicle_id: str, sample: ProbeSample, *,
                    now: float | None = None) -> None:
-        """Add what a `VehicleProbe` decided: its moving and its standing pieces."""
-        if sample.moving:
-            self.add(vehicle_id, sample.result.t, sample.moving, now=now)
-        if sample.standing:
-            self.add(vehicle_id, sample.result.t, sample.standing, now=now,
-                     motion=sample.motion)
+        """Add what a `VehicleProbe` decided: its driving and standing, in the order they
+        happened, the interval ending at the sample's fix."""
+        self._add_timeline(vehicle_id, sample.result.t, list(sample.timeline()), now=now)
+
+    def _add_timeline(self, vehicle_id: str, t_end: float,
+                      timeline: Sequence[tuple[Piece, Motion]], *, now: float | None) -> None:
+        if not timeline:
+            return
+        if now is not None and t_end > now + self.window_s:
+            self.late_pieces += 1  # stamped far in the future: a clock gone wrong
+            return
+        key = vehicle_key(vehicle_id)
+        late = False
+        t = t_end
+        for piece, motion in reversed(timeline):
+            start = t - max(0.0, piece.duration_s)
+            for bucket, share in self._split(start, t):
+                if now is not None and self._due(bucket, now):
+                    late = True
+                    continue
+                self._put(bucket, key, piece, share, motion)
+            t = start
+        if late:
+            self.late_pieces += 1
+
+    def _split(self, start: float, end: float) -> list[tuple[int, float]]:
+        """Windows an interval overlaps, with the share of the interval in each."""
+        first, last = self._bucket(start), self._bucket(end)
+        if end <= start or first == last:
+            return [(last, 1.0)]
+        if end == last * self.window_s:
+            last -= 1  # an interval ending exactly at a boundary belongs before it
+        out = []
+        span = end - start
+        for bucket in range(first, last + 1):
+            lo = max(start, bucket * self.window_s)
+            hi = min(end, (bucket + 1) * self.window_s)
+            if hi > lo:
+                out.append((bucket, (hi - lo) / span))
+        return out
+
+    def _put(self, bucket: int, key: int, piece: Piece, share: float, motion: Motion) -> None:
+        windows = self._open.setdefault(bucket, {})
+        partial = windows.get(piece.segment_id)
+        if partial is None:
+            partial = windows[piece.segment_id] = SpeedPartial(piece.segment_id, bucket,
+                                                               self.window_s)
+        ms = round(piece.duration_s * share * 1000.0)
+        if motion in (Motion.BUS_STOP, Motion.ACC_OFF):
+            partial.excluded_ms += ms
+            return
+        acc = {Motion.MOVING: partial.moving, Motion.QUEUED: partial.queued,
+               Motion.PARKED: partial.parked}.get(motion, partial.stopped)
+        acc.mm += round(piece.distance_m * share * 1000.0)
+        acc.ms += ms
+        acc.vehicles.add(key)
 
     def add_partial(self, partial: SpeedPartial, *, now: float | None = None) -> bool:
         """Merge a partial from a pod; False (and counted) if its window is already closed."""
@@ -472,15 +630,16 @@ class SpeedWindows:
         """The window's speed under the dwell rules, or None when there is nothing to say."""
         rules = self.rules
         moving, stopped, parked = partial.moving, partial.stopped, partial.parked
-        mm, ms = moving.mm, moving.ms
-        vehicles = set(moving.vehicles)
-        flowing = ms > 0 and mm / ms * 3.6 >= rules.flowing_kmh
+        # Traffic flows when the vehicles driving through drive at least flowing_kmh;
+        # standing in the junction's approach is travel time, counted whatever the rest does.
+        flowing = moving.ms > 0 and moving.mm / moving.ms * 3.6 >= rules.flowing_kmh
+        mm, ms = moving.mm + partial.queued.mm, moving.ms + partial.queued.ms
+        vehicles = moving.vehicles | partial.queued.vehicles
         standing: list[_Class] = []
         if flowing:
             if len(stopped.vehicles) >= rules.queue_min_vehicles:
                 standing = [stopped]
-        elif len(moving.vehicles | stopped.vehicles | parked.vehicles) >= \
-                rules.queue_min_vehicles:
+        elif len(vehicles | stopped.vehicles | parked.vehicles) >= rules.queue_min_vehicles:
             standing = [stopped, parked]
         for c in standing:
             mm += c.mm
@@ -495,7 +654,8 @@ class SpeedWindows:
             partial.segment_id, partial.window_start, end, distance_m / duration_s * 3.6,
             len(vehicles), distance_m, duration_s,
             confidence(len(vehicles), duration_s, self.window_s),
-            "probe", len(stopped.vehicles | parked.vehicles) if standing else 0)
+            "probe", len(partial.queued.vehicles
+                         | (stopped.vehicles | parked.vehicles if standing else set())))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Collector service: protocol gateways that turn terminal reports into bus events.
 
 The JT/T 808 TCP server runs inside the app's lifecycle (``cleanup_ctx``); the HTTP side serves
-health, readiness and metrics.
+health, readiness and metrics. On shutdown the gateway drains first (``TTI_JT808_DRAIN_S``),
+while ``/readyz`` still answers 503 ``draining``; then commands still waiting fail and the
+rest closes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from services.collector.terminals import TerminalStore, terminal_store_from_url
 from shared.bus import EventBus
 from shared.clock import Clock
 from shared.config import Config
-from shared.service import add_readiness_check, create_base_app
+from shared.errors import ConfigError
+from shared.service import add_drain_step, add_readiness_check, create_base_app
 
 log = logging.getLogger("tti.collector")
 
@@ -47,6 +50,9 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
     ``clock`` (default: the configured one) is what every time check, timeout and poll of the
     collector reads.
     """
+    if not config.jt808_drain_s >= 0:  # also refuses NaN
+        raise ConfigError(f"TTI_JT808_DRAIN_S must be 0 or more seconds, not "
+                          f"{config.jt808_drain_s!r}")
     clock = clock or config.make_clock()
     app = create_base_app("collector", config)
     store = terminals or terminal_store_from_url(config.db_url, clock=clock)
@@ -64,7 +70,6 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
                              replica_count=config.replica_count,
                              timeout_s=config.jt808_command_timeout_s)
     app[COMMANDS] = commands
-    started: list[bool] = []
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         if registry is None and config.vehicle_registry:
@@ -73,21 +78,29 @@ def create_app(config: Config, *, bus: EventBus, terminals: TerminalStore | None
         await store.open()
         try:
             await gateway.start(config.jt808_host, config.jt808_port)
-            started.append(True)
             log.info("JT/T 808 gateway listening", extra={"port": gateway.port})
             try:
                 await commands.start()
                 yield
             finally:
-                # Before the gateway closes the connections: waiting commands fail visibly.
+                # Done already under `tti serve` (the drain step below); not when mounted in
+                # `tti run` or under another runner. The router keeps working meanwhile: a
+                # command waiting here is forwarded once its terminal is on another replica.
+                await gateway.drain(config.jt808_drain_s)
+                # Before the gateway closes the rest: commands still waiting fail visibly.
                 await commands.stop()
                 await gateway.stop()
         finally:
             await store.close()
 
     app.cleanup_ctx.append(resources)
-    add_readiness_check(app, "jt808", lambda: (bool(started), "listening" if started
-                                               else "not started"))
+
+    async def drain() -> None:
+        # While /readyz still answers (503 "draining"), before the HTTP site stops.
+        await gateway.drain(config.jt808_drain_s)
+
+    add_drain_step(app, drain)
+    add_readiness_check(app, "jt808", gateway.readiness)
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
     _add_feeds_and_detectors(app, config, bus, clock)

@@ -2,11 +2,16 @@
 terminal's connection, send it there (0x8300 text, 0x8201 position query, 0x8203 alarm
 confirmation), and publish what became of it (``CommandOutcome``).
 
-Behind a load balancer the replica consuming a vehicle's partition is rarely the one its
-terminal connected to. So each replica, on authentication, claims the terminal's session in the
-terminal store (replica index, a lease it renews while connected); the partition's owner looks
-the session up and forwards the command to that replica's own subject
-``tti.terminal.command.replica.<i>`` (one durable per replica), or sends it itself. The holder
+Every replica consumes every command partition through one shared durable
+(``collector-commands``: each command reaches one of them), so replicas may come and go at any
+time — an autoscaler's — without a partition left unconsumed; the replica index only names a
+replica's own subject and the sessions it holds. Behind a load balancer the replica that takes a
+command is rarely the one its terminal connected to. So each replica, on authentication, claims
+the terminal's session in the terminal store (replica index, a lease it renews while
+connected); the replica that took the command looks the session up and forwards it to that
+replica's own subject ``tti.terminal.command.replica.<i>`` (one durable per replica), or sends it
+itself. Two commands to one vehicle may be taken by two replicas and reach the terminal in
+either order; each is answered and reported on its own. The holder
 writes the frame with its next serial, remembers serial → command and turns the terminal's
 0x0001 (0x0201 for a position query) into the outcome. A command for a terminal with no session
 waits in a bounded per-replica queue until the terminal authenticates anywhere (the queue polls
@@ -130,7 +135,8 @@ class CommandRouter:
         self.max_waiting = max_waiting
         self.max_done = max_done
         self.clock = gateway.clock
-        self.partitions = [p for p in range(bus.partitions) if p % replica_count == replica_index]
+        # Every partition, shared with the other replicas: none depends on how many there are.
+        self.partitions = list(range(bus.partitions))
         # vehicle → command id → command; bounded by max_waiting in total.
         self._waiting: dict[str, dict[str, TerminalCommand]] = {}
         self._waiting_count = 0
@@ -312,8 +318,11 @@ class CommandRouter:
             return None, f"position not usable ({exc.kind}): {exc}"
 
     # ---- sessions (called by the gateway) -------------------------------------------------
-    async def session_opened(self, conn: TerminalConnection) -> None:
-        """``conn`` authenticated: claim the session, deliver what waits for the terminal."""
+    async def claim(self, conn: TerminalConnection) -> None:
+        """Record ``conn``'s session in the store, so every replica routes commands here.
+
+        Called before the terminal is told it is authenticated: a command published after the
+        0x8001 finds the session from any replica."""
         phone = conn.phone
         assert phone is not None
         try:
@@ -324,6 +333,11 @@ class CommandRouter:
             # until a later round manages to claim it.
             log.warning("terminal store: cannot record %s's session: %s", phone, exc)
             self._unclaimed.add(conn)
+
+    async def session_opened(self, conn: TerminalConnection) -> None:
+        """``conn`` authenticated and was answered: deliver what waits for the terminal."""
+        phone = conn.phone
+        assert phone is not None
         waiting = self._waiting.pop(phone, None)
         if waiting:
             self._waiting_count -= len(waiting)

@@ -26,6 +26,13 @@ to the connection holding the terminal by ``services/collector/commands.py``; th
 them (``send_downlink``: the session's layout, its own serial) and hands the terminal's 0x0001
 and 0x0201 answers back to it.
 
+Shutdown (``drain``): readiness turns false, the listener closes (new terminals are refused and
+reconnect through the balancer to another replica), and the open connections are closed in
+even batches over the drain period, each once the frames in hand are answered; ``stop`` then
+closes whatever is left. No 0x8105 "connect to a specified server" is sent: that command
+switches a terminal to a supervision platform in an emergency state, for a time limit, and is
+not a load-balancing tool; a closed TCP connection is what every terminal reconnects after.
+
 Time: every check and timer reads the gateway's clock (``shared/clock.py``): the future/stale
 time check of a report, the server time of 0x8004, idle and close timeouts, the frame budget,
 split-message reassembly and 0x8003 resend requests. Under a clock at rate 10 the gateway
@@ -120,6 +127,10 @@ ERRORS = Counter("tti_jt808_errors_total", "Rejected frames and connections by k
 POSITIONS = Counter("tti_jt808_positions_total", "Location records by outcome", ["outcome"])
 CONNECTIONS = Gauge("tti_jt808_connections", "Open terminal connections")
 AUTHENTICATED = Gauge("tti_jt808_authenticated_sessions", "Authenticated terminal sessions")
+DRAINED = Counter("tti_jt808_drained_connections_total",
+                  "Terminal connections closed by the shutdown drain (to reconnect elsewhere)")
+DRAIN_LEFT = Gauge("tti_jt808_drain_connections_left",
+                   "Terminal connections the running shutdown drain has still to close")
 
 KNOWN_IDS = frozenset(int(m) for m in MsgId)
 # Bound children once: ``labels()`` costs about a microsecond, which the hot path cannot spare.
@@ -152,6 +163,8 @@ MAX_BACKLOG_FRAMES = 256
 """Frames waiting behind a bus publish or a store query before reading pauses."""
 MAX_RESEND_REQUESTS = 3
 """0x8003 requests per stalled split message before it is given up."""
+DRAIN_MIN_INTERVAL_S = 0.1
+"""Batches of a drain are at least this far apart (clock seconds): ten a second at most."""
 MAX_FUTURE = timedelta(minutes=10)
 MAX_PAST = timedelta(days=7)
 # Split messages we reassemble; packets of anything else are answered "unsupported" unstored.
@@ -324,8 +337,9 @@ class TerminalConnection(asyncio.Protocol):
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self.transport = t = cast(asyncio.Transport, transport)
         gw = self.gateway
-        if len(gw.connections) >= gw.max_connections or gw.stopping:
-            _error("too_many_connections" if not gw.stopping else "shutting_down").inc()
+        if len(gw.connections) >= gw.max_connections or gw.stopping or gw.draining:
+            _error("shutting_down" if gw.stopping or gw.draining
+                   else "too_many_connections").inc()
             self.closing = self.closed = True
             t.abort()
             return
@@ -713,16 +727,23 @@ class TerminalConnection(asyncio.Protocol):
             return
         if self.closing:
             return
+        self.phone = phone
+        self.session_id = uuid.uuid4().hex
+        if gw.commands is not None:
+            # Before the reply: once told it is authenticated, the terminal is found by the
+            # commands of every replica.
+            await gw.commands.claim(self)
+            if self.closing:
+                gw.commands.session_closed(self)  # closed meanwhile: release the claim
+                return
         old = gw.sessions.get(phone)
         if old is not None and old is not self:
             # A second connection for the same terminal replaces the first (digest section 5).
             _error("replaced").inc()
             old._forget_session()
             old.close()
-        self.phone = phone
         self.authenticated = True
         self.session_header = msg.header
-        self.session_id = uuid.uuid4().hex
         gw.sessions[phone] = self
         AUTHENTICATED.set(len(gw.sessions))
         self._reply(msg.header, RESULT_OK)
@@ -945,6 +966,11 @@ class TerminalConnection(asyncio.Protocol):
         return str(self.transport.get_extra_info("peername")) if self.transport else "?"
 
 
+def _still_open(c: TerminalConnection) -> bool:
+    """Neither closing nor told to close once its frames in hand are answered."""
+    return not c.closing and not c.paused & _PAUSE_STOP
+
+
 def _lenient_header(frame: bytes) -> Header | None:
     """The header of a frame whose body length or check code is wrong, to answer it."""
     try:
@@ -1007,6 +1033,12 @@ class Jt808Gateway:
         """Routes platform commands to terminals (set by ``CommandRouter.start``)."""
         self.connections: set[TerminalConnection] = set()
         self.stopping = False
+        self.draining = False
+        """Set by :meth:`drain`: no new connections, the open ones are being closed."""
+        self._drain_total = 0
+        self._drain_period_s = 0.0
+        self._drained = False
+        self._drain_empty: asyncio.Event | None = None
         self._times = _TimeCache()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -1022,10 +1054,98 @@ class Jt808Gateway:
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting terminals."""
         self._loop = asyncio.get_running_loop()
-        self.stopping = False
+        self.stopping = self.draining = self._drained = False
         self._server = await self._loop.create_server(
             lambda: TerminalConnection(self), host, port, backlog=4096, reuse_address=True)
         self._sweeper = self._loop.create_task(self._sweep(), name="jt808-sweeper")
+
+    def readiness(self) -> tuple[bool, str]:
+        """Readiness check ``jt808``: false once :meth:`drain` has begun (or the gateway stopped),
+        so Kubernetes takes the pod out of the balancer while its terminals move away."""
+        if self.draining:
+            return False, (f"draining: {self._drain_left()} of {self._drain_total} connections "
+                           f"left to close over {self._drain_period_s:g} s; no new connections")
+        if self.stopping or self._drained:
+            return False, "stopped"
+        if self._server is None:
+            return False, "not started"
+        return True, "listening"
+
+    def _drain_left(self) -> int:
+        return sum(1 for c in self.connections if _still_open(c))
+
+    async def drain(self, period_s: float) -> None:
+        """Stop accepting; close the open connections in even batches over ``period_s``.
+
+        Each connection closes only once the frames in hand are answered: a report the bus took
+        is acknowledged before the close, one it did not take is not (the terminal resends it,
+        to another replica). Terminals reconnect through the balancer. Batches are
+        ``DRAIN_MIN_INTERVAL_S`` apart at least, each closing its share of what is still open
+        (connections their terminal closes meanwhile leave the schedule); the drain ends early
+        when none is left. ``period_s`` ≤ 0 closes every connection at once. Clock seconds: a
+        faster clock drains faster, never slower. Once only; :meth:`stop` then finishes.
+        """
+        if not period_s >= 0:  # also refuses NaN
+            raise ValueError(f"drain period must be 0 or more seconds, not {period_s!r}")
+        if self._server is None or self.draining or self._drained or self.stopping:
+            return  # never started, or drained (or stopped) already
+        self.draining = True
+        self._drain_empty = asyncio.Event()
+        self._server.close()  # the listening socket goes: new connections are refused
+        clock = self.clock
+        started = clock.monotonic()
+        total = self._drain_total = self._drain_left()
+        self._drain_period_s = period_s
+        steps = max(1, min(total, int(period_s / DRAIN_MIN_INTERVAL_S + 1e-9)))
+        interval = period_s / steps if period_s > 0 else 0.0
+        log.info("JT/T 808 drain: closing %d connections over %g s (not ready, no new "
+                 "connections)", total, period_s,
+                 extra={"connections": total, "drain_s": period_s, "batches": steps})
+        closed = 0
+        try:
+            for step in range(steps):
+                if step:
+                    await self._drain_sleep(started + step * interval - clock.monotonic())
+                # Unauthenticated ones first: they hold no session yet.
+                left = sorted((c for c in self.connections if _still_open(c)),
+                              key=lambda c: c.authenticated)
+                if not left:
+                    break
+                share = -(-len(left) // (steps - step))  # ceil: the last batch takes the rest
+                for c in left[:share]:
+                    c._close_when_idle()
+                    closed += 1
+                DRAINED.inc(share)
+                DRAIN_LEFT.set(len(left) - share)
+            await self._drain_sleep(None)  # the last closes: answers flushed, FIN sent
+        finally:
+            self.draining = False
+            self._drained = True
+            DRAIN_LEFT.set(0)
+            log.info("JT/T 808 drain done: %d connections closed, %d gone on their own, in "
+                     "%.1f s", closed, total - closed, clock.monotonic() - started,
+                     extra={"closed": closed, "gone_on_their_own": total - closed,
+                            "still_open": len(self.connections)})
+
+    async def _drain_sleep(self, seconds: float | None) -> None:
+        """Sleep ``seconds`` of the clock (None: at most the close grace in real time), or less
+        when no connection is left."""
+        empty = self._drain_empty
+        assert empty is not None
+        if not self.connections:
+            return
+        waiter = asyncio.ensure_future(empty.wait())
+        if seconds is None:
+            timer = asyncio.ensure_future(asyncio.sleep(
+                self.clock.real_seconds(self.close_grace_s + 1.0)))
+        else:
+            timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, timer):
+                t.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop accepting; answer (and ack) the frames in hand; close every connection."""
@@ -1068,6 +1188,8 @@ class Jt808Gateway:
         if conn in self.connections:
             self.connections.discard(conn)
             CONNECTIONS.set(len(self.connections))
+            if not self.connections and self._drain_empty is not None:
+                self._drain_empty.set()
         conn._forget_session()
 
     async def _sweep(self) -> None:

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from services.publisher.answers import MAX_LIMIT, MAX_RADIUS_M, Answer, Answers, Coords
 from services.publisher.hub import Follower
@@ -31,6 +32,7 @@ from shared.params import parse_alternatives, parse_bbox, parse_point
 
 ANSWERS = web.AppKey("answers", Answers)
 COORD_SYSTEMS = ("wgs84", "gcj02")
+_COORDS = {system: Coords(system) for system in COORD_SYSTEMS}
 MAX_QUERY_CHARS = 100
 STREAM_HEARTBEAT_S = 15.0
 
@@ -96,6 +98,8 @@ class Rendered:
     etag: str
     last_modified: datetime
     last_modified_http: str
+    headers: CIMultiDict[str] | None = None
+    """The 200's headers, made once (:func:`respond_cached`)."""
 
 
 class AnswerCache:
@@ -160,10 +164,10 @@ class AnswerCache:
 ANSWER_CACHE = web.AppKey("answer_cache", AnswerCache)
 
 
-def render_answer(answers: Answers, answer: Answer, stamps: tuple[datetime | None, ...]
-                  ) -> Rendered:
+def render_answer(answers: Answers, answer: Answer, stamps: tuple[datetime | None, ...],
+                  content_type: str | None = None) -> Rendered:
     """An answer as JSON with ``generated_at`` first; its tag leaves ``generated_at`` out, so
-    an unchanged answer keeps its tag."""
+    an unchanged answer keeps its tag. With ``content_type``, the 200's headers too."""
     body, changed = answer
     payload = dumps(body)
     tag = etag_of(payload)
@@ -171,8 +175,12 @@ def render_answer(answers: Answers, answer: Answer, stamps: tuple[datetime | Non
     stamp = b'{"generated_at":' + dumps(now)
     payload = stamp + b"}" if payload == b"{}" else stamp + b"," + payload[1:]
     last_modified = changed or now
+    modified = http_date(last_modified)
+    headers = None if content_type is None else CIMultiDict({
+        "ETag": tag, "Cache-Control": "no-cache", "Last-Modified": modified,
+        "Content-Type": content_type})
     return Rendered(stamps=stamps, at=answers.p.clock.monotonic(), payload=payload, etag=tag,
-                    last_modified=last_modified, last_modified_http=http_date(last_modified))
+                    last_modified=last_modified, last_modified_http=modified, headers=headers)
 
 
 async def respond_cached(request: web.Request, key: Hashable, topics: tuple[str, ...],
@@ -184,29 +192,28 @@ async def respond_cached(request: web.Request, key: Hashable, topics: tuple[str,
     answers = request.app[ANSWERS]
     cache = request.app[ANSWER_CACHE]
     p = answers.p
-    stamps = tuple(p.changed.get(t) for t in topics)
+    stamps = tuple(map(p.changed.get, topics))
     rendered = cache.find(key, stamps, p.clock.monotonic())
     if rendered is None:
 
         async def render() -> Rendered:
-            return render_answer(answers, await compute(), stamps)
+            return render_answer(answers, await compute(), stamps, content_type)
 
         rendered = await cache.render_once(key, render)
-    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache",
-               "Last-Modified": rendered.last_modified_http}
     if not_modified(request, rendered.etag):
-        return web.Response(status=304, headers=headers)
-    response = web.Response(body=rendered.payload, content_type=content_type, headers=headers)
+        return web.Response(status=304, headers={
+            "ETag": rendered.etag, "Cache-Control": "no-cache",
+            "Last-Modified": rendered.last_modified_http})
+    response = web.Response(body=rendered.payload, headers=rendered.headers)
     if compress:
         response.enable_compression()
     return response
 
 
-@web.middleware
-async def etag_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every other GET 200 with a body in memory an ETag, and honour If-None-Match."""
-    response = await handler(request)
-    if (request.method in ("GET", "HEAD") and response.status == 200
+def with_etag(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Give every other GET 200 with a body in memory an ETag, and honour If-None-Match (the
+    service middleware's ``finish``)."""
+    if (response.status == 200 and request.method in ("GET", "HEAD")
             and isinstance(response, web.Response) and "ETag" not in response.headers
             and isinstance(response.body, bytes)):
         tag = etag_of(response.body)
@@ -224,10 +231,10 @@ async def etag_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def coords_of(query: Mapping[str, str]) -> Coords:
     """``coord=wgs84|gcj02`` (default wgs84)."""
-    raw = query.get("coord", "wgs84").lower()
-    if raw not in COORD_SYSTEMS:
+    coords = _COORDS.get(query.get("coord", "wgs84").lower())
+    if coords is None:
         raise BadRequest("coord must be wgs84 or gcj02")
-    return Coords(raw)
+    return coords
 
 
 def flag(query: Mapping[str, str], name: str) -> bool | None:
@@ -338,7 +345,8 @@ async def get_region(request: web.Request) -> web.Response:
     region = answers.catalogue().region
     if region is None:
         raise TransientError("the region is not known yet", code="catalogue_loading")
-    return respond(request, ({"name": region.name, "bbox": list(region.bbox),
+    return respond(request, ({"name": region.name, "name_en": region.name_en,
+                              "bbox": list(region.bbox),
                               "segment_count": region.segment_count},
                              answers.p.changed.get("catalogue")))
 

@@ -8,18 +8,18 @@ catalogues from bigdata's HTTP API; see README.md beside this file for endpoints
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from services.publisher.answers import Answers
-from services.publisher.api import add_api_routes, etag_middleware
+from services.publisher.api import add_api_routes, with_etag
 from services.publisher.basemap import add_basemap_routes
 from services.publisher.cap_feed import add_cap_routes
+from services.publisher.channels.hotline_api import add_hotline_routes
+from services.publisher.channels.wechat import add_wechat_routes
+from services.publisher.channels.weibo import add_weibo
 from services.publisher.gtfs_rt import add_gtfs_rt_routes
 from services.publisher.openapi import build_openapi
 from services.publisher.reports import MAX_PHOTO_BYTES, add_report_routes
@@ -31,7 +31,9 @@ from shared.clients.warning import WarningClient
 from shared.clock import Clock
 from shared.codec import dumps
 from shared.config import Config
+from shared.db import Database
 from shared.errors import NotFound
+from shared.http_metrics import request_metrics
 from shared.service import add_readiness_check, create_base_app, spawn
 
 PUBLISHER = web.AppKey("publisher", Publisher)
@@ -55,36 +57,24 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-
-HTTP_REQUESTS = Counter("tti_publisher_http_requests_total", "HTTP requests by route and status",
-                        ["route", "method", "status"])
-HTTP_LATENCY = Histogram("tti_publisher_http_request_seconds",
-                         "Time to produce a response (headers), by route", ["route"])
-
-_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-"""The labelled metric children by (route, method, status): bounded, as the labels are."""
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None = None,
-               clock: Clock | None = None) -> web.Application:
+               clock: Clock | None = None, db: Database | None = None) -> web.Application:
     """Wire the publisher (no I/O here): routes, readiness, consumers and the catalogue loader.
 
     The app owns ``bigdata``'s HTTP session (opened and closed in ``cleanup_ctx``); the bus is
-    the caller's to start and close.
+    the caller's to start and close. ``db`` (default ``TTI_DB_URL``, opened only when the
+    WeChat channel is on) holds the WeChat followers' subscriptions.
     """
     # A report's photo (2 MiB) and its fields must fit in one request.
-    app = create_base_app("publisher", config, client_max_size=MAX_PHOTO_BYTES + (256 << 10))
+    app = create_base_app("publisher", config, client_max_size=MAX_PHOTO_BYTES + (256 << 10),
+                          finish=with_etag, observe=request_metrics("publisher").observe)
     publisher = Publisher(config, bus, bigdata or BigdataClient(config.bigdata_url),
                           warning=WarningClient(config.warning_url),
                           clock=clock or config.make_clock())
     app[PUBLISHER] = publisher
     app[OPENAPI_JSON] = dumps(build_openapi())
-    # Outermost, so it sees the status the error middleware turned exceptions into.
-    app.middlewares.insert(0, _metrics_middleware)
-    app.middlewares.insert(1, etag_middleware)
     add_readiness_check(app, "catalogue", publisher.catalogue_readiness)
     add_readiness_check(app, "places", publisher.places_readiness)
     add_readiness_check(app, "bus", publisher.bus_readiness)
@@ -99,6 +89,9 @@ def create_app(config: Config, *, bus: EventBus, bigdata: BigdataClient | None =
     add_report_routes(app)
     add_gtfs_rt_routes(app)
     add_cap_routes(app)
+    add_hotline_routes(app, answers)
+    add_wechat_routes(app, answers, publisher, db=db)
+    add_weibo(app, publisher)
     app.cleanup_ctx.append(_bigdata_ctx)
     app.cleanup_ctx.append(_feeds_ctx)
     return app
@@ -124,31 +117,6 @@ async def _feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     spawn(app, publisher.housekeeping(), name="publisher-housekeeping")
     yield
     await publisher.unsubscribe()
-
-
-@web.middleware
-async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        # The route template, never the raw path, keeps label values bounded.
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        key = (route, method, status)
-        series = _SERIES.get(key)
-        if series is None:  # the label lookups cost more than the answer of a cached GET
-            series = _SERIES[key] = (HTTP_REQUESTS.labels(route, method, str(status)),
-                                     HTTP_LATENCY.labels(route))
-        series[0].inc()
-        series[1].observe(time.perf_counter() - started)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:

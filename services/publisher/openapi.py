@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.publisher.channels.hotline_api import openapi_paths as _hotline_paths
+from services.publisher.channels.wechat.callback import openapi_paths as _wechat_paths
 from services.publisher.openapi_schemas import SCHEMAS as _MORE_SCHEMAS
 from services.publisher.signs import SIGN_SCHEMA
 from shared.events import SPEED_SOURCES
@@ -173,7 +175,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["name", "bbox", "segment_count", "generated_at"],
         "properties": {
-            "name": {"type": "string"},
+            "name": {"type": "string", "description": "The region's proper name (its most "
+                                                      "important named place)"},
+            "name_en": {"type": ["string", "null"],
+                        "description": "Its English name (OSM name:en), when tagged"},
             "bbox": {"type": "array", "minItems": 4, "maxItems": 4, "items": {"type": "number"},
                      "description": "[minlon, minlat, maxlon, maxlat], WGS-84 degrees"},
             "segment_count": {"type": "integer", "minimum": 0},
@@ -384,18 +389,20 @@ def _more_paths() -> dict[str, Any]:
                           "400": _error("BadRequest"),
                           "413": _json(_ref("Error"), "Photo or body too large")}}},
         "/api/v1/reports/{number}": _op(
-            "getReport", "reports", "A report's status", "ReportStatus",
-            params=[{"name": "number", "in": "path", "required": True,
-                     "schema": {"type": "string"}}], errors=("404",)),
+            "getReport", "reports", "A report's status (its owner's, the warning service's)",
+            "ReportStatus", params=[{"name": "number", "in": "path", "required": True,
+                                     "schema": {"type": "string"}}], errors=("404", "503")),
         "/api/v1/reports/{number}/photo": {"get": {
             "tags": ["reports"], "operationId": "getReportPhoto",
-            "summary": "A report's photo",
+            "summary": "A report's photo (from any replica: photos are kept on the bus's "
+                       "object store)",
             "parameters": [{"name": "number", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "The photo", "content": {
                 "image/jpeg": {"schema": {"type": "string"}},
                 "image/png": {"schema": {"type": "string"}}}},
-                "304": {"description": "Not modified (ETag)"}, "404": _error("NotFound")}}},
+                "304": {"description": "Not modified (ETag)"}, "404": _error("NotFound"),
+                "503": _error("Unavailable")}}},
         "/api/v1/stream": {"get": {
             "tags": ["roads"], "operationId": "getStream",
             "summary": "Server-Sent Events of changes: road, warning, incident, vehicle, "
@@ -509,6 +516,8 @@ def _document(version: str) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Region"), "The region"), "503": unavailable},
             }},
             **_more_paths(),
+            **_wechat_paths(),
+            **_hotline_paths(),
             "/openapi.json": {"get": {
                 "tags": ["operations"],
                 "operationId": "getOpenapi",
@@ -560,5 +569,9 @@ def _document(version: str) -> dict[str, Any]:
                               "404": _error("NotFound")},
             }},
         },
-        "components": {"schemas": _SCHEMAS, "responses": _RESPONSES, "parameters": _PARAMETERS},
+        "components": {"schemas": _SCHEMAS, "responses": _RESPONSES, "parameters": _PARAMETERS,
+                       "securitySchemes": {"bearer": {
+                           "type": "http", "scheme": "bearer",
+                           "description": "A department user's token (tti users add); the "
+                                          "hotline API takes roles hotline and admin"}}},
     }

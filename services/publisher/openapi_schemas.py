@@ -141,15 +141,4 @@ SCHEMAS: dict[str, Any] = {
             "photo": {"type": "string", "contentMediaType": "image/jpeg",
                       "description": "Multipart only: one JPEG or PNG of at most 2 MiB"}},
     },
-    "ReportStatus": {
-        "type": "object", "required": ["number", "status", "kind", "reported_at"],
-        "properties": {
-            "number": {"type": "string", "description": "Quote it to the hotline"},
-            "status": {"type": "string", "description": "received (the publisher's word, "
-                                                       "until the warning service owns it)"},
-            "kind": {"enum": list(CITIZEN_REPORT_KINDS)}, "channel": {"type": "string"},
-            "reported_at": TIME, "occurred_at": NULLABLE_TIME, "lon": _NUM_OR_NULL,
-            "lat": _NUM_OR_NULL, "segment_id": _STR_OR_NULL, "text": {"type": "string"},
-            "photo": {"type": ["object", "null"]}, "status_owner": {"type": "string"}},
-    },
 }

@@ -4,24 +4,25 @@ A report says what (``kind`` of :data:`~shared.events.CITIZEN_REPORT_KINDS` and 
 where (``lon``/``lat``, or a ``segment_id``), when (``occurred_at``, optional) and may carry one
 photo of at most 2 MiB, JPEG or PNG — judged by its bytes (magic number, then decoded by Pillow
 when it is installed), never by the name or type the client claims. The photo is too large for
-the bus: the publisher keeps it (in memory, bounded) and the event references it.
+an event: it is kept on the bus's object store (``shared/bus/objects.py``: a JetStream object
+store shared by every replica, 180 days) before the event, which references it by SHA-256, is
+published; any replica serves it.
 
-The warning service owns reports and their status; until it answers for them, the publisher
-keeps those it accepted (in memory, bounded) and says ``received``.
+The warning service owns reports and their status (``status_of``); a report this replica took
+reads as it knew it (``received``) until the warning service has it, or while it is away.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import io
 import math
-import uuid
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -29,8 +30,19 @@ from prometheus_client import Counter
 
 from services.publisher.api import ANSWERS, cached_response, coords_of, json_body
 from shared.codec import dumps
-from shared.errors import BadRequest, NotFound
-from shared.events import CITIZEN_REPORT, CITIZEN_REPORT_KINDS, CitizenReport, ReportPhoto
+from shared.errors import BadRequest, NotFound, TransientError
+from shared.events import (
+    CITIZEN_REPORT,
+    CITIZEN_REPORT_KINDS,
+    REPORT_STATUSES,
+    CitizenReport,
+    ReportPhoto,
+    report_id_for,
+    report_number,
+)
+
+if TYPE_CHECKING:
+    from services.publisher.state import Publisher
 
 MAX_PHOTO_BYTES = 2 * 1024 * 1024
 MAX_TEXT_CHARS = 2000
@@ -107,12 +119,6 @@ class Submitted:
     report: CitizenReport
     photo: Photo | None
     status: str = "received"
-
-
-def report_number(report_id: str, reported_at: datetime) -> str:
-    """The number a citizen quotes: Beijing date and six characters of the report id's hash."""
-    code = base64.b32encode(hashlib.sha256(report_id.encode()).digest()[:5]).decode()[:6]
-    return f"{reported_at.astimezone(BEIJING):%Y%m%d}-{code}"
 
 
 class ReportBoard:
@@ -266,11 +272,10 @@ def build_report(fields: dict[str, Any], photo: Photo | None, *, now: datetime,
     if not text and photo is None and kind != "congestion":
         raise BadRequest("say what happened: text or a photo", code="bad_field")
     client_id = _text(fields.get("client_id"), "client_id", most=100)
-    # The same client message resent is the same report; without one, every post is new.
-    report_id = (f"{channel}-" + hashlib.sha256(f"{channel}\x00{client_id}".encode())
-                 .hexdigest()[:24]) if client_id else f"{channel}-{uuid.uuid4().hex[:24]}"
+    # The same client message resent is the same report (any replica, any day); else new.
     return CitizenReport(
-        report_id=report_id, channel=channel, kind=kind, reported_at=now, text=text,
+        report_id=report_id_for(channel, client_id), channel=channel, kind=kind,
+        reported_at=now, text=text,
         lon=None if point is None else point[0], lat=None if point is None else point[1],
         segment_id=segment_id, contact=_text(fields.get("contact"), "contact", most=100),
         occurred_at=_occurred_at(fields.get("occurred_at"), now))
@@ -288,13 +293,16 @@ def report_point(fields: dict[str, Any]) -> tuple[float, float] | None:
 def report_status(item: Submitted) -> dict[str, Any]:
     """What ``GET /api/v1/reports/{number}`` answers (no contact details)."""
     r = item.report
-    return {"number": item.number, "status": item.status, "kind": r.kind, "channel": r.channel,
+    zh, en = REPORT_STATUSES[item.status]
+    return {"number": item.number, "status": item.status, "status_name": zh,
+            "status_name_en": en, "status_at": r.reported_at, "final": False, "reply": None,
+            "warning_id": None, "kind": r.kind, "channel": r.channel,
             "reported_at": r.reported_at, "occurred_at": r.occurred_at, "lon": r.lon,
             "lat": r.lat, "segment_id": r.segment_id, "text": r.text,
             "photo": None if r.photo is None else {
                 "url": r.photo.url, "content_type": r.photo.content_type,
-                "size_bytes": r.photo.size_bytes, "width": r.photo.width,
-                "height": r.photo.height},
+                "size_bytes": r.photo.size_bytes, "sha256": r.photo.sha256,
+                "width": r.photo.width, "height": r.photo.height},
             "status_owner": "publisher"}
 
 
@@ -333,6 +341,8 @@ async def post_report(request: web.Request) -> web.Response:
             content_type=photo.content_type, size_bytes=len(photo.data), sha256=photo.sha256,
             width=photo.width, height=photo.height))
     item = Submitted(number=number, report=report, photo=photo)
+    if photo is not None:  # kept where every replica finds it before the event names it
+        await publisher.photos.put(photo.sha256, photo.data)
     # Published before it is answered: a 201 means the report is on the bus.
     await publisher.bus.publish(CITIZEN_REPORT, report, event_id=f"report:{report.report_id}")
     publisher.reports.add(item)
@@ -346,27 +356,70 @@ _REJECT_CODES = frozenset({"bad_field", "bad_json", "bad_content_type", "bad_mul
                            "photo_type", "photo_too_large", "too_large"})
 
 
+async def status_of(publisher: Publisher, number: str) -> dict[str, Any] | None:
+    """A report's (or hotline ticket's) status as its owner, the warning service, answers it.
+
+    A report this publisher took that the warning service has not stored yet (the event is on
+    its way), or any it took while the warning service cannot be reached, reads as this
+    publisher last knew it (``received``, ``status_owner: "publisher"``); None for a number
+    nobody knows. :class:`~shared.errors.TransientError` when the warning service is away and
+    the report was taken elsewhere.
+    """
+    held = publisher.reports.find(number)
+    try:
+        return await publisher.warning.report(number)
+    except NotFound:
+        return None if held is None else report_status(held)
+    except TransientError:
+        if held is None:
+            raise
+        REPORTS.labels("status_from_memory").inc()
+        return report_status(held)
+
+
 async def get_report(request: web.Request) -> web.Response:
-    """``GET /api/v1/reports/{number}``: the report's status."""
-    item = request.app[ANSWERS].p.reports.find(request.match_info["number"])
-    if item is None:
-        raise NotFound(f"no report {request.match_info['number']!r}")
-    return cached_response(request, dumps(report_status(item)),
-                           content_type="application/json",
-                           last_modified=item.report.reported_at)
+    """``GET /api/v1/reports/{number}``: the report's status (the warning service's)."""
+    number = request.match_info["number"]
+    if len(number) > 40:
+        raise NotFound("no such report")
+    status = await status_of(request.app[ANSWERS].p, number)
+    if status is None:
+        raise NotFound(f"no report {number!r}")
+    changed = status.get("status_at") or status.get("reported_at")
+    if isinstance(changed, str):
+        try:
+            changed = datetime.fromisoformat(changed.replace("Z", "+00:00"))
+        except ValueError:
+            changed = None
+    return cached_response(request, dumps(status), content_type="application/json",
+                           last_modified=changed if isinstance(changed, datetime) else None)
 
 
 async def get_photo(request: web.Request) -> web.Response:
-    """``GET /api/v1/reports/{number}/photo``: the photo as it was checked."""
-    item = request.app[ANSWERS].p.reports.find(request.match_info["number"])
-    if item is None or item.photo is None:
-        raise NotFound("no such report photo")
-    response = cached_response(request, item.photo.data, content_type=item.photo.content_type,
-                               last_modified=item.report.reported_at,
-                               etag=f'"{item.photo.sha256[:32]}"')
+    """``GET /api/v1/reports/{number}/photo``: the photo as it was checked, from any replica."""
+    publisher = request.app[ANSWERS].p
+    number = request.match_info["number"]
+    item = publisher.reports.find(number)
+    changed: datetime | None = None
+    if item is not None and item.photo is not None:
+        data, content_type, sha = item.photo.data, item.photo.content_type, item.photo.sha256
+        changed = item.report.reported_at
+    else:  # taken by another replica, or before a restart: the shared store has it
+        status = None if len(number) > 40 else await status_of(publisher, number)
+        photo = (status or {}).get("photo")
+        sha = str(photo.get("sha256")) if isinstance(photo, dict) else ""
+        found = await publisher.photos.get(sha) if _HEX64.fullmatch(sha) else None
+        if found is None or hashlib.sha256(found).hexdigest() != sha:
+            raise NotFound("no such report photo")
+        data, content_type = found, "image/png" if found.startswith(_PNG) else "image/jpeg"
+    response = cached_response(request, data, content_type=content_type,
+                               last_modified=changed, etag=f'"{sha[:32]}"')
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "default-src 'none'"
     return response
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def add_report_routes(app: web.Application) -> None:

@@ -24,6 +24,7 @@ from services.publisher.reports import ReportBoard
 from services.publisher.roads import Catalogue, RoadStatusBoard
 from services.publisher.warning_board import IncidentBoard, IndexBoard, WarningBoard
 from shared.bus.base import EventBus, Handler, Subscription
+from shared.bus.objects import objects_for_bus
 from shared.clients.bigdata import BigdataClient, Region, Segment
 from shared.clients.warning import WarningClient
 from shared.clock import Clock
@@ -71,6 +72,12 @@ BUSES_LIVE = Gauge("tti_publisher_buses_live", "Live buses the publisher holds")
 PREDICTIONS_HELD = Gauge("tti_publisher_predictions_held", "Arrival predictions held")
 
 
+PHOTO_RETENTION_S = 180 * 86_400.0
+"""Report photos are kept as long as the warning service keeps the reports (180 days)."""
+PHOTO_STORE_BYTES = 20 << 30
+"""At most 20 GiB of photos on the bus's object store (≈ 10 000 full-size photos)."""
+
+
 class Publisher:
     """Holds the catalogue, road statuses and warnings, and keeps them current.
 
@@ -93,6 +100,9 @@ class Publisher:
         self.buses = BusBoard(labels=PublicLabels(config.public_id_key))
         self.parking = ParkingBoard()
         self.reports = ReportBoard()
+        self.photos = objects_for_bus(bus, "report-photos", ttl_s=PHOTO_RETENTION_S,
+                                      max_bytes=PHOTO_STORE_BYTES)
+        """Report photos, shared by every replica (the event references them by SHA-256)."""
         self.hub = PushHub()
         self.changed: dict[str, datetime] = {}
         """Topic (roads, warnings, incidents, index, buses, places, parking) → last change."""
@@ -106,6 +116,9 @@ class Publisher:
         self.housekeeping_s = 60.0
         self.warn_after_s = 10.0
         self.load_errors: dict[str, str] = {}
+        self.warning_listeners: list[Callable[[Warning], None]] = []
+        """Called with every valid warning event, applied or not (a channel's notifier: the
+        impact of a version arrives as a second message of that version); must not block."""
         self.primed = False
         self._subscriptions: list[Subscription] = []
 
@@ -152,6 +165,8 @@ class Publisher:
             raise
         EVENTS.labels(WARNING.name, "applied" if applied else "stale").inc()
         WARNINGS_ACTIVE.set(self.warnings.active_count)
+        for listener in self.warning_listeners:
+            listener(env.payload)
         if applied:
             self._touch("warnings")
             if self.hub:

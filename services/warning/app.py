@@ -1,11 +1,11 @@
 """The warning service's composition root: engine, inputs, lease, HTTP API.
 
 Consumes ``tti.segment.speed`` and ``tti.detector.event`` (and follows ``tti.terminal.command``
-and its outcomes into the workflow store); produces ``tti.road.status``, ``tti.warning``,
-``tti.incident``, ``tti.area.index`` and, for the departments' texts to drivers,
-``tti.terminal.command``; serves ``/v1/route``,
-``/v1/warnings``, ``/v1/incidents``, ``/v1/index`` and ``/openapi.json``. See README.md beside
-this file.
+and its outcomes, and ``tti.citizen.report``, into the workflow store); produces
+``tti.road.status``, ``tti.warning``, ``tti.incident``, ``tti.area.index`` and, for the
+departments' texts to drivers, ``tti.terminal.command``; serves ``/v1/route``, ``/v1/warnings``,
+``/v1/incidents``, ``/v1/index``, ``/v1/reports/{number}`` and ``/openapi.json``. See README.md
+beside this file.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from services.warning.api.cap import add_cap_routes
 from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
 from services.warning.api.dept_messages import add_message_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
+from services.warning.api.reports import add_report_routes
+from services.warning.citizen_reports import CitizenReports
 from services.warning.console import add_console_routes
 from services.warning.driver_messages import DriverMessages
 from services.warning.engine import WarningEngine
 from services.warning.service import LeaseOutput, WarningService
+from services.warning.workflow.reports import ReportStore
 from services.warning.workflow.store import WorkflowStore
 from shared.bus import EventBus
 from shared.bus.lease import Lease, lease_for_bus
@@ -30,7 +33,7 @@ from shared.clients.bigdata import BigdataClient
 from shared.clock import Clock
 from shared.config import Config
 from shared.db import Database, database_from_url
-from shared.service import add_readiness_check, create_base_app, spawn
+from shared.service import add_probe_check, add_readiness_check, create_base_app, spawn
 
 LEASE_NAME = "warning"
 
@@ -45,6 +48,8 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     """
     app = create_base_app("warning", config)
     store = WorkflowStore(db or database_from_url(config.db_url))
+    reports = ReportStore(store.db)
+    store.also_prune.append(reports.prune)
     clock = clock or config.make_clock()
     client = bigdata or BigdataClient(config.bigdata_url)
     holder = f"warning-{config.replica_index}@{socket.gethostname()}"
@@ -62,14 +67,17 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
                              lease=lease, store=store, output=output)
     messages = DriverMessages(bus, store, durable=service.durable,
                               ttl_s=config.driver_text_ttl_s)
+    citizen_reports = CitizenReports(bus, reports, clock, durable=service.durable)
     app[ENGINE] = engine
     app[SERVICE] = service
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+        await reports.migrate()
         await client.start()
         await service.subscribe()
         await messages.subscribe()
+        await citizen_reports.subscribe()
         await lease.start()
         spawn(app, service.prepare(), name="warning-prepare")
         spawn(app, service.tick_loop(), name="warning-tick")
@@ -79,6 +87,7 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         yield
         await service.unsubscribe()
         await messages.unsubscribe()
+        await citizen_reports.unsubscribe()
         await engine.stop()
         if lease.held:
             await output.retry()  # what is still owed goes out before the hand-over
@@ -90,10 +99,13 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_readiness_check(app, "engine", service.readiness)
     add_readiness_check(app, "bus", lambda: (bus.connected, "connected" if bus.connected
                                              else "disconnected"))
+    # The workflow store (warnings, reports, users) in the deployment's database.
+    add_probe_check(app, "database", lambda: store.db.fetch_value("SELECT 1"))
     add_routes(app)
     add_dept_routes(app, DeptContext(store=store, engine=engine, service=service, bus=bus,
                                      clock=clock, limiter=AttemptLimiter(clock)))
     add_message_routes(app, messages)
+    add_report_routes(app, reports)
     add_cap_routes(app)
     add_console_routes(app)
     return app

@@ -284,7 +284,7 @@ class NatsLease(Lease):
     def __init__(self, js: Callable[[], Any], bucket: str, name: str, holder: str, *,
                  on_change: OnChange | None = None, ttl_s: float = 15.0, renew_s: float = 3.0,
                  poll_s: float = 2.0, margin_s: float | None = None,
-                 request_timeout_s: float | None = None) -> None:
+                 request_timeout_s: float | None = None, replicas: int = 1) -> None:
         super().__init__(name, holder, on_change=on_change)
         if not _KEY_RE.match(name):
             raise ConfigError(f"lease name {name!r}: use letters, digits and - / _ = .")
@@ -296,6 +296,7 @@ class NatsLease(Lease):
                               f"({ttl_s:g} - {margin:g})")
         self._js = js
         self.bucket = bucket
+        self.replicas = replicas
         self.ttl_s = ttl_s
         self.renew_s = renew_s
         self.poll_s = poll_s
@@ -378,7 +379,8 @@ class NatsLease(Lease):
                 pass
             try:
                 return await js.create_key_value(bucket=self.bucket, history=1,
-                                                 description="TTI leader leases")
+                                                 description="TTI leader leases",
+                                                 replicas=self.replicas)
             except nats.errors.Error:
                 return await js.key_value(self.bucket)  # created meanwhile by another replica
         except nats.errors.Error as exc:
@@ -524,7 +526,7 @@ class NatsLease(Lease):
         if not self._failing:
             self._failing = True
             log.warning("lease %s: NATS KV request failing: %s", self.name,
-                        exc or type(exc).__name__,
+                        str(exc) or type(exc).__name__,
                         extra={"lease": self.name, "holder": self.holder})
 
     def _recovered(self) -> None:
@@ -565,5 +567,5 @@ def lease_for_bus(bus: EventBus, name: str, holder: str, *, on_change: OnChange 
         return MemoryLease(name, holder, on_change=on_change, registry=registry)
     if isinstance(bus, NatsBus):
         return NatsLease(bus._js_or_raise, f"{bus.stream}_leases", name, holder,
-                         on_change=on_change, **timings)
+                         on_change=on_change, replicas=bus.stream_replicas, **timings)
     raise ConfigError(f"no lease backend for {type(bus).__name__}")

@@ -49,6 +49,8 @@ from shared.events import Subject
 T = TypeVar("T")
 
 log = logging.getLogger("tti.bus.nats")
+_DRAIN_S = 10.0
+"""How long closing waits for the connection to drain, then for it to close."""
 
 _STREAM_NAME_IN_USE = 10058  # JetStream error code: stream exists with another configuration
 _PULL_GRACE_S = 1.0  # slack past a pull request's expiry before we assume it is gone
@@ -137,12 +139,15 @@ class _PullConsumer:
         now = asyncio.get_running_loop().time()
         if self._credits and now > self._last_pull + bus.pull_expires_s + _PULL_GRACE_S:
             # Every request has expired, yet no 408 came: we were disconnected or the consumer
-            # is gone (a pull to a missing consumer gets no answer at all). Recreate and retry.
+            # is gone (a pull to a missing consumer gets no answer at all). Recreate and retry;
+            # while disconnected only retry the pull (the bus logged the outage once, and the
+            # reconnect resets the pulls).
             self._credits = 0
-            try:
-                await self.ensure()
-            except (nats.errors.Error, BusError) as exc:
-                log.warning("consumer %s unavailable: %s", self.name, exc)
+            if bus.connected:
+                try:
+                    await self.ensure()
+                except (nats.errors.Error, BusError) as exc:
+                    log.warning("consumer %s unavailable: %s", self.name, exc)
         if self._credits > bus.fetch_batch // 2:
             return
         n = bus.fetch_batch - self._credits
@@ -326,7 +331,7 @@ class NatsBus(EventBus):
                  pull_expires_s: float = 5.0, max_ack_pending: int = 1024,
                  drain_timeout_s: float = 25.0, stream_max_age_s: float = 24 * 3600.0,
                  stream_max_bytes: int = 1 << 30, duplicate_window_s: float = 120.0,
-                 name: str = "tti", **kwargs: Any) -> None:
+                 stream_replicas: int = 1, name: str = "tti", **kwargs: Any) -> None:
         super().__init__(partitions=partitions, prefix=prefix, max_deliver=max_deliver,
                          nak_delay_s=nak_delay_s, **kwargs)
         if fetch_batch < 1 or max_pending_publishes < 1:
@@ -346,6 +351,9 @@ class NatsBus(EventBus):
         self.stream_max_age_s = stream_max_age_s
         self.stream_max_bytes = stream_max_bytes
         self.duplicate_window_s = duplicate_window_s
+        # Copies of the stream (and of the KV buckets opened on this bus); set on every start,
+        # since an update without it would scale a replicated stream back to one copy.
+        self.stream_replicas = stream_replicas
         self.name = name
         self._nc: Client | None = None
         self._js: Any = None
@@ -418,6 +426,7 @@ class NatsBus(EventBus):
             max_bytes=self.stream_max_bytes,
             discard=api.DiscardPolicy.OLD,
             duplicate_window=self.duplicate_window_s,
+            num_replicas=self.stream_replicas,
         )
         try:
             try:
@@ -465,10 +474,16 @@ class NatsBus(EventBus):
         if nc is None or nc.is_closed:
             return
         try:
-            await nc.drain()  # flushes the acks sent above before closing
+            # Flushes the acks sent above before closing. Bounded here: nats-py's drain can
+            # wait forever on a connection the server stopped answering (seen in CI after KV
+            # requests timed out), and a service must still stop.
+            async with asyncio.timeout(_DRAIN_S):
+                await nc.drain()
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("drain failed (%s); closing", exc)
-            await nc.close()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                async with asyncio.timeout(_DRAIN_S):
+                    await nc.close()
 
     # -- publishing ---------------------------------------------------------------------------
 

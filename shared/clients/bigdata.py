@@ -50,6 +50,7 @@ class Region:
     name: str
     bbox: tuple[float, float, float, float]
     segment_count: int
+    name_en: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,8 +160,10 @@ def parse_region(data: object) -> Region:
         bbox = (minlon, minlat, maxlon, maxlat)
         if not all(math.isfinite(v) for v in bbox):
             raise ValueError("bbox must be four finite numbers")
+        name_en = data.get("name_en")
         return Region(name=str(data["name"]), bbox=bbox,
-                      segment_count=int(data["segment_count"]))
+                      segment_count=int(data["segment_count"]),
+                      name_en=name_en if isinstance(name_en, str) and name_en else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise TransientError(f"bigdata region answer is malformed: {exc}",
                              code="bigdata_bad_answer") from exc

@@ -37,13 +37,14 @@ class JsonClient:
             await self._session.close()
             self._session = None
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+    async def _get(self, path: str, params: dict[str, str] | None = None, *,
+                   headers: dict[str, str] | None = None) -> Any:
         unavailable = f"{self.service}_unavailable"
         if self._session is None:
             raise TransientError(f"{self.service} client is not started", code=unavailable)
         url = self.base_url + path
         try:
-            async with self._session.get(url, params=params) as resp:
+            async with self._session.get(url, params=params, headers=headers) as resp:
                 if resp.status == 200:
                     return await resp.json(content_type=None)
                 if 400 <= resp.status < 500:

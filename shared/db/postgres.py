@@ -32,6 +32,12 @@ class _Conn(Query):
         return [dict(r) for r in await self.conn.fetch(sql, *args)]
 
 
+_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError,
+                asyncpg.exceptions.OperatorInterventionError)
+"""The server away: refused or lost connections, and shutting down, starting up or restarted
+(SQLSTATE class 57: ``pg_ctl stop -m fast`` ends sessions with 57P01)."""
+
+
 class PostgresDatabase(Database):
     """PostgreSQL through asyncpg; connection errors are transient (retry later)."""
 
@@ -68,22 +74,31 @@ class PostgresDatabase(Database):
         try:
             async with self._pool_or_raise().acquire() as conn:
                 return await _Conn(conn).execute(sql, *args)
-        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:
+        except _UNREACHABLE as exc:
             raise TransientError(f"postgresql: {exc}") from exc
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
         try:
             async with self._pool_or_raise().acquire() as conn:
                 return await _Conn(conn).fetch(sql, *args)
-        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:
+        except _UNREACHABLE as exc:
             raise TransientError(f"postgresql: {exc}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Query]:
-        async with self._pool_or_raise().acquire() as conn, conn.transaction():
-            yield _Conn(conn)
+        try:
+            async with self._pool_or_raise().acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        yield _Conn(conn)
+                except asyncpg.InterfaceError as exc:
+                    # Rolling back in a session the server ended fails too: say why it ended.
+                    cause = exc.__context__
+                    if not isinstance(cause, _UNREACHABLE):
+                        raise
+                    raise TransientError(f"postgresql: {cause}") from exc
+        except _UNREACHABLE as exc:
+            raise TransientError(f"postgresql: {exc}") from exc
 
     def transaction(self) -> Any:
         return self._tx()

@@ -84,6 +84,7 @@ async def test_region_and_segments_keep_their_contract(client: TestClient[Any, A
     region = await get(client, "/v1/region")
     # The region's proper name: its city's place label in the OSM file.
     assert region["name"] == demo.name and region["segment_count"] == demo.segment_count
+    assert region["name_en"] == demo.name_en, "its name:en, for the page's English switch"
     assert len(region["bbox"]) == 4
     body = await get(client, "/v1/segments")
     assert body["count"] == demo.segment_count

@@ -487,3 +487,34 @@ async def test_shutdown_closes_open_windows_instead_of_losing_them(
     history = await run.store.speed_history(second[0].segment_id, starts[0],
                                             datetime.fromtimestamp(T0 + 600, UTC))
     assert [r.window_start for r in history][-1] == starts[1]
+
+
+async def test_vehicles_gone_quiet_have_their_last_fixes_in_their_windows(
+        make_run: Callable[..., Awaitable[Run]], net: RoadNetwork) -> None:
+    # The trips end (the terminals stop reporting) while the service runs on: each vehicle's
+    # last fixes, which wait for newer ones that never come, are decided before their windows
+    # close, so every window reads what a shutdown deciding everything at once gives.
+    traces = fleet(net, count=20, duration_s=170.0, seed=5)
+    events = positions(traces)
+    late_before = counter("tti_bigdata_late_pieces_total")
+    quiet = await make_run()
+    pending = sorted(events, key=lambda e: (e[0], e[3] or ""))
+    step_end = pending[0][0]
+    while step_end < T0 + 600.0:  # positions, then the service ticking on without any
+        step_end += 5.0
+        quiet.clock.at = step_end + 1.0
+        while pending and pending[0][0] < step_end:
+            _, subject, payload, key = pending.pop(0)
+            await quiet.bus.publish(subject, payload, key=key)
+        await quiet.settle()
+        await flush_all(quiet)
+    late = counter("tti_bigdata_late_pieces_total") - late_before
+    shut = await make_run()
+    await drive(shut, events)
+    got, want = quiet.sink.by_window(), shut.sink.by_window()
+    assert sorted(got) == sorted(want)
+    for key, s in want.items():
+        assert (got[key].speed_kmh, got[key].sample_count) == (s.speed_kmh, s.sample_count)
+    bd = quiet.replicas[0]
+    assert bd.settling.settled >= len(traces) and len(bd.settling) == 0
+    assert late == 0

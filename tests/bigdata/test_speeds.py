@@ -275,7 +275,8 @@ def test_pulling_up_splits_the_interval(graph: MatchGraph, net: RoadNetwork) -> 
         out.extend(probe.update(T0 + t, *at(m), heading=heading, speed_kmh=v))
     out.extend(probe.flush())
     arrival = out[2]
-    assert arrival.motion is Motion.STOPPED
+    # It stood 30 m before the segment's end: in the junction's approach (a red light).
+    assert arrival.motion is Motion.QUEUED
     assert sum(p.distance_m for p in arrival.moving) == pytest.approx(50.0, abs=2.0)
     assert sum(p.duration_s for p in arrival.moving) == pytest.approx(5.0, abs=0.3)
     assert sum(p.duration_s for p in arrival.standing) == pytest.approx(5.0, abs=0.3)

@@ -30,7 +30,6 @@ from shared.events import (
     TerminalAlarm,
     TerminalCommand,
     VehiclePosition,
-    partition_of,
 )
 from shared.jt808 import (
     FrameSplitter,
@@ -278,18 +277,6 @@ class Cluster:
     routers: list[CommandRouter]
     outcomes: list[CommandOutcome] = field(default_factory=list)
 
-    def replica_of_partition(self, vehicle_id: str) -> int:
-        """The replica consuming the vehicle's command partition."""
-        return partition_of(vehicle_id, self.bus.partitions) % len(self.replicas)
-
-    def vehicle_owned_by(self, replica: int, prefix: str = "139") -> str:
-        """A terminal phone whose command partition replica ``replica`` consumes."""
-        for n in range(10_000):
-            phone = f"{prefix}{n:08d}"
-            if self.replica_of_partition(phone) == replica:
-                return phone
-        raise AssertionError("no such phone")
-
     async def publish(self, cmd: TerminalCommand) -> None:
         await self.bus.publish(TERMINAL_COMMAND, cmd, key=cmd.vehicle_id,
                                event_id=cmd.command_id)
@@ -322,8 +309,12 @@ def text_command(vehicle_id: str, command_id: str = "cmd-1", *, ttl_s: float = 6
 @contextlib.asynccontextmanager
 async def command_cluster(tmp_path: Path, *, replicas: int = 1,
                           buses: list[EventBus] | None = None, timeout_s: float = 30.0,
-                          poll_s: float = 0.02, **router_kwargs: Any) -> AsyncIterator[Cluster]:
+                          poll_s: float = 0.02, replica_count: int | None = None,
+                          **router_kwargs: Any) -> AsyncIterator[Cluster]:
     """``replicas`` gateways with routers (replica i of N) sharing one SQLite file.
+
+    N is ``replica_count`` (default ``replicas``): more than run, as under an autoscaler whose
+    ceiling the StatefulSet's TTI_REPLICA_COUNT is.
 
     Without ``buses`` every replica uses one memory bus (started and closed here); with them,
     replica i uses ``buses[i]`` (started and closed by the caller), e.g. one NATS connection
@@ -350,7 +341,8 @@ async def command_cluster(tmp_path: Path, *, replicas: int = 1,
                 tmp_path, bus=bus, store=store, subscribe=False, close_bus=False,
                 start_bus=False))
             router = CommandRouter(h.gateway, bus=bus, store=store, replica_index=i,
-                                   replica_count=replicas, timeout_s=timeout_s, poll_s=poll_s,
+                                   replica_count=replica_count or replicas,
+                                   timeout_s=timeout_s, poll_s=poll_s,
                                    **router_kwargs)
             await router.start()
             stack.push_async_callback(router.stop)

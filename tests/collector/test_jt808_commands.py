@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.collector.commands import command_body
-from shared.events import TerminalCommand
+from shared.events import TerminalCommand, partition_of
 from shared.jt808 import (
     AlarmConfirm,
     MsgId,
@@ -185,7 +185,9 @@ async def test_unknown_kind_and_bad_flag_are_refused_visibly(tmp_path: Path) -> 
 
 async def test_command_crosses_to_the_replica_holding_the_connection(tmp_path: Path) -> None:
     async with command_cluster(tmp_path, replicas=2) as c:
-        phone = c.vehicle_owned_by(0)
+        # Every replica consumes every partition; the memory bus hands a partition's first
+        # command to its first subscriber, replica 0.
+        phone = "13900000007"
         forwarded = metric("tti_jt808_commands_forwarded_total")
         t = await c.replicas[1].terminal(phone)
         await t.login()
@@ -198,9 +200,26 @@ async def test_command_crosses_to_the_replica_holding_the_connection(tmp_path: P
         assert metric("tti_jt808_commands_forwarded_total") == forwarded + 1
 
 
+async def test_every_partition_is_served_by_fewer_replicas_than_the_ceiling(
+        tmp_path: Path) -> None:
+    # An autoscaler runs 1 of at most 4 replicas (TTI_REPLICA_COUNT=4): commands of every
+    # partition still reach their terminals, none waits for a replica that does not run.
+    async with command_cluster(tmp_path, replicas=1, replica_count=4) as c:
+        phones = [f"1390000{n:04d}" for n in range(12)]
+        assert {partition_of(p, c.bus.partitions) for p in phones} == {0, 1, 2, 3}
+        for i, phone in enumerate(phones):
+            t = await c.replicas[0].terminal(phone)
+            await t.login()
+            await c.publish(text_command(phone, f"p{i}"))
+            await t.answer(await t.command())
+            assert (await c.outcome(f"p{i}", "acknowledged")).replica == 0
+
+
 async def test_waiting_command_follows_the_terminal_to_another_replica(tmp_path: Path) -> None:
     async with command_cluster(tmp_path, replicas=2) as c:
-        phone = c.vehicle_owned_by(0)
+        # Every replica consumes every partition; the memory bus hands a partition's first
+        # command to its first subscriber, replica 0.
+        phone = "13900000007"
         await c.publish(text_command(phone, "w"))
         assert (await c.outcome("w", "offline_waiting")).replica == 0
         t = await c.replicas[1].terminal(phone)  # not the replica that holds the command

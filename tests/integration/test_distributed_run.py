@@ -7,34 +7,15 @@ and the simulator as a separate process speaking JT/T 808 to the collector.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.error import HTTPError, URLError
 
-import orjson
 import pytest
 
+from tests.integration.support import SERVICES, ServiceProcesses, free_port, get_json
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
 
 
 def _route_query(osm: Path, segment_id: str) -> str:
@@ -52,9 +33,8 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
     from shared.demo import generate_demo_region
 
     region = generate_demo_region(tmp_path / "demo")
-    ports = {s: _free_port() for s in ("collector", "bigdata", "warning", "publisher")}
-    jt808 = _free_port()
-    tti = str(Path(sys.executable).with_name("tti"))
+    ports = {s: free_port() for s in SERVICES}
+    jt808 = free_port()
     env = {**os.environ, "TTI_BUS_URL": nats_url, "TTI_BUS_STREAM": unique_name.upper(),
            "TTI_BUS_PREFIX": unique_name, "TTI_DB_URL": f"sqlite:///{tmp_path}/tti.db",
            "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": "4",
@@ -66,49 +46,20 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
            # `tti serve collector` refuses open inputs: sensors get a token, and the simulated
            # terminals register themselves, which this run allows on purpose.
            "TTI_SENSOR_TOKENS": "distributed-test-token", "TTI_ALLOW_OPEN_REGISTRATION": "true"}
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
-    # bigdata first: it imports the map the others rely on.
-    for name in ("bigdata", "warning", "collector", "publisher"):
-        log = (tmp_path / f"{name}.log").open("wb")
-        logs.append(log)
-        procs.append(subprocess.Popen([tti, "serve", name],
-                                      env={**env, "TTI_HTTP_PORT": str(ports[name])},
-                                      stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    for name, port in ports.items():
-        while True:
-            try:
-                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                    break
-            except (URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, f"{name} not ready: " + (
-                tmp_path / f"{name}.log").read_text()[-2000:]
-            time.sleep(0.5)
-    sim_log = (tmp_path / "sim.log").open("wb")
-    logs.append(sim_log)
-    # Without TTI_OSM the simulator generates the same (deterministic) demo city itself, and
-    # with it the bus routes and the demo incident segment.
-    sim_env = {k: v for k, v in env.items() if k not in ("TTI_OSM", "TTI_GTFS")}
-    procs.append(subprocess.Popen(
-        [tti, "simulate", "--vehicles", "60", "--sim-interval-s", "1",
-         "--incident", "demo@2+300:4"], env=sim_env, stdout=sim_log, stderr=subprocess.STDOUT))
+    services = ServiceProcesses(env, ports, tmp_path)
     try:
+        services.start()
+        services.wait_ready(60)
+        # Without TTI_OSM the simulator generates the same (deterministic) demo city itself,
+        # and with it the bus routes and the demo incident segment.
+        sim_env = {k: v for k, v in env.items() if k not in ("TTI_OSM", "TTI_GTFS")}
+        services.spawn(["simulate", "--vehicles", "60", "--sim-interval-s", "1",
+                        "--incident", "demo@2+300:4"], "sim", env=sim_env)
         seg = region.incident_segment_id
-        yield {"ports": ports, "incident": seg, "procs": procs, "tmp": tmp_path,
+        yield {"ports": ports, "incident": seg, "services": services,
                "route_query": _route_query(region.osm_path, seg)}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for log in logs:
-            log.close()
+        services.stop()
         import asyncio
 
         import nats
@@ -131,27 +82,23 @@ def test_four_services_and_simulator_over_jetstream(cluster: dict[str, object]) 
     warned: list[object] = []
     routed: list[object] = []
     while time.monotonic() < deadline and not (probe and warned and routed):
-        _, roads = _get(base + "/api/v1/roads")
+        _, roads = get_json(base + "/api/v1/roads")
         probe = [f for f in roads["features"]  # type: ignore[index]
                  if f["properties"]["source"] == "probe"]
-        _, body = _get(base + "/api/v1/warnings")
+        _, body = get_json(base + "/api/v1/warnings")
         warned = [w for w in body["warnings"]  # type: ignore[index]
                   if cluster["incident"] in w["segment_ids"]]
         # A route through the publisher, answered by the warning service on its own port.
-        status, answer = _get(base + "/api/v1/route?" + cluster["route_query"])  # type: ignore
+        status, answer = get_json(base + "/api/v1/route?" + cluster["route_query"])  # type: ignore
         routed = answer["routes"] if status == 200 else []  # type: ignore[index]
         time.sleep(2)
-    tmp: Path = cluster["tmp"]  # type: ignore[assignment]
+    services: ServiceProcesses = cluster["services"]  # type: ignore[assignment]
 
     def logs() -> str:
-        return "\n".join(f"--- {name}.log\n" + (tmp / f"{name}.log").read_text()[-1500:]
-                         for name in ("sim", "collector", "bigdata", "warning"))
+        return services.logs("sim", "collector", "bigdata", "warning", tail=1500)
 
     assert probe, logs()
     assert warned, logs()
     assert routed and routed[0]["travel_time_s"] > 0, logs()  # type: ignore[index]
     # Every process drains and exits cleanly on SIGTERM.
-    for p in cluster["procs"]:  # type: ignore[attr-defined]
-        p.send_signal(signal.SIGTERM)
-    for p in cluster["procs"]:  # type: ignore[attr-defined]
-        assert p.wait(30) == 0
+    assert set(services.stop().values()) == {0}

@@ -59,12 +59,16 @@ class Stack:
     bus: MemoryBus
     clock: Clock
     bigdata: TestClient[Any, Any]
+    warning: TestClient[Any, Any]
+    warning_db: str
+    """The warning service's database URL (its department users live there)."""
 
 
 @contextlib.asynccontextmanager
-async def running_stack(demo: DemoRegion, imported: Path, tmp_path: Path
-                        ) -> AsyncIterator[Stack]:
-    """Start bigdata, warning and the publisher; stop them all afterwards."""
+async def running_stack(demo: DemoRegion, imported: Path, tmp_path: Path,
+                        **publisher_settings: Any) -> AsyncIterator[Stack]:
+    """Start bigdata, warning and the publisher (``publisher_settings``: Config fields for
+    it alone); stop them all afterwards."""
     db = tmp_path / "geo.db"
     shutil.copy(imported, db)
     clock = Clock(start=START)
@@ -76,11 +80,12 @@ async def running_stack(demo: DemoRegion, imported: Path, tmp_path: Path
         create_bigdata_app(config, bus=bus, clock=clock)))
     await bigdata.start_server()
     config = config.replace(bigdata_url=str(bigdata.make_url("")).rstrip("/"))
+    warning_db = f"sqlite:///{tmp_path / 'warning.db'}"
     warning: TestClient[Any, Any] = TestClient(TestServer(create_warning_app(
-        config.replace(db_url=f"sqlite:///{tmp_path / 'warning.db'}"), bus=bus, clock=clock)))
+        config.replace(db_url=warning_db), bus=bus, clock=clock)))
     await warning.start_server()
     config = config.replace(warning_url=str(warning.make_url("")).rstrip("/"))
-    app = create_app(config, bus=bus, clock=clock)
+    app = create_app(config.replace(**publisher_settings), bus=bus, clock=clock)
     app[PUBLISHER].retry_initial_s = 0.05
     app[PUBLISHER].retry_max_s = 0.2
     client: TestClient[Any, Any] = TestClient(TestServer(app))
@@ -88,7 +93,7 @@ async def running_stack(demo: DemoRegion, imported: Path, tmp_path: Path
     try:
         await wait_for(lambda: is_ready(client), within_s=60.0)
         yield Stack(client=client, publisher=app[PUBLISHER], bus=bus, clock=clock,
-                    bigdata=bigdata)
+                    bigdata=bigdata, warning=warning, warning_db=warning_db)
     finally:
         await client.close()
         await warning.close()

@@ -7,7 +7,6 @@ bus carried. Locally a missing browser skips; in CI it fails.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,27 +27,7 @@ from shared.events import (
     WarningStatus,
 )
 from shared.levels import LEVEL_NAMES, LEVEL_NAMES_EN
-from tests.conftest import unavailable
 from tests.publisher import Env, running_publisher, wait_for
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install playwright)")
-    if not shutil.which("chromium"):
-        unavailable("Debian's chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ other origin; stale data and a lost server say so. Debian's ``chromium`` through
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,12 +28,9 @@ from shared.events import (
     VehiclePosition,
 )
 from shared.levels import LEVEL_NAMES, LEVEL_NAMES_EN
-from tests.conftest import unavailable
 from tests.publisher import wait_for
 from tests.publisher.stack import Stack, import_demo, running_stack
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PHONE = "13800000077"
 TIMEOUT_MS = 20_000
 
@@ -55,20 +51,6 @@ async def stack(demo: DemoRegion, imported: Path, tmp_path: Path) -> AsyncIterat
         yield s
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install playwright)")
-    if not shutil.which("chromium"):
-        unavailable("Debian's chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 class Visit:
@@ -193,6 +175,7 @@ async def test_a_citizen_finds_a_congested_bridge_a_stops_buses_a_car_park_and_a
     await page.locator("#legend-levels li", has_text=LEVEL_NAMES_EN[5]).wait_for(
         state="attached")
     assert await page.get_attribute("html", "lang") == "en"
+    await wait_for_title(page, demo.name_en)  # the region's English name, from OSM name:en
 
     assert visit.errors == []
     assert visit.foreign() == []

@@ -398,6 +398,13 @@ async def test_metrics_count_routes_with_bounded_labels(env: Env) -> None:
     assert 'route="/api/v1/roads/{segment_id}",status="404"' in text
     assert 'route="unmatched"' in text
     assert "no-such-road" not in text and "/no/such/path" not in text
+    # The latency histogram: cumulative buckets whose +Inf bucket is the route's count.
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line.startswith("tti_publisher_http_request_")}
+    route = 'route="/api/v1/roads/{segment_id}"'
+    inf = samples[f'tti_publisher_http_request_seconds_bucket{{le="+Inf",{route}}}']
+    assert inf == samples[f"tti_publisher_http_request_seconds_count{{{route}}}"] >= 2
+    assert samples[f'tti_publisher_http_request_seconds_bucket{{le="0.005",{route}}}'] <= inf
     assert f"tti_publisher_segments_cached {float(len(SEGMENTS))}" in text
     assert "tti_publisher_warnings_active" in text
 

@@ -75,7 +75,10 @@ async def test_report_with_a_photo_goes_on_the_bus_and_has_a_status(env: Env) ->
     assert again.status == 200 and (await again.json())["number"] == number
     await asyncio.sleep(0.1)
     assert len(got) == 1
-    assert (await env.client.get("/api/v1/reports/20990101-XXXXXX")).status == 404
+    # No warning service here: a number this publisher never took cannot be answered for.
+    unknown = await env.client.get("/api/v1/reports/20990101-XXXXXX")
+    assert unknown.status == 503
+    assert (await unknown.json())["error"]["code"] == "warning_unavailable"
 
 
 async def test_png_and_json_reports(env: Env) -> None:

@@ -8,6 +8,7 @@ then recovers by itself when the server is back; a live feed that goes down is s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,6 @@ from shared.demo import DemoRegion, generate_demo_region
 from shared.events import ARRIVAL_PREDICTION, ArrivalPrediction
 from tests.publisher import is_ready, wait_for
 from tests.publisher.stack import Stack, import_demo, running_stack
-from tests.publisher.test_page_browser import browser  # noqa: F401  (the one browser fixture)
 from tests.publisher.test_signs import PHONE, STOP, feed_live_bus
 
 SIZES = {"landscape": (1920, 1080), "portrait": (1080, 1920)}
@@ -83,7 +83,7 @@ async def fits(page: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("orientation", ["landscape", "portrait"])
-async def test_sign_shows_live_arrivals_and_fits_the_screen(stack: Stack, browser: Any,  # noqa: F811
+async def test_sign_shows_live_arrivals_and_fits_the_screen(stack: Stack, browser: Any,
                                                             orientation: str) -> None:
     await feed_live_bus(stack, in_s=240)
     page, errors = await open_sign(browser, stack.client, SIZES[orientation])
@@ -119,7 +119,7 @@ async def test_sign_shows_live_arrivals_and_fits_the_screen(stack: Stack, browse
     await page.close()
 
 
-async def test_stopped_server_the_sign_says_stale_then_recovers(stack: Stack, browser: Any  # noqa: F811
+async def test_stopped_server_the_sign_says_stale_then_recovers(stack: Stack, browser: Any
                                                                 ) -> None:
     await feed_live_bus(stack, in_s=240)
     page, errors = await open_sign(browser, stack.client, SIZES["landscape"])
@@ -144,8 +144,7 @@ async def test_stopped_server_the_sign_says_stale_then_recovers(stack: Stack, br
     await client.start_server()
     try:
         await wait_for(lambda: is_ready(client), within_s=60.0)
-        restarted = type(stack)(client=client, publisher=app[PUBLISHER], bus=stack.bus,
-                                clock=stack.clock, bigdata=stack.bigdata)
+        restarted = dataclasses.replace(stack, client=client, publisher=app[PUBLISHER])
         await feed_live_bus(restarted, in_s=480, phone=PHONE,
                             occupancy="STANDING_ROOM_ONLY")
         await wait_state(page, "live")

@@ -88,3 +88,32 @@ def test_incident_happened_and_slowed_its_edge_against_the_baseline(outcome: Out
     assert inc.incident.edge_id in inc.affected_edges
     assert Path(outcome.out / "baseline" / "edgedata.xml").is_file()
     assert outcome.score.false_alarms <= outcome.score.warnings + len(outcome.tap.incidents)
+
+
+def test_crossing_a_junction_counts_on_the_segments_meeting_there(outcome: Outcome) -> None:
+    """A probe on a junction's internal lane is on the segment it came from until it passes
+    the OSM node, then on the one it goes on with: never on a third, and mapped wherever both
+    are (a car that waited at the stop line and crossed is on its segment all along)."""
+    mapping = outcome.mapping
+    inside = mapped = consistent = 0
+    for fixes in outcome.fcd.values():
+        on = [mapping.segment_at(f.lane, f.pos_m) for f in fixes]
+        normal = [k for k, f in enumerate(fixes) if not f.lane.startswith(":") and on[k]]
+        for k, f in enumerate(fixes):
+            if not f.lane.startswith(":"):
+                continue
+            inside += 1
+            piece = on[k]
+            if piece is None:
+                continue
+            mapped += 1
+            came = max((j for j in normal if j < k), default=None)
+            goes = min((j for j in normal if j > k), default=None)
+            ids = [on[j].segment_id for j in (came, goes) if j is not None]  # type: ignore[union-attr]
+            consistent += piece.segment_id in ids
+            # Once on the next segment, a vehicle crossing is not back on the previous one.
+            if len(ids) == 2 and k and fixes[k - 1].lane == f.lane and on[k - 1] is not None:
+                assert not (on[k - 1].segment_id == ids[1] != ids[0] == piece.segment_id)  # type: ignore[union-attr]
+    assert inside > 50
+    assert mapped >= 0.8 * inside
+    assert consistent >= 0.95 * mapped

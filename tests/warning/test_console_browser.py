@@ -9,7 +9,6 @@ the real warning app (memory bus, SQLite, the bigdata stand-in's map) and, marke
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -26,32 +25,15 @@ from shared.db import database_from_url
 from shared.events import SEGMENT_SPEED, TERMINAL_ALARM, TerminalAlarm
 from shared.jt808 import MsgId, TextMessage
 from tests.collector.jt808_support import command_cluster
-from tests.conftest import unavailable
 from tests.publisher import wait_for
 from tests.warning.support import window
 from tests.warning.test_dept_api import QUEUE, Dept, start
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 BEIJING = timezone(timedelta(hours=8))
 TIME_CELL = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 WAIT_MS = 20_000
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install playwright)")
-    if not shutil.which("chromium"):
-        unavailable("Debian's chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 class Console(Dept):

@@ -48,10 +48,16 @@ FENCES = {"type": "FeatureCollection", "features": [{
                    "vehicle_classes": ["dangerous_goods"], "segment_ids": [TUNNEL]}}]}
 
 
+DAY = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
+"""The stack's clock starts at 14:00 Beijing time: a drive of the last 6 hours is all by day
+(a night drive has a 2 h fatigue limit), whatever the hour the tests run at."""
+
+
 @dataclass
 class Stack:
     bus: MemoryBus
     apps: list[web.Application]
+    clock: Clock
     warnings: list[Warning] = field(default_factory=list)
     commands: list[TerminalCommand] = field(default_factory=list)
 
@@ -71,7 +77,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     await bigdata.start_server()
     bus = MemoryBus(partitions=4)
     await bus.start()
-    s = Stack(bus, [])
+    s = Stack(bus, [], Clock(start=DAY))
 
     async def on_warning(env: Envelope[Warning]) -> None:
         s.warnings.append(env.payload)
@@ -85,7 +91,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     for i in range(2):
         app = create_app(Config(bigdata_url=str(bigdata.make_url("/")), speed_window_s=60.0,
                                 db_url=f"sqlite:///{tmp_path}/tti-{i}.db", replica_index=i,
-                                replica_count=2, partitions=4), bus=bus, clock=Clock())
+                                replica_count=2, partitions=4), bus=bus, clock=s.clock)
         runner = web.AppRunner(app)
         await runner.setup()
         runners.append(runner)
@@ -118,7 +124,7 @@ async def publish(bus: MemoryBus, p: MatchedPosition) -> None:
 
 async def test_a_speeding_truck_is_one_alarm_and_one_text_from_the_active_replica(
         stack: Stack) -> None:
-    t0 = datetime.now(UTC) - timedelta(minutes=30)
+    t0 = stack.clock.now() - timedelta(minutes=30)
     for i in range(40):  # 75 km/h on 解放大道 (limit 60) for 200 s, then back to 50
         await publish(stack.bus, fix("1391", t0 + timedelta(seconds=5 * i), 75.0))
     for i in range(40, 60):
@@ -143,7 +149,7 @@ async def test_a_speeding_truck_is_one_alarm_and_one_text_from_the_active_replic
 
 
 async def test_a_truck_in_the_tunnel_closed_to_it_and_a_tired_driver(stack: Stack) -> None:
-    t0 = datetime.now(UTC) - timedelta(hours=6)
+    t0 = stack.clock.now() - timedelta(hours=6)
     await stack.bus.publish(DRIVER_IDENTITY, DriverIdentity(
         vehicle_id="1392", observed_at=t0, state="card_in", driver_id="420100199001011234"),
         key="1392")
@@ -176,7 +182,7 @@ async def test_bad_positions_are_counted_and_lose_nothing_else(stack: Stack) -> 
                                           "reason": "bad_confidence"}) or 0.0
 
     before = rejected()
-    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    t0 = stack.clock.now() - timedelta(minutes=10)
     await publish(stack.bus, fix("1394", t0, 90.0, confidence=7.0))
     for i in range(1, 12):
         await publish(stack.bus, fix("1394", t0 + timedelta(seconds=5 * i), 90.0))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from services.bigdata.geofences import (
@@ -62,9 +62,16 @@ from shared.roadnet import RoadSegment
 BBox = tuple[float, float, float, float]
 """(min_lon, min_lat, max_lon, max_lat)."""
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Migrations: 1 roads, speeds and imports; 2 features and road names; 3 GTFS static;
-4 time-of-week profiles and learned free flow; 5 geofences; 6 the base map."""
+4 time-of-week profiles and learned free flow; 5 geofences; 6 the base map; 7 the speed history
+partitioned by day (PostgreSQL; nothing changes in SQLite)."""
+
+DEFAULT_HISTORY_DAYS = 90
+"""Days of speed history kept when ``TTI_SPEED_HISTORY_DAYS`` is 0 (over three months: the
+profiles read the last four weeks, the rest is there for comparisons and reports)."""
+HISTORY_DAY_OFFSET = timedelta(hours=8)
+"""The speed history is kept and expired in whole Beijing days (UTC+8, no DST since 1991)."""
 
 OSM_FEATURE_SOURCE = "osm"
 """Import source of the features extracted from the imported OSM file."""
@@ -157,6 +164,39 @@ class OsmImportOutcome:
         return self.roads_changed or self.features_changed
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryUpkeep:
+    """What :meth:`GeoStore.maintain_speed_history` did."""
+
+    kept_from: datetime
+    """The history now starts at or after this instant (a Beijing midnight, UTC)."""
+    partitions_created: int
+    partitions_dropped: int
+    rows_deleted: int
+    """Rows deleted one by one (SQLite); PostgreSQL drops whole days and counts none."""
+
+
+def history_day(t: datetime) -> date:
+    """The Beijing day of ``t`` (a UTC-aware time): the speed history's unit of retention."""
+    return (t.astimezone(UTC) + HISTORY_DAY_OFFSET).date()
+
+
+def history_day_start(day: date) -> datetime:
+    """Beijing midnight starting ``day``, in UTC."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) - HISTORY_DAY_OFFSET
+
+
+def retention_start(now: datetime, keep_days: int) -> datetime:
+    """Where a history of ``keep_days`` days (0: :data:`DEFAULT_HISTORY_DAYS`) begins at ``now``.
+
+    Only whole days expire: the start of the Beijing day containing ``now - keep_days``.
+    """
+    if keep_days < 0:
+        raise ValueError(f"keep_days must be 0 or more, not {keep_days}")
+    keep = timedelta(days=keep_days or DEFAULT_HISTORY_DAYS)
+    return history_day_start(history_day(now - keep))
+
+
 class GeoStore(abc.ABC):
     """Road segments, features and GTFS static with geometry; speed history; import bookkeeping.
 
@@ -234,6 +274,16 @@ class GeoStore(abc.ABC):
     async def speed_history(self, segment_id: str, since: datetime, until: datetime
                             ) -> list[SpeedRecord]:
         """Speed windows of one segment in [since, until), oldest first."""
+
+    @abc.abstractmethod
+    async def maintain_speed_history(self, *, keep_days: int, now: datetime | None = None
+                                     ) -> HistoryUpkeep:
+        """Prepare the history ahead of ``now`` (default: the store's clock) and expire what
+        lies wholly before :func:`retention_start` (``keep_days`` 0: the default, 90 days).
+
+        PostgreSQL creates the coming days' partitions and drops the expired ones; SQLite
+        deletes the expired rows. Writes never depend on it having run.
+        """
 
     # --- profiles (services.bigdata.profiles) ---
 

@@ -6,11 +6,13 @@ polygons for features), each with a GiST index for ``&&`` box queries and a GiST
 ``geom::geography`` so nearest queries are index-assisted KNN (``<->``) in metres on the sphere.
 Geometry travels as EWKB (asyncpg binary codec) and jsonb as binary JSON; bulk imports use
 ``COPY`` (``copy_records_to_table``). Every import takes a transaction-level advisory lock, so
-replicas that start together with the same file import it once.
+replicas that start together with the same file import it once. The speed history is partitioned
+by day, written with COPY and expired by whole days (:mod:`services.bigdata.store.history_pg`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -46,6 +48,7 @@ from services.bigdata.store.base import (
     BBox,
     FreeFlow,
     GeoStore,
+    HistoryUpkeep,
     ImportRecord,
     NearbySegment,
     OsmImportOutcome,
@@ -97,9 +100,13 @@ from services.bigdata.store.gtfs import (
     stop_from_row,
     trip_from_row,
 )
+from services.bigdata.store.history_pg import MIGRATION as HISTORY_MIGRATION
+from services.bigdata.store.history_pg import SpeedHistory
 from shared.clock import Clock
 from shared.errors import ConfigError, NotFound, TransientError
 from shared.roadnet import RoadSegment
+
+log = logging.getLogger("tti.bigdata.store")
 
 MIGRATIONS: list[str] = [
     # 1: road segments, speed history, import bookkeeping
@@ -258,6 +265,8 @@ MIGRATIONS: list[str] = [
     """,
     # 6: the base map (services.bigdata.store.basemap)
     POSTGIS_MIGRATION,
+    # 7: segment_speeds partitioned by Beijing day, rows moved (services.bigdata.store.history_pg)
+    HISTORY_MIGRATION,
 ]
 
 # Advisory lock keys (arbitrary constants): schema changes, and imports.
@@ -430,6 +439,7 @@ class PostgisStore(GeoStore):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._history = SpeedHistory()  # partitioned by day (history_pg)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
@@ -473,6 +483,10 @@ class PostgisStore(GeoStore):
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)",
                                        version, self.clock.now())
+            try:  # the coming days' partitions; a write creates any other day's itself
+                await self._history.prepare(conn, self.clock.now())
+            except TransientError as exc:
+                log.warning("speed history partitions not prepared at open: %s", exc.message)
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(self.dsn, min_size=self._min_size,
@@ -576,25 +590,18 @@ class PostgisStore(GeoStore):
     async def insert_speeds(self, records: Sequence[SpeedRecord]) -> None:
         if not records:
             return
-        async with self._conn() as conn, conn.transaction():
-            await conn.executemany(
-                "INSERT INTO segment_speeds VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (segment_id, window_start, source) DO UPDATE SET "
-                "observed_at = EXCLUDED.observed_at, speed_kmh = EXCLUDED.speed_kmh, "
-                "sample_count = EXCLUDED.sample_count, confidence = EXCLUDED.confidence",
-                [(r.segment_id, r.window_start, r.observed_at, r.speed_kmh, r.sample_count,
-                  r.source, r.confidence) for r in records])
+        async with self._conn() as conn:
+            await self._history.insert(conn, records)
 
     async def speed_history(self, segment_id: str, since: datetime, until: datetime
                             ) -> list[SpeedRecord]:
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                "SELECT segment_id, window_start, observed_at, speed_kmh, sample_count, source, "
-                "confidence FROM segment_speeds WHERE segment_id = $1 AND window_start >= $2 "
-                "AND window_start < $3 ORDER BY window_start", segment_id, since, until)
-        return [SpeedRecord(segment_id=r[0], window_start=r[1].astimezone(UTC),
-                            observed_at=r[2].astimezone(UTC), speed_kmh=r[3],
-                            sample_count=r[4], source=r[5], confidence=r[6]) for r in rows]
+            return await self._history.history(conn, segment_id, since, until)
+
+    async def maintain_speed_history(self, *, keep_days: int, now: datetime | None = None
+                                     ) -> HistoryUpkeep:
+        async with self._conn() as conn:
+            return await self._history.upkeep(conn, now or self.clock.now(), keep_days)
 
     # --- profiles ---
 

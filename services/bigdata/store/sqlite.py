@@ -51,6 +51,7 @@ from services.bigdata.store.base import (
     BBox,
     FreeFlow,
     GeoStore,
+    HistoryUpkeep,
     ImportRecord,
     NearbySegment,
     OsmImportOutcome,
@@ -58,6 +59,7 @@ from services.bigdata.store.base import (
     SegmentProfile,
     SpeedRecord,
     free_flow_of,
+    retention_start,
     unique_in_feeds,
 )
 from services.bigdata.store.basemap import (
@@ -271,6 +273,7 @@ MIGRATIONS: list[Migration] = [
     _V4,  # 4: time-of-week profiles and learned free flow (IF NOT EXISTS: re-runnable)
     _V5,  # 5: geofences (GeoJSON text + extent columns; a few hundred rows, no R*Tree)
     SQLITE_MIGRATION,  # 6: the base map (WKB + R*Tree), services.bigdata.store.basemap
+    lambda conn: None,  # 7: PostgreSQL partitions the speed history by day; nothing here
 ]
 
 _SEGMENT_COLS = ("segment_id, way_id, from_node, to_node, road_class, name, name_en, ref, lanes, "
@@ -280,6 +283,7 @@ _FEATURE_COLS = ("kind, feature_id, source, name, name_en, ref, geom, attrs, liv
 _GEOFENCE_COLS = ("geofence_id, kind, name, name_en, source, geometry, min_lon, min_lat, max_lon, "
                   "max_lat, props, updated_at")
 _BATCH = 5000
+_EXPIRE_BATCH = 20_000  # expired speed rows deleted per write, so other writes interleave
 _NEAREST_START_M = 250.0
 _FULL_SCAN_M = 50_000.0
 
@@ -644,6 +648,24 @@ class SqliteStore(GeoStore):
                                 observed_at=_parse_ts(r[2]), speed_kmh=r[3], sample_count=r[4],
                                 source=r[5], confidence=r[6]) for r in rows]
         return await self._run(q)
+
+    async def maintain_speed_history(self, *, keep_days: int, now: datetime | None = None
+                                     ) -> HistoryUpkeep:
+        kept_from = retention_start(now or self.clock.now(), keep_days)
+        cutoff = _ts(kept_from)
+
+        def expire(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                return conn.execute(
+                    "DELETE FROM segment_speeds WHERE rowid IN (SELECT rowid FROM "
+                    "segment_speeds WHERE window_start < ? LIMIT ?)",
+                    (cutoff, _EXPIRE_BATCH)).rowcount
+
+        deleted = 0
+        while (n := await self._run(expire)) > 0:
+            deleted += n
+        return HistoryUpkeep(kept_from=kept_from, partitions_created=0, partitions_dropped=0,
+                             rows_deleted=deleted)
 
     # --- profiles ---
 

@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description of every route of the warning service (``/openapi.json``): the
-public API, the departments' API (texts to drivers included), the console and its map data, and
-the operational endpoints. ``tests/warning/test_dept_api.py`` checks that no route is missing."""
+public API, the departments' API (texts to drivers and citizens' reports included), the console
+and its map data, and the operational endpoints. ``tests/warning/test_dept_api.py`` checks that
+no route is missing."""
 
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ def build_openapi() -> dict[str, Any]:
     }
     paths.update(_dept_paths())
     paths.update(_message_paths())
+    paths.update(_report_paths())
     paths.update(_console_paths())
     paths.update(_ops_paths())
     return {
@@ -272,6 +274,65 @@ def _message_paths() -> dict[str, Any]:
                 "400": _error("Bad vehicle id or Idempotency-Key"), **errors}}}}
 
 
+def _report_paths() -> dict[str, Any]:
+    secured, errors = _secured()
+    number = {"name": "number", "in": "path", "required": True,
+              "schema": {"type": "string", "examples": ["20260303-ABC234"]}}
+    record = {"allOf": [ref("ReportStatus"), {"type": "object", "properties": {
+        "report_id": {"type": "string"}, "contact": {"type": ["string", "null"]},
+        "details": {"type": "object"}, "received_at": {"type": "string", "format": "date-time"},
+        "status_by": {"type": ["string", "null"]}}}]}
+    return {
+        "/v1/reports/{number}": {"get": {
+            "summary": "A citizen report's or hotline ticket's public status",
+            "description": "Whoever holds the number may read it: never the reporter's "
+                           "contact or the departments' notes.",
+            "parameters": [number],
+            "responses": {"200": _json(ref("ReportStatus"), "Its status"),
+                          "404": _error("No such report (yet)")}}},
+        "/v1/dept/reports": {"get": {
+            "summary": "Citizens' reports and hotline tickets, newest first",
+            "description": "Police, transport, hotline and admin.",
+            "security": secured,
+            "parameters": [
+                _query("status", "Comma-separated statuses", {"type": "string"}),
+                _query("channel", "Comma-separated channels", {"type": "string"}),
+                _query("limit", "At most this many", {"type": "integer", "minimum": 1,
+                                                      "maximum": 200, "default": 50}),
+                _query("before", "Reported before this time (paging)",
+                       {"type": "string", "format": "date-time"})],
+            "responses": {"200": _json({"type": "object", "required": ["reports", "count"],
+                                        "properties": {"reports": {"type": "array",
+                                                                   "items": record},
+                                                       "count": {"type": "integer"}}},
+                                       "Reports"),
+                          "400": _error("Bad filter"), **errors}}},
+        "/v1/dept/reports/{number}": {"get": {
+            "summary": "One report with every status change (and its internal notes)",
+            "security": secured, "parameters": [number],
+            "responses": {"200": _json({"allOf": [record, {"type": "object", "properties": {
+                "history": {"type": "array", "items": {"type": "object"}}}}]}, "The report"),
+                "404": _error("No such report"), **errors}}},
+        "/v1/dept/reports/{number}/status": {"post": {
+            "summary": "Move a report on: reviewing, confirmed, resolved or rejected",
+            "description": "Forward only. reply is what the reporter reads; note stays "
+                           "inside; warning_id links the warning it led to. The same request "
+                           "again changes nothing (changed: false).",
+            "security": secured, "parameters": [number],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"], "properties": {
+                    "status": {"enum": ["reviewing", "confirmed", "resolved", "rejected"]},
+                    "reply": {"type": "string", "maxLength": 500},
+                    "note": {"type": "string", "maxLength": 2000},
+                    "warning_id": {"type": "string"}}}}}},
+            "responses": {"200": _json({"allOf": [record, {"type": "object", "properties": {
+                "changed": {"type": "boolean"}}}]}, "The report as it became"),
+                "400": _error("Bad status, texts or unknown warning_id"),
+                "404": _error("No such report"),
+                "409": _error("The lifecycle does not allow that step"), **errors}}},
+    }
+
+
 def _console_paths() -> dict[str, Any]:
     secured, errors = _secured()
     html = {"content": {"text/html": {"schema": {"type": "string"}}}}
@@ -282,6 +343,9 @@ def _console_paths() -> dict[str, Any]:
         "/console/": {"get": {"summary": "The departments' duty console (no credentials to "
                                          "load; it signs in itself)",
                               "responses": {"200": {"description": "The page", **html}}}},
+        "/console/reports": {"get": {"summary": "The desk for citizens' reports and hotline "
+                                                "tickets (uses the console's session)",
+                                     "responses": {"200": {"description": "The page", **html}}}},
         "/console/static/{filename}": {"get": {
             "summary": "The console's script, style and vendored Leaflet (only listed files)",
             "parameters": [{"name": "filename", "in": "path", "required": True,

@@ -1,4 +1,5 @@
-"""The departments' console: `/console/`, one page for the people on duty, served from the package.
+"""The departments' console: `/console/`, one page for the people on duty, served from the package,
+and beside it `/console/reports`, the desk for citizens' reports and hotline tickets.
 
 Everything the page loads comes from here (its script and style, vendored Leaflet 1.9.4 under
 ``static/vendor/leaflet``, BSD-2) and everything it asks goes to the department API beside it
@@ -20,7 +21,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # Exactly the files the page needs: nothing else in the package folder is ever served.
 STATIC_FILES: frozenset[str] = frozenset({
-    "app.js", "style.css",
+    "app.js", "style.css", "reports.js",
     "vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css",
     "vendor/leaflet/images/layers.png", "vendor/leaflet/images/layers-2x.png",
     "vendor/leaflet/images/marker-icon.png", "vendor/leaflet/images/marker-icon-2x.png",
@@ -43,6 +44,10 @@ async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
 
+async def _reports(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "reports.html", headers=PAGE_HEADERS)
+
+
 async def _to_index(request: web.Request) -> web.StreamResponse:
     # Relative, so it lands right under whatever prefix the app is mounted at.
     raise web.HTTPFound("console/")
@@ -57,8 +62,10 @@ async def _static(request: web.Request) -> web.StreamResponse:
 
 
 def add_console_routes(app: web.Application) -> None:
-    """Register ``/console/`` with its files, and the map data it draws (``dept_map``)."""
+    """Register ``/console/`` and ``/console/reports`` with their files, and the map data the
+    console draws (``dept_map``)."""
     app.router.add_get("/console", _to_index)
     app.router.add_get("/console/", _index)
+    app.router.add_get("/console/reports", _reports)
     app.router.add_get("/console/static/{filename:.+}", _static)
     add_map_routes(app)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,6 +169,8 @@ class WorkflowStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.also_prune: list[Callable[[datetime], Awaitable[int]]] = []
+        """Other keepers of the same database, pruned with it (citizens' reports)."""
 
     async def open(self) -> None:
         """Open the database and apply the workflow's migrations."""
@@ -431,4 +434,6 @@ class WorkflowStore:
                                   cutoff)
             n += await tx.execute("DELETE FROM terminal_command_outcomes WHERE at < $1", cutoff)
             n += await tx.execute("DELETE FROM dept_sessions WHERE expires_at < $1", now)
+        for prune in self.also_prune:
+            n += await prune(now)
         return n

@@ -11,6 +11,7 @@
   const LAST_KEY = "tti.console.last_event_id";
   const RECONNECT_MS = [1000, 2000, 5000, 10000];
   const ALARM = "vehicle_alarm";
+  const REPORT_ROLES = new Set(["police", "transport", "hotline", "admin"]);  // the reports desk
   const ACKABLE = new Set(["raised", "updated"]);
   const ACTIVE = new Set(["raised", "updated", "acknowledged", "assigned"]);
   const FINAL = new Set(["closed", "cancelled"]);
@@ -26,7 +27,8 @@
 
   const I18N = {
     zh: {
-      title: "交通预警值班台", conn_offline: "未连接", conn_connected: "已连接",
+      title: "交通预警值班台", to_reports: "市民报料与工单", conn_offline: "未连接",
+      conn_connected: "已连接",
       conn_reconnecting: "重新连接中…", last_event: "事件 #", sound_on: "声音：开",
       sound_off: "声音：关", sign_out: "退出", signin_title: "值班人员登录",
       signin_hint: "请输入部门分配给您的访问令牌。", token: "访问令牌", sign_in: "登录",
@@ -78,7 +80,8 @@
                  bad_flags: "方式无效", other_vehicle: "非该报警车辆", not_found: "不存在" },
     },
     en: {
-      title: "TTI duty console", conn_offline: "not connected", conn_connected: "connected",
+      title: "TTI duty console", to_reports: "Reports and tickets", conn_offline: "not connected",
+      conn_connected: "connected",
       conn_reconnecting: "reconnecting…", last_event: "event #", sound_on: "Sound: on",
       sound_off: "Sound: off", sign_out: "Sign out", signin_title: "Duty sign-in",
       signin_hint: "Enter the access token your department gave you.", token: "Access token",
@@ -344,6 +347,8 @@
     $("who").hidden = false;
     $("who-name").textContent = me.user;
     $("who-role").textContent = name("role", me.role);
+    $("to-reports").hidden = !REPORT_ROLES.has(me.role);
+    if (me.role === "hotline") { location.assign("reports"); return; }  // tickets, no warnings
     $("tab-alarms").hidden = !me.sees.includes(ALARM);
     const traffic = me.sees.some((k) => k !== ALARM);
     $("tab-warnings").hidden = !traffic && me.sees.includes(ALARM);
