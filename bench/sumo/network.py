@@ -45,6 +45,8 @@ class SumoNetwork:
     net_path: Path
     landmarks: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """OSM way ids of named places incidents go to (demo: bridge, tunnel), by kind."""
+    gtfs_path: Path | None = None
+    """The timetable TTI imports and the buses run (the demo city's GTFS; None elsewhere)."""
 
 
 def shared_osm() -> Path:
@@ -62,11 +64,12 @@ def build_network(name: str, out_dir: Path, *, demo_size: int = 1) -> SumoNetwor
     """``demo`` (generated into ``out_dir``), ``wuhan`` or a path to an ``.osm`` file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     landmarks: dict[str, tuple[int, ...]] = {}
+    gtfs = None
     if name == "demo":
         from shared.demo import generate_demo_region
 
         region = generate_demo_region(out_dir / "demo", size=demo_size)
-        osm = region.osm_path
+        osm, gtfs = region.osm_path, region.gtfs_path
         landmarks["bridge"] = tuple(w for b in region.bridges for w in b.way_ids)
         landmarks["tunnel"] = tuple(w for t in region.tunnels for w in t.way_ids)
     elif name == "wuhan":
@@ -81,4 +84,5 @@ def build_network(name: str, out_dir: Path, *, demo_size: int = 1) -> SumoNetwor
         tmp = net.with_suffix(".tmp.xml")
         run_tool(["netconvert", "--osm-files", str(osm), "-o", str(tmp), *NETCONVERT_OPTIONS])
         tmp.replace(net)
-    return SumoNetwork(name=name, osm_path=osm, net_path=net, landmarks=landmarks)
+    return SumoNetwork(name=name, osm_path=osm, net_path=net, landmarks=landmarks,
+                       gtfs_path=gtfs)

@@ -53,14 +53,16 @@ class SumoRun:
 
 
 def run_sumo(net: Path, routes: list[Path], out_dir: Path, *, end_s: float, seed: int,
-             fcd: bool) -> SumoRun:
-    """Simulate ``end_s`` seconds (1-s steps); FCD of the probe-type vehicles when ``fcd``."""
+             fcd: bool, additional: tuple[Path, ...] = ()) -> SumoRun:
+    """Simulate ``end_s`` seconds (1-s steps); FCD of the vehicles with the FCD device (probes,
+    buses) when ``fcd``; ``additional``: more additional files (the buses' stops)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     add = out_dir / "edgedata.add.xml"
     edgedata = out_dir / "edgedata.xml"
     add.write_text(f'<additional><edgeData id="minute" file="{edgedata.name}" '
                    f'period="{PERIOD_S}" excludeEmpty="true"/></additional>\n', encoding="utf-8")
-    args = ["sumo", "-n", str(net), "-r", ",".join(map(str, routes)), "-a", str(add),
+    args = ["sumo", "-n", str(net), "-r", ",".join(map(str, routes)),
+            "-a", ",".join(map(str, (add, *additional))),
             "--begin", "0", "--end", str(int(end_s)), "--step-length", "1",
             "--seed", str(seed), "--stop-output", str(out_dir / "stops.xml"),
             "--time-to-teleport", "300", "--ignore-route-errors", "true",
