@@ -3,7 +3,7 @@
 The four services on the memory bus and an embedded SQLite database in the scenario's folder,
 serving HTTP and the JT/T 808 gateway on free local ports, on one clock. The harness taps the
 bus as one more consumer group: every segment speed, warning and incident TTI publishes is
-kept with the clock time it arrived.
+kept with the clock time it arrived, and so is every bus arrival prediction and stop event.
 """
 
 from __future__ import annotations
@@ -24,7 +24,18 @@ from shared.bus import EventBus
 from shared.clock import Clock
 from shared.codec import Envelope
 from shared.config import Config, load_config
-from shared.events import INCIDENT, SEGMENT_SPEED, WARNING, Incident, SegmentSpeed, Warning
+from shared.events import (
+    ARRIVAL_PREDICTION,
+    BUS_ARRIVAL,
+    INCIDENT,
+    SEGMENT_SPEED,
+    WARNING,
+    ArrivalPrediction,
+    BusArrival,
+    Incident,
+    SegmentSpeed,
+    Warning,
+)
 from shared.service import listen_socket, make_runner
 
 __all__ = ["Tap", "TtiHost", "free_port"]
@@ -44,6 +55,10 @@ class Tap:
     speeds: list[tuple[datetime, SegmentSpeed]] = field(default_factory=list)
     warnings: list[tuple[datetime, Warning]] = field(default_factory=list)
     incidents: list[tuple[datetime, Incident]] = field(default_factory=list)
+    predictions: list[tuple[datetime, ArrivalPrediction]] = field(default_factory=list)
+    """``tti.bus.prediction``: what riders were told, from when it was published."""
+    stop_events: list[tuple[datetime, BusArrival]] = field(default_factory=list)
+    """``tti.bus.arrival``: the arrivals and departures TTI detected."""
 
 
 class TtiHost:
@@ -92,6 +107,15 @@ class TtiHost:
         await bus.subscribe(SEGMENT_SPEED, on_speed, durable="sumo-harness")
         await bus.subscribe(WARNING, on_warning, durable="sumo-harness")
         await bus.subscribe(INCIDENT, on_incident, durable="sumo-harness")
+
+        async def on_prediction(env: Envelope[ArrivalPrediction]) -> None:
+            tap.predictions.append((clock.now(), env.payload))
+
+        async def on_stop_event(env: Envelope[BusArrival]) -> None:
+            tap.stop_events.append((clock.now(), env.payload))
+
+        await bus.subscribe(ARRIVAL_PREDICTION, on_prediction, durable="sumo-harness")
+        await bus.subscribe(BUS_ARRIVAL, on_stop_event, durable="sumo-harness")
         root, _ = build_embedded(self.config, bus, self.clock)
         self._runner = make_runner(root)
         await self._runner.setup()

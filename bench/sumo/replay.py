@@ -93,12 +93,14 @@ class Replay:
     """Sends the scheduled reports of every probe to ``host:port`` on ``clock``."""
 
     def __init__(self, reports: dict[str, list[Report]], *, host: str, port: int, clock: Clock,
-                 t0: datetime, version: int = 2013) -> None:
+                 t0: datetime, version: int = 2013, phones: dict[str, str] | None = None) -> None:
         self.reports = reports
         self.host, self.port, self.clock, self.t0 = host, port, clock, t0
         self.version = version
         self.stats = ReplayStats(terminals=len(reports))
-        self.phones = {v: phone_of(i + 1) for i, v in enumerate(sorted(reports))}
+        # ``phones``: terminals a registry lists (the buses); else probe numbers in id order.
+        self.phones = ({v: phones[v] for v in reports} if phones is not None
+                       else {v: phone_of(i + 1) for i, v in enumerate(sorted(reports))})
 
     def vehicle_ids(self) -> dict[str, str]:
         """TTI vehicle id (the phone without leading zeros) → SUMO vehicle id."""

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m bench.sumo.run --network demo --minutes 30 --incidents 2
 
-Builds the network (``netconvert``), the demand (a morning peak) and the incidents, runs SUMO
-twice with the same demand and seed (with the incidents and without: the baseline), starts TTI
-in this process on a clock at ``--rate`` × real time (``--rate 1``: a real-time replay),
-replays the probe vehicles through its JT/T 808 gateway and prints the table of ``score.py``.
+Builds the network (``netconvert``), the demand (a morning peak), the buses of the demo city's
+timetable (``buses.py``) and the incidents, runs SUMO twice with the same demand and seed (with
+the incidents and without: the baseline), starts TTI in this process on a clock at ``--rate`` ×
+real time (``--rate 1``: a real-time replay), replays the probe vehicles and the buses through
+its JT/T 808 gateway and prints the table of ``score.py`` (bus ETAs: ``eta.py``).
 Generated files go to ``--out`` (default ``var/sumo/<network>``), never into the repository.
 """
 
@@ -18,11 +19,22 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from bench.sumo.buses import (
+    PREFIX,
+    BusDemand,
+    bus_phone,
+    make_bus_demand,
+    read_bus_stops,
+    scenario_start,
+    write_registry,
+)
 from bench.sumo.demand import Incident, make_trips, write_incidents
+from bench.sumo.eta import score_buses
 from bench.sumo.host import Tap, TtiHost
 from bench.sumo.mapping import Mapping, map_network
 from bench.sumo.network import SumoNetwork, build_network
@@ -35,8 +47,10 @@ __all__ = ["Options", "Outcome", "main", "run_harness"]
 
 log = logging.getLogger("tti.bench.sumo")
 
-CLOCK_START = "2026-06-01T06:58:00+08:00"
-"""A Monday, just before the morning peak (Beijing time): TTI's clock starts here."""
+T0 = "2026-06-01T07:00:00+08:00"
+"""SUMO's second 0: a Monday, at the morning peak's start (Beijing time). The buses keep the
+timetable's times, so this is fixed before SUMO runs; TTI's clock starts early enough
+(``buses.scenario_start``) to be ready by then."""
 DEFAULT_PEAK = {"demo": 2400.0, "wuhan": 1800.0}
 CATEGORIES = {
     "demo": ("arterial", "bridge", "ring", "tunnel"),
@@ -60,6 +74,8 @@ class Options:
     noise_m: float = 5.0
     out: Path | None = None
     demo_size: int = 1
+    buses: bool = True
+    """Buses on the network's GTFS routes (the demo city's), replayed and their ETAs scored."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +91,8 @@ class Outcome:
     mapping: Mapping
     fcd: dict[str, list[Fix]]
     reports: dict[str, list[Report]]
+    buses: BusDemand | None = None
+    bus_replay: ReplayStats | None = None
 
 
 def _category(edge: str, net: SumoNetwork, mapping: Mapping) -> str | None:
@@ -134,23 +152,31 @@ def choose_incidents(opts: Options, net: SumoNetwork, mapping: Mapping,
     return out
 
 
-async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path
-                  ) -> tuple[TtiHost, Replay, datetime]:
+async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
+                  start: datetime, buses: dict[str, list[Report]], phones: dict[str, str],
+                  settings: dict[str, Any]) -> tuple[TtiHost, Replay, Replay | None, datetime]:
     host = TtiHost(net.osm_path, work / "tti", clock_rate=opts.rate,
-                   clock_start="" if opts.rate == 1 else CLOCK_START, log_level="WARNING")
+                   clock_start=scenario_start(start, opts.rate).isoformat(),
+                   log_level="WARNING", **settings)
     async with host:
         clock = host.clock
-        # SUMO's second 0 is the next whole minute on TTI's clock (windows are whole minutes).
-        now = clock.time() + 20
-        t0 = datetime.fromtimestamp(math.ceil(now / 60) * 60, clock.now().tzinfo)
+        t0 = start
+        if clock.time() + 5 > start.timestamp():
+            # Ready too late: SUMO's second 0 is the next whole minute (windows are whole
+            # minutes), and the buses run that much behind their timetable.
+            t0 = datetime.fromtimestamp(math.ceil((clock.time() + 20) / 60) * 60,
+                                        clock.now().tzinfo)
+            log.warning("TTI was ready after %s: the replay starts at %s", start, t0)
         replay = Replay(reports, host="127.0.0.1", port=host.jt808_port, clock=clock, t0=t0)
+        bus_replay = (Replay(buses, host="127.0.0.1", port=host.jt808_port, clock=clock, t0=t0,
+                             phones=phones) if buses else None)
         real0 = time.monotonic()
-        await replay.run()
+        await asyncio.gather(replay.run(), *([bus_replay.run()] if bus_replay else []))
         # The last windows close one window plus the grace after they end.
         end = t0 + timedelta(seconds=opts.minutes * 60 + 150)
         await clock.sleep((end - clock.now()).total_seconds())
         log.info("replay done in %.0f s real", time.monotonic() - real0)
-    return host, replay, t0
+    return host, replay, bus_replay, t0
 
 
 def run_harness(opts: Options) -> Outcome:
@@ -163,16 +189,23 @@ def run_harness(opts: Options) -> Outcome:
     demand = make_trips(net.net_path, out / "demand", duration_s=duration, peak_per_hour=peak,
                         seed=opts.seed, probe_share=opts.probe_share)
     mapping = map_network(net.net_path, RoadNetwork.from_osm(net.osm_path))
+    start = datetime.fromisoformat(T0)
+    buses = None
+    if opts.buses and net.gtfs_path is not None:
+        buses = make_bus_demand(net.net_path, net.gtfs_path, out / "buses", t0=start,
+                                duration_s=duration, seed=opts.seed)
+    routes = [demand, *([buses.routes] if buses else [])]
+    stops_add = (buses.stops,) if buses else ()
     # Vehicles still driving at the end are simulated a little longer, so queues can dissolve.
     end = duration + 600
-    base_run = run_sumo(net.net_path, [demand], out / "baseline", end_s=end, seed=opts.seed,
-                        fcd=opts.incidents <= 0)
+    base_run = run_sumo(net.net_path, routes, out / "baseline", end_s=end, seed=opts.seed,
+                        fcd=opts.incidents <= 0, additional=stops_add)
     baseline = read_edgedata(base_run.edgedata)
     incidents = choose_incidents(opts, net, mapping, baseline)
     if incidents:
         inc_file = write_incidents(incidents, out / "incidents" / "incidents.rou.xml")
-        run = run_sumo(net.net_path, [demand, inc_file], out / "incidents", end_s=end,
-                       seed=opts.seed, fcd=True)
+        run = run_sumo(net.net_path, [*routes, inc_file], out / "incidents", end_s=end,
+                       seed=opts.seed, fcd=True, additional=stops_add)
         stops = read_stops(run.stops)
         incidents = [_as_happened(i, stops) for i in incidents]
     else:
@@ -181,8 +214,21 @@ def run_harness(opts: Options) -> Outcome:
     assert run.fcd is not None
     fcd = {v: [f for f in fixes if f.t < duration] for v, fixes in read_fcd(run.fcd).items()}
     fcd = {v: f for v, f in fcd.items() if f}
+    # The buses report like the probes, as terminals the registry lists as buses of a route.
+    bus_fcd = {v: fcd.pop(v) for v in [v for v in fcd if v.startswith(PREFIX)]}
     reports = schedule(fcd, interval_s=opts.interval_s, noise_m=opts.noise_m, seed=opts.seed)
-    host, replay, t0 = asyncio.run(_replay(opts, net, reports, out))
+    bus_reports = schedule(bus_fcd, interval_s=opts.interval_s, noise_m=opts.noise_m,
+                           seed=opts.seed + 1)
+    phones = {v: bus_phone(i + 1) for i, v in enumerate(sorted(bus_reports))}
+    settings: dict[str, Any] = {}
+    if net.gtfs_path is not None:  # as tti run imports the demo city's timetable
+        settings["gtfs"] = str(net.gtfs_path)
+    if buses is not None:
+        registry = write_registry(out / "buses" / "vehicles.csv", buses.trips, phones)
+        settings["vehicle_registry"] = str(registry)
+    host, replay, bus_replay, t0 = asyncio.run(_replay(
+        opts, net, reports, out, start=start, buses=bus_reports, phones=phones,
+        settings=settings))
     score = score_run(mapping=mapping, fcd=fcd, reports=reports, edgedata=edgedata,
                       baseline=baseline if incidents else None, incidents=incidents,
                       tap=host.tap, t0=t0, duration_s=duration)
@@ -193,6 +239,20 @@ def run_harness(opts: Options) -> Outcome:
         f"{len(st.failures)} terminal failures, at most {st.late_s_max:.1f} clock s late; "
         f"clock rate {opts.rate:g}, reports every {opts.interval_s:g} s, "
         f"{100 * opts.probe_share:g} % probes, peak {peak:g} veh/h")
+    if buses is not None:
+        bst = bus_replay.stats if bus_replay else ReplayStats()
+        bus_score = score_buses(trips=buses.trips, stops=read_bus_stops(run.stops), tap=host.tap,
+                                t0=t0, duration_s=duration, phones=phones,
+                                first_report_s={v: r[0].fix.t for v, r in bus_reports.items()},
+                                timetable_trips=buses.timetable_trips)
+        bus_score.notes.append(
+            f"bus replay: {bst.terminals} terminals, {bst.reports_sent} reports sent, "
+            f"{bst.reports_acked} acknowledged, {bst.reports_nacked} refused, "
+            f"{len(bst.failures)} terminal failures")
+        if t0 != start:
+            bus_score.notes.append(f"TTI was ready late: the buses left "
+                                   f"{(t0 - start).total_seconds():.0f} s after the timetable")
+        score = replace(score, buses=bus_score)
     title = (f"SUMO ground truth: {name}, {opts.minutes:g} min, {len(incidents)} incidents, "
              f"seed {opts.seed}")
     table = format_table(score, title)
@@ -204,10 +264,15 @@ def run_harness(opts: Options) -> Outcome:
                        "cleared_s": i.cleared_s, "warning_ids": i.warning_ids}
                       for i in score.incidents],
         "warnings": score.warnings, "false_alarms": score.false_alarms,
-        "replay": asdict(st), "table": table, "segment_minutes": score.details},
+        "replay": asdict(st), "table": table, "alarms": score.alarms,
+        "segment_minutes": score.details,
+        "buses": None if score.buses is None else {
+            **asdict(score.buses), "coverage": score.buses.coverage,
+            "replay": asdict(bus_replay.stats) if bus_replay else None}},
         indent=1, ensure_ascii=False), encoding="utf-8")
     return Outcome(score=score, replay=st, table=table, out=out, t0=t0, tap=host.tap,
-                   mapping=mapping, fcd=fcd, reports=reports)
+                   mapping=mapping, fcd=fcd, reports=reports, buses=buses,
+                   bus_replay=bus_replay.stats if bus_replay else None)
 
 
 def _as_happened(inc: Incident, stops: dict[str, tuple[float, float]]) -> Incident:
@@ -240,12 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-m", type=float, default=5.0, help="GPS noise (metres, 1 sigma)")
     p.add_argument("--demo-size", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--no-buses", action="store_true",
+                   help="no buses on the demo city's GTFS routes (no bus ETAs)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     opts = Options(network=a.network, minutes=a.minutes, incidents=a.incidents,
                    incident_minutes=a.incident_minutes, probe_share=a.probe_share,
                    interval_s=a.interval_s, rate=1.0 if a.realtime else a.rate, seed=a.seed,
-                   peak_per_hour=a.peak, noise_m=a.noise_m, out=a.out, demo_size=a.demo_size)
+                   peak_per_hour=a.peak, noise_m=a.noise_m, out=a.out, demo_size=a.demo_size,
+                   buses=not a.no_buses)
     real0 = time.monotonic()
     outcome = run_harness(opts)
     print(outcome.table)

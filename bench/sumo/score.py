@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bench.sumo.demand import Incident
+from bench.sumo.eta import BusScore, format_buses
 from bench.sumo.host import Tap
 from bench.sumo.mapping import Mapping
 from bench.sumo.replay import Report
@@ -111,6 +112,11 @@ class Score:
     notes: list[str] = field(default_factory=list)
     details: list[dict[str, object]] = field(default_factory=list)
     """Per scored segment-minute: probe vehicle-seconds and every speed (km/h, None: none)."""
+    alarms: list[dict[str, object]] = field(default_factory=list)
+    """Every warning and incident TTI published: id, kind, first and end (run seconds),
+    segments, and the harness incident it detected (None: a false alarm)."""
+    buses: BusScore | None = None
+    """Bus ETAs (``eta.py``); None without buses (a network without the demo's GTFS)."""
 
     @property
     def false_alarms_per_h_100km(self) -> float | None:
@@ -297,11 +303,17 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
                                     warning_ids=tuple(w for _, w, _ in hits)))
     warning_ids = [w for w in events if not w.startswith("incident:")]
     false = [w for w in events if w not in matched]
+    detected_by = {w: i.incident.incident_id for i in scored for w in i.warning_ids}
+    alarms: list[dict[str, object]] = [
+        {"id": wid, "kind": ev["kind"], "first_s": (ev["first"] - t0).total_seconds(),  # type: ignore[operator]
+         "ended_s": None if ev["ended"] is None else (ev["ended"] - t0).total_seconds(),  # type: ignore[operator]
+         "segments": sorted(ev["segments"]),  # type: ignore[call-overload]
+         "detects": detected_by.get(wid)} for wid, ev in events.items()]
     return Score(speeds=speeds, incidents=scored, warnings=len(warning_ids),
                  false_alarms=len(false), hours=duration_s / 3600.0, mapped_km=mapping.mapped_km,
                  segments_mapped=len(mapping.by_segment),
                  segments_unmapped=mapping.unmapped_segments, probe_vehicles=len(fcd),
-                 details=details)
+                 details=details, alarms=alarms)
 
 
 def _pct(x: float | None) -> str:
@@ -357,7 +369,7 @@ def format_table(score: Score, title: str) -> str:
             f" min after the queue")
     lines += ["", f"network: {score.segments_mapped} TTI segments mapped onto SUMO edges "
               f"({score.mapped_km:.1f} km directed), {score.segments_unmapped} not; "
-              f"{score.probe_vehicles} probe vehicles; {score.hours * 60:.0f} min of traffic",
-              "bus ETAs: not scored yet (SUMO buses on the demo GTFS routes come later)"]
+              f"{score.probe_vehicles} probe vehicles; {score.hours * 60:.0f} min of traffic"]
     lines += score.notes
+    lines += ["", *format_buses(score.buses)]
     return "\n".join(lines)

@@ -1,20 +1,23 @@
 """The SUMO ground-truth harness end to end, on a few minutes of the demo city.
 
-netconvert builds the network, randomTrips the demand, SUMO runs it twice (with a stopped
-vehicle and without), TTI runs in this process on a clock at rate 20 and the probe vehicles
-report through its JT/T 808 gateway; then the table is computed. This checks the harness, not
-TTI's accuracy (issue 15 §2 and §3 set those targets): every report reaches TTI and is
-acknowledged, TTI publishes speeds for the segments the probes drove, and the references agree
-with each other where they must.
+netconvert builds the network, randomTrips the demand, the demo city's timetable its buses,
+SUMO runs it twice (with a stopped vehicle and without), TTI runs in this process on a clock at
+rate 20 and the probe vehicles and buses report through its JT/T 808 gateway; then the table is
+computed. This checks the harness, not TTI's accuracy (issue 15 §2 and §3 set those targets):
+every report reaches TTI and is acknowledged, TTI publishes speeds for the segments the probes
+drove, the references agree with each other where they must, the buses keep their timetable
+and stops, and TTI's predictions for them are scored against SUMO's arrivals.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
 import pytest
 
+from bench.sumo.buses import read_bus_stops
 from bench.sumo.run import Options, Outcome, run_harness
 from bench.sumo.score import probe_edie
 from bench.sumo.simulate import read_edgedata
@@ -117,3 +120,40 @@ def test_crossing_a_junction_counts_on_the_segments_meeting_there(outcome: Outco
     assert inside > 50
     assert mapped >= 0.8 * inside
     assert consistent >= 0.95 * mapped
+
+
+def test_buses_keep_the_timetable_and_stop_at_every_gtfs_stop(outcome: Outcome) -> None:
+    buses = outcome.buses
+    assert buses is not None, "the demo city has a GTFS feed: its buses run"
+    # The 07:00 trips, one per route and direction (the demo's headway is 10 minutes).
+    assert len(buses.trips) == buses.timetable_trips >= 4 and not buses.unroutable
+    stops = read_bus_stops(outcome.out / "incidents" / "stops.xml")
+    for trip in buses.trips:
+        made = stops[trip.vehicle]
+        assert [bs for bs, _, _ in made] == list(trip.bus_stops[:len(made)])
+        assert made[0][2] >= trip.depart_s, "a bus leaves its first stop at the timetable time"
+        assert len(made) >= 2 and all(a[2] <= b[1] for a, b in itertools.pairwise(made))
+
+
+def test_every_bus_report_reaches_tti_as_a_registered_bus(outcome: Outcome) -> None:
+    st, buses = outcome.bus_replay, outcome.buses
+    assert st is not None and buses is not None
+    assert st.failures == []
+    assert st.terminals == st.registered == st.authenticated == len(buses.trips)
+    assert st.reports_sent > 2 * st.terminals
+    assert st.reports_acked == st.reports_sent and st.reports_nacked == 0
+
+
+def test_bus_predictions_are_scored_against_sumo_arrivals(outcome: Outcome) -> None:
+    score = outcome.score.buses
+    assert score is not None
+    # TTI knew each bus's route from the registry alone and worked out its trip.
+    assert score.tracked_right >= 0.5 * score.replayed_buses
+    assert score.predictions > 0 and outcome.tap.predictions
+    assert score.arrivals > 0 and score.arrivals_with_samples > 0
+    live = sum(b["count"] for b in score.live["buckets"])
+    timetable = sum(b["count"] for b in score.schedule["buckets"])
+    assert live == timetable == score.samples > 0, "the timetable is scored at the same instants"
+    assert score.coverage is not None and 0 < score.coverage <= 1
+    assert score.detected > 0 and score.detection_median_abs_s is not None
+    assert "bus ETAs (ETA Accuracy Benchmark" in outcome.table
