@@ -354,11 +354,15 @@ class AreaIndex:
     The index of an area is the vehicle-kilometre-weighted mean of its segments' TPI (length ×
     vehicles seen, length alone for a profile value). ``area_id`` ``network`` is the whole road
     network, ``group:<expressway|arterial|minor>`` a road group, ``cell:<x>:<y>`` a square of
-    the grid the warning README describes; ``bbox`` is its extent.
+    the grid the warning README describes, ``bridge:w<way>`` / ``tunnel:w<way>`` one bridge or
+    tunnel (both directions), ``district:<id>`` and ``corridor:<id>`` districts and corridors
+    of the configuration or the map's administrative boundaries; ``bbox`` is its extent.
+    ``name`` is the Chinese name (or the only one known), ``name_en`` the English one.
     """
 
     area_id: str
     name: str
+    name_en: str | None = None
     observed_at: datetime
     tpi: float | None
     level: int | None

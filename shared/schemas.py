@@ -154,9 +154,12 @@ def contract_schemas() -> dict[str, Any]:
             "required": ["area_id", "name", "observed_at", "tpi", "level", "speed_kmh",
                          "congested_share", "segment_count", "measured_count"],
             "properties": {
-                "area_id": {"type": "string", "examples": ["network", "group:arterial",
-                                                           "cell:3:4"]},
-                "name": {"type": "string"},
+                "area_id": {"type": "string", "examples": [
+                    "network", "group:arterial", "cell:3:4", "bridge:w123456",
+                    "tunnel:w234567", "district:r3080399", "corridor:luoyu"]},
+                "name": {"type": "string", "examples": ["武汉长江大桥", "洪山区"]},
+                "name_en": {"type": ["string", "null"],
+                            "examples": ["Wuhan Yangtze River Bridge", "Hongshan District"]},
                 "observed_at": TIME,
                 "tpi": {"type": ["number", "null"], "minimum": 0, "maximum": 10},
                 **level_properties(),

@@ -12,6 +12,7 @@ from shared.codec import Envelope, decode_envelope, encode_envelope
 from shared.errors import DecodeError
 from shared.events import (
     ALL_SUBJECTS,
+    AREA_INDEX,
     ROAD_STATUS,
     VEHICLE_POSITION,
     WARNING,
@@ -84,7 +85,8 @@ SAMPLES: dict[str, object] = {
         lon=114.3, lat=30.5, segment_ids=("1:2:3",), sources=("detector:cam-7",),
         confidence=0.9, lane=2, warning_id="inc-w-1"),
     "tti.area.index": AreaIndex(
-        area_id="network", name="全路网 network", observed_at=T, tpi=4.2, level=3,
+        area_id="bridge:w42", name="武汉长江大桥", name_en="Wuhan Yangtze River Bridge",
+        observed_at=T, tpi=4.2, level=3,
         level_name="轻度拥堵", level_name_en="light congestion", speed_kmh=31.0,
         congested_share=0.12, segment_count=100, measured_count=40,
         bbox=(114.0, 30.0, 114.5, 30.6)),
@@ -180,6 +182,14 @@ def test_unknown_fields_are_ignored_missing_required_rejected() -> None:
 def test_malformed_envelopes_raise_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_envelope(VEHICLE_POSITION, raw)
+
+
+def test_an_area_index_sent_before_name_en_still_decodes() -> None:
+    env = Envelope.new(AREA_INDEX, SAMPLES["tti.area.index"])  # type: ignore[arg-type]
+    data = orjson.loads(encode_envelope(env))
+    del data["payload"]["name_en"]
+    back = decode_envelope(AREA_INDEX, orjson.dumps(data)).payload
+    assert back.name == "武汉长江大桥" and back.name_en is None
 
 
 def test_payloads_are_frozen() -> None:
