@@ -189,7 +189,8 @@ class Config:
     osm: str = setting(
         "", BIGDATA,
         "OpenStreetMap file (.osm/.osm.pbf) of the region; tti run without it generates the "
-        "demo city.", also=(SIMULATOR,))
+        "demo city; the warning service indexes its administrative boundaries as districts.",
+        also=(SIMULATOR, WARNING))
     gtfs: str = setting(
         "", BIGDATA, "GTFS static feed (.zip) imported at startup (tti run: the demo city's).")
     speed_window_s: float = setting(
@@ -225,6 +226,11 @@ class Config:
         "CSV of long-distance coach routes, route_id,length_km: routes under 100 km are "
         "exempt from the 02:00-05:00 rule; empty: no route is known (none exempt).",
         show_default=False)
+    index_areas: str = setting(
+        "", WARNING,
+        "GeoJSON FeatureCollection of the districts and corridors of the traffic index "
+        "(properties kind, id, name, name_en, road_names, way_ids, segment_ids; a Polygon or "
+        "null geometry); empty: none beyond the map's own.", show_default=False)
     driver_text_ttl_s: float = setting(
         600.0, WARNING,
         "A JT/T 808 text to the driver about an alarm that cannot be delivered within this "

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from services.warning.area_index import AreaGrid, load_areas
 from services.warning.engine import WarningEngine
 from services.warning.network import load_network
 from services.warning.routing import LiveRouting
@@ -55,6 +56,7 @@ from shared.events import (
     Warning,
     WarningAction,
 )
+from shared.roadnet import RoadNetwork
 
 log = logging.getLogger("tti.warning.service")
 
@@ -225,6 +227,8 @@ class WarningService:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 30.0)
         self.engine.set_network(network)
+        self.state = "drawing the index areas"
+        self.engine.grid = await self._area_grid(network)
         self._load_coach_routes()
         await self._load_fences()
         while True:
@@ -244,6 +248,18 @@ class WarningService:
         self.state = f"{len(network)} segments"
         self.ready.set()
         log.info("warning service ready", extra={"segments": len(network)})
+
+    async def _area_grid(self, network: RoadNetwork) -> AreaGrid:
+        """The index's areas: the graph's own, TTI_INDEX_AREAS's, TTI_OSM's districts."""
+        config = self.config
+        specs, problems = await asyncio.to_thread(load_areas, config.index_areas, config.osm)
+        for problem in problems:
+            log.error("index area not loaded: %s", problem)
+        grid = await asyncio.to_thread(AreaGrid, network, areas=specs)
+        if grid.empty:
+            log.warning("index areas with no road of the network: %s", ", ".join(grid.empty))
+        log.info("index areas", extra={"areas": len(grid.names), "given": len(specs)})
+        return grid
 
     def _load_coach_routes(self) -> None:
         try:
