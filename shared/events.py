@@ -389,7 +389,9 @@ class SegmentForecast:
     level_name: str | None
     level_name_en: str | None
     source: str
-    """``profile`` (the usual speed then), ``live+profile`` (today's deviation carried over)."""
+    """``live+profile`` (today's deviation from the time-of-week profile carried over, decaying
+    toward the profile), ``live+trend`` (no profile: the recent trend, damped toward the
+    segment's recent mean)."""
 
 
 CITIZEN_REPORT_CHANNELS = ("app", "web", "wechat", "weibo", "hotline_12328", "hotline_12122")
