@@ -2,9 +2,10 @@
 
 Consumes ``tti.segment.speed`` and ``tti.detector.event`` (and follows ``tti.terminal.command``
 and its outcomes, and ``tti.citizen.report``, into the workflow store); produces
-``tti.road.status``, ``tti.warning``, ``tti.incident``, ``tti.area.index`` and, for the
-departments' texts to drivers, ``tti.terminal.command``; serves ``/v1/route``, ``/v1/warnings``,
-``/v1/incidents``, ``/v1/index``, ``/v1/reports/{number}`` and ``/openapi.json``. See README.md
+``tti.road.status``, ``tti.warning``, ``tti.incident``, ``tti.area.index``, ``tti.forecast``
+and, for the departments' texts to drivers, ``tti.terminal.command``; serves ``/v1/route``,
+``/v1/warnings``, ``/v1/incidents``, ``/v1/index``, ``/v1/forecasts`` (and its ``/score``),
+``/v1/reports/{number}`` and ``/openapi.json``. See README.md
 beside this file.
 """
 
@@ -18,12 +19,14 @@ from aiohttp import web
 from services.warning.api.cap import add_cap_routes
 from services.warning.api.dept import AttemptLimiter, DeptContext, add_dept_routes
 from services.warning.api.dept_messages import add_message_routes
+from services.warning.api.forecasts import add_forecast_routes
 from services.warning.api.public import ENGINE, SERVICE, add_routes
 from services.warning.api.reports import add_report_routes
 from services.warning.citizen_reports import CitizenReports
 from services.warning.console import add_console_routes
 from services.warning.driver_messages import DriverMessages
 from services.warning.engine import WarningEngine
+from services.warning.forecast import Forecaster, ProfileBook
 from services.warning.service import LeaseOutput, WarningService
 from services.warning.workflow.reports import ReportStore
 from services.warning.workflow.store import WorkflowStore
@@ -63,8 +66,10 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
                                    renew_s=ttl / 5, poll_s=min(2.0, ttl / 6))
     output = LeaseOutput(bus, lease, store)
     engine = WarningEngine(window_s=config.speed_window_s, clock=clock, output=output)
+    forecaster = Forecaster(window_s=config.speed_window_s, output=output,
+                            profiles=ProfileBook(client.get_profiles, clock=clock))
     service = WarningService(config, bus=bus, clock=clock, bigdata=client, engine=engine,
-                             lease=lease, store=store, output=output)
+                             lease=lease, store=store, output=output, forecaster=forecaster)
     messages = DriverMessages(bus, store, durable=service.durable,
                               ttl_s=config.driver_text_ttl_s)
     citizen_reports = CitizenReports(bus, reports, clock, durable=service.durable)
@@ -84,11 +89,13 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         spawn(app, service.profile_loop(), name="warning-profiles")
         spawn(app, service.registry_loop(), name="warning-registries")
         spawn(app, service.upkeep_loop(), name="warning-upkeep")
+        spawn(app, forecaster.keep_profiles(clock), name="warning-forecast-profiles")
         yield
         await service.unsubscribe()
         await messages.unsubscribe()
         await citizen_reports.unsubscribe()
         await engine.stop()
+        await forecaster.stop()
         if lease.held:
             await output.retry()  # what is still owed goes out before the hand-over
         await lease.stop()
@@ -107,5 +114,6 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     add_message_routes(app, messages)
     add_report_routes(app, reports)
     add_cap_routes(app)
+    add_forecast_routes(app, forecaster)
     add_console_routes(app)
     return app

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from services.warning.area_index import AreaGrid, load_areas
 from services.warning.engine import WarningEngine
+from services.warning.forecast import Forecaster
 from services.warning.network import load_network
 from services.warning.routing import LiveRouting
 from services.warning.rules.common import RuleSettings, load_coach_routes
@@ -135,7 +136,7 @@ class WarningService:
 
     def __init__(self, config: Config, *, bus: EventBus, clock: Clock, bigdata: BigdataClient,
                  engine: WarningEngine, lease: Lease, store: WorkflowStore,
-                 output: LeaseOutput) -> None:
+                 output: LeaseOutput, forecaster: Forecaster | None = None) -> None:
         self.config = config
         self.store = store
         self.output = output
@@ -143,6 +144,7 @@ class WarningService:
         self.clock = clock
         self.bigdata = bigdata
         self.engine = engine
+        self.forecaster = forecaster
         self.lease = lease
         self.routing: LiveRouting | None = None
         self.ready = asyncio.Event()
@@ -160,9 +162,16 @@ class WarningService:
         return "warning"
 
     async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
-        """Bus handler: wait for the network, then hand the window to the engine."""
+        """Bus handler: wait for the network, then hand the window to the engine (and then to
+        the forecaster: statuses first, forecasts after)."""
         await self.ready.wait()
         await self.engine.on_speed(env)
+        if self.forecaster is not None:
+            try:
+                await self.forecaster.on_speed(env.payload)
+            except Exception:
+                # A forecast is never worth a redelivery: the engine has applied the window.
+                log.exception("forecast of %s failed", env.payload.segment_id)
 
     async def on_detected_event(self, env: Envelope[DetectedEvent]) -> None:
         """Bus handler: wait for the network, then hand the event to the engine."""
@@ -298,12 +307,15 @@ class WarningService:
 
     async def _load_profiles(self) -> float:
         """Load the current bucket's profiles and re-grade; seconds until the bucket turns."""
+        at = self.clock.now()
         try:
-            snapshot = await self.bigdata.get_profiles(self.clock.now())
+            snapshot = await self.bigdata.get_profiles(at)
         except Exception as exc:
             log.info("profile speeds not loaded: %s; retrying", exc)
             return 60.0
         count = await self.engine.refresh_profiles(snapshot)
+        if self.forecaster is not None and self.forecaster.profiles is not None:
+            self.forecaster.profiles.add(snapshot, at=at)  # the bucket forecasts start from
         log.info("profile fallback graded", extra={"segments": count,
                                                    "bucket": snapshot.bucket})
         return max(1.0, (snapshot.valid_until - self.clock.now()).total_seconds() + 1.0)

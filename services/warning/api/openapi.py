@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.schemas import contract_schemas, ref
+from shared.schemas import NULLABLE_TIME, TIME, contract_schemas, level_properties, ref
 
 _ERROR = {
     "type": "object", "required": ["error"],
@@ -114,6 +114,7 @@ def build_openapi() -> dict[str, Any]:
                     "observed_at": {"type": ["string", "null"], "format": "date-time"}}},
                 "The index, as of the last window")}}},
     }
+    paths.update(_forecast_paths())
     paths.update(_dept_paths())
     paths.update(_message_paths())
     paths.update(_report_paths())
@@ -377,6 +378,71 @@ def _console_paths() -> dict[str, Any]:
             "security": secured, "parameters": [wid],
             "responses": {"200": _json(ref("FeatureCollection"), "GeoJSON, part per feature"),
                           "404": _error("Unknown warning"), **errors}}},
+    }
+
+
+def _forecast_paths() -> dict[str, Any]:
+    errors = {"type": "object", "required": ["mae_kmh", "within_25pct"], "properties": {
+        "mae_kmh": {"type": ["number", "null"], "description": "Mean absolute error, km/h"},
+        "within_25pct": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                         "description": "Share within 25 % of the speed that came true"}}}
+    forecast = {
+        "type": "object",
+        "required": ["segment_id", "made_at", "valid_at", "horizon_s", "speed_kmh", "level",
+                     "level_name", "level_name_en", "source"],
+        "properties": {
+            "segment_id": {"type": "string"},
+            "made_at": {**TIME, "description": "End of the window it was made from (UTC)"},
+            "valid_at": {**TIME, "description": "made_at + horizon_s (UTC)"},
+            "horizon_s": {"type": "number", "description": "900 or 1800"},
+            "speed_kmh": {"type": ["number", "null"]},
+            **level_properties(),
+            "source": {"enum": ["live+profile", "live+trend"],
+                       "description": "live+profile: today's deviation from the time-of-week "
+                                      "profile, decaying toward it; live+trend: no profile, the "
+                                      "recent trend damped toward the recent mean"}}}
+    return {
+        "/v1/forecasts": {"get": {
+            "summary": "A segment's latest speed forecasts, 15 and 30 minutes ahead",
+            "parameters": [_query("segment", "The directed segment id", {"type": "string"},
+                                  required=True)],
+            "responses": {
+                "200": _json({"type": "object",
+                              "required": ["segment_id", "forecasts", "count", "time_zone"],
+                              "properties": {
+                                  "segment_id": {"type": "string"},
+                                  "forecasts": {"type": "array", "items": forecast,
+                                                "description": "Empty without live data"},
+                                  "count": {"type": "integer"},
+                                  "time_zone": {"const": "UTC"}}},
+                             "Nearest horizon first"),
+                "400": _error("No segment given"),
+            }}},
+        "/v1/forecasts/score": {"get": {
+            "summary": "Forecasts and persistence against what came true, per horizon",
+            "responses": {"200": _json({
+                "type": "object", "required": ["horizons", "as_of", "time_zone", "segments"],
+                "properties": {
+                    "horizons": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["horizon_s", "scored", "unverified", "forecast",
+                                     "persistence", "skill"],
+                        "properties": {
+                            "horizon_s": {"type": "number"},
+                            "scored": {"type": "integer",
+                                       "description": "Forecasts compared with the truth"},
+                            "unverified": {"type": "integer",
+                                           "description": "Target window never came"},
+                            "forecast": errors,
+                            "persistence": {**errors, "description":
+                                            "The speed when the forecast was made"},
+                            "skill": {"type": ["number", "null"],
+                                      "description": "1 - MAE(forecast) / MAE(persistence): "
+                                                     "above 0 the forecast is the better"}}}},
+                    "as_of": {**NULLABLE_TIME, "description": "The newest window seen (UTC)"},
+                    "time_zone": {"const": "UTC"},
+                    "segments": {"type": "integer", "description": "Segments tracked"}}},
+                "Running scores since this replica started")}}},
     }
 
 
