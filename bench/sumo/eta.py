@@ -57,6 +57,9 @@ class BusScore:
     detection_median_abs_s: float | None
     detection_mean_s: float | None
     notes: list[str] = field(default_factory=list)
+    details: list[dict[str, object]] = field(default_factory=list)
+    """Per scored arrival (seconds from t0): when the bus halted, the timetable's arrival and
+    every live prediction TTI published for it, as [published, predicted]."""
 
     @property
     def coverage(self) -> float | None:
@@ -99,6 +102,7 @@ def score_buses(*, trips: list[BusTrip], stops: dict[str, list[tuple[str, float,
     acc = Accuracy()
     arrivals = with_samples = instants = samples = 0
     trip_of = {phones[t.vehicle].lstrip("0"): t for t in trips if t.vehicle in phones}
+    details: list[dict[str, object]] = []
     truth: dict[tuple[str, int], float] = {}
     for trip in trips:
         done = _truth(trip, stops.get(trip.vehicle, []))
@@ -121,6 +125,12 @@ def score_buses(*, trips: list[BusTrip], stops: dict[str, list[tuple[str, float,
             n = acc.score(actual, made, pred, trip.scheduled_arrival[k])
             samples += n
             with_samples += n > 0
+            details.append({
+                "vehicle": trip.vehicle, "trip_id": trip.trip_id, "stop_id": trip.stop_ids[k],
+                "stop_sequence": trip.stop_sequence[k], "arrived_s": done[k][0],
+                "scheduled_s": trip.scheduled_arrival[k] - base, "samples": n,
+                "predictions": [[round(m - base, 1), round(q - base, 1)]
+                                for m, q in zip(made, pred, strict=True)]})
     # Which trip TTI tracked each bus as, and its detected arrivals against SUMO's.
     seen: dict[str, set[str]] = {}
     errors: list[float] = []
@@ -143,7 +153,7 @@ def score_buses(*, trips: list[BusTrip], stops: dict[str, list[tuple[str, float,
         predictions=len(tap.predictions), tracked_right=right, tracked_other=other,
         untracked=sum(1 for t in replayed if not seen.get(t.vehicle)), detected=len(errors),
         detection_median_abs_s=statistics.median(abs(e) for e in errors) if errors else None,
-        detection_mean_s=statistics.fmean(errors) if errors else None)
+        detection_mean_s=statistics.fmean(errors) if errors else None, details=details)
 
 
 def _share(x: object) -> str:
