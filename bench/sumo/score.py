@@ -21,7 +21,8 @@ contiguously and within 2 km, whose edgeData speed fell below 70 % of the baseli
 demand, same seed, no incident) in at least 2 minutes while it lasted or in the 10 minutes
 after (minutes with ≥ 10 vehicle-seconds in both runs); its queue has dissolved at the first
 minute after it ends in which none of those edges is below 80 % of the baseline. A warning or
-incident TTI published on a segment of those edges between the incident's start and 5 minutes
+incident TTI published (an incident and the warning it carries, or the queue warning that
+stands for it, are one) on a segment of those edges between the incident's start and 5 minutes
 after its queue dissolved detects it; time to detect counts from the incident's start to the
 first such event's arrival on the bus, time to clear from the queue dissolving to the moment
 every warning that detected it had ended. Every other warning is a false alarm, per hour of
@@ -269,6 +270,9 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         elif w.active:
             ev["ended"] = None
     for at, i in tap.incidents:
+        if i.warning_id in events:  # the incident's own warning, or the queue's standing for it
+            events[i.warning_id]["segments"].update(i.segment_ids)  # type: ignore[attr-defined]
+            continue
         ev = events.setdefault(f"incident:{i.incident_id}", {
             "first": at, "segments": set(), "ended": None, "kind": "incident"})
         ev["segments"].update(i.segment_ids)  # type: ignore[attr-defined]

@@ -72,7 +72,8 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
                              lease=lease, store=store, output=output, forecaster=forecaster)
     messages = DriverMessages(bus, store, durable=service.durable,
                               ttl_s=config.driver_text_ttl_s)
-    citizen_reports = CitizenReports(bus, reports, clock, durable=service.durable)
+    citizen_reports = CitizenReports(bus, reports, clock, durable=service.durable,
+                                     listener=service.on_citizen_report)
     app[ENGINE] = engine
     app[SERVICE] = service
 

@@ -11,6 +11,7 @@ that dies loses nothing and two replicas store a report once between them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
@@ -52,8 +53,10 @@ def check_report(r: CitizenReport) -> None:
 class CitizenReports:
     """Follows ``tti.citizen.report`` into the report store."""
 
-    def __init__(self, bus: EventBus, store: ReportStore, clock: Clock, *, durable: str) -> None:
+    def __init__(self, bus: EventBus, store: ReportStore, clock: Clock, *, durable: str,
+                 listener: Callable[[CitizenReport], Awaitable[None]] | None = None) -> None:
         self.bus = bus
+        self.listener = listener
         self.store = store
         self.clock = clock
         self.durable = durable
@@ -79,6 +82,8 @@ class CitizenReports:
             raise
         added = await self.store.add(env.payload, self.clock.now())
         STORED.labels("new" if added else "duplicate").inc()
+        if self.listener is not None:  # every replica's engine, stored here or by another
+            await self.listener(env.payload)
         if added:
             log.info("citizen report kept", extra={"report_id": env.payload.report_id,
                                                    "channel": env.payload.channel,

@@ -7,7 +7,9 @@ says ``source: none``.
 
 **Queues.** A segment *raises* when it is at level 5 on at least ``MIN_SAMPLES`` vehicles at no
 more than ``MAX_SPEED_RATIO`` of free flow (one slow car is not a jam, and a slow minor road is
-not either). A queue is a connected run of such segments along the road graph (a segment joins
+not either) — and it *starts* a warning only where that is abnormal for the place and time, or
+severe and lasting (:mod:`services.warning.abnormal`: a red light's queue every cycle is status,
+not a warning). A queue is a connected run of such segments along the road graph (a segment joins
 the one it leads into or comes from, not its own reverse direction); a segment already in a
 queue stays in it while it is at level 4 or 5. Each queue is one warning: it grows, shrinks,
 merges (the older warning goes on, the other is resolved as merged) and ends as the traffic does.
@@ -21,9 +23,11 @@ import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
+from services.warning.incidents import area_of
 from services.warning.levels import level_for_speed, tpi_for_speed
-from shared.events import SegmentSpeed
+from shared.events import CapSeverity, SegmentSpeed
 from shared.levels import LEVEL_NAMES, LEVEL_NAMES_EN
 from shared.roadnet import RoadNetwork
 
@@ -145,18 +149,21 @@ class QueuePlan:
 
 def plan_queues(network: RoadNetwork, *, raising: Collection[str], holding: Collection[str],
                 queues: Mapping[str, Collection[str]],
-                started: Callable[[str], tuple[datetime, str]]) -> QueuePlan:
+                started: Callable[[str], tuple[datetime, str]],
+                joining: Collection[str] = ()) -> QueuePlan:
     """Match today's hot segments to the queues held (warning id → segments).
 
     ``raising`` are segments bad enough to start a queue, ``holding`` those at level 4-5; a
-    holding segment counts only if it is in a held queue. ``started(warning_id)`` orders
-    warnings (oldest first) when queues merge.
+    holding segment counts only if it is in a held queue. ``joining`` (severe, though not
+    abnormal by themselves) count only where they touch a held queue or a raising segment: a
+    queue grows onto them, none starts from them. ``started(warning_id)`` orders warnings
+    (oldest first) when queues merge.
     """
     member_of: dict[str, str] = {}
     for wid, segs in queues.items():
         for sid in segs:
             member_of.setdefault(sid, wid)
-    hot = set(raising) | {sid for sid in holding if sid in member_of}
+    hot = set(raising) | set(joining) | {sid for sid in holding if sid in member_of}
     plan = QueuePlan(keep={}, new=[], merged={}, ended=[])
     claimed: dict[str, tuple[int, list[str]]] = {}
     unclaimed: list[list[str]] = []
@@ -211,3 +218,62 @@ def queue_text(names: Iterable[str | None], *, length_m: float, speed_kmh: float
     description_en = (f"{en.capitalize()} on {road_en} over about {km:.1f} km: average "
                       f"{speed} km/h (free flow {free} km/h), {vehicles} vehicles.")
     return headline, headline_en, description, description_en
+
+
+class Held(Protocol):
+    """What the engine holds of a segment: its latest window and that window's grade."""
+
+    last: SegmentSpeed
+    grade: Grade
+
+
+def queue_facts(network: RoadNetwork, held: Mapping[str, Held], segs: Collection[str]
+                ) -> dict[str, Any]:
+    """What a queue is now: its segments tail to head, length, speed, vehicles, level, head."""
+    ordered = upstream_order(network, segs)
+    length = sum(network.get_segment(s).length_m for s in ordered if s in network)
+    windows = [held[s].last for s in ordered if s in held]
+    dist = sum(network.get_segment(w.segment_id).length_m for w in windows
+               if w.speed_kmh and w.segment_id in network)
+    hours = sum(network.get_segment(w.segment_id).length_m / 1000.0 / w.speed_kmh
+                for w in windows if w.speed_kmh and w.segment_id in network)
+    speed = round(dist / 1000.0 / hours, 1) if hours > 0 else None
+    free = [w.free_flow_kmh for w in windows if w.free_flow_kmh]
+    levels = [held[s].grade.level or 0 for s in ordered if s in held]
+    head = network.get_segment(head_of(network, ordered))
+    names = [network.get_segment(s).name for s in ordered if s in network]
+    return {
+        "ordered": ordered, "length_m": length, "speed_kmh": speed,
+        "free_flow_kmh": round(sum(free) / len(free), 1) if free else None,
+        "vehicles": max((w.sample_count for w in windows), default=0),
+        "level": max(levels, default=None), "head": head,
+        "names": names, "observed_at": max(w.observed_at for w in windows),
+        "window_start": min(w.window_start for w in windows
+                            if held[w.segment_id].grade.level == SEVERE)
+        if any(held[w.segment_id].grade.level == SEVERE for w in windows)
+        else min(w.window_start for w in windows),
+    }
+
+
+def queue_fields(network: RoadNetwork, facts: dict[str, Any]) -> dict[str, Any]:
+    """The warning fields of a queue's facts (text, segments, level, area)."""
+    headline, headline_en, description, description_en = queue_text(
+        facts["names"], length_m=facts["length_m"], speed_kmh=facts["speed_kmh"],
+        free_flow_kmh=facts["free_flow_kmh"], vehicles=facts["vehicles"],
+        level=facts["level"])
+    mid = facts["head"].coords[len(facts["head"].coords) // 2]
+    return {
+        "segment_ids": tuple(facts["ordered"]), "headline": headline,
+        "headline_en": headline_en, "description": description,
+        "description_en": description_en,
+        "road_names": tuple(n for n in dict.fromkeys(facts["names"]) if n),
+        "level": facts["level"], "speed_kmh": facts["speed_kmh"],
+        "lon": mid[0], "lat": mid[1],
+        "severity": CapSeverity.SEVERE if facts["level"] == SEVERE
+        else CapSeverity.MODERATE,
+        "area": area_of(network, facts["ordered"], facts["names"]),
+        "details": {"length_m": round(facts["length_m"], 1),
+                    "vehicles": facts["vehicles"],
+                    "free_flow_kmh": facts["free_flow_kmh"]},
+    }
+

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from services.warning import congestion, incidents
+from services.warning import abnormal, congestion, incidents
 from services.warning.area_index import AreaGrid, compute_index
 from services.warning.congestion import STALE_WINDOWS, Grade, grade
 from services.warning.rules.ruleset import RuleSet
@@ -43,11 +43,12 @@ from shared.events import (
     AreaIndex,
     CapCertainty,
     CapMsgType,
-    CapSeverity,
     CapUrgency,
+    CitizenReport,
     DetectedEvent,
     Detour,
     Impact,
+    Incident,
     RoadStatus,
     SegmentSpeed,
     Subject,
@@ -116,6 +117,7 @@ class WarningEngine:
         self.warnings: dict[str, Warning] = {}
         self.ended: OrderedDict[str, Warning] = OrderedDict()
         self.queues: dict[str, set[str]] = {}
+        self.recent = abnormal.RecentState(window_s)
         self.incidents = incidents.IncidentBook()
         self.rules = RuleSet(clock=clock)  # the 两客一危 rules; the service sets their settings
         self.detectors: Mapping[str, DetectorSite] = {}
@@ -136,6 +138,7 @@ class WarningEngine:
     def set_network(self, network: RoadNetwork) -> None:
         """The road graph queues are traced on (and the area grid drawn over)."""
         self.network = network
+        self.incidents.network = network
         self.grid = AreaGrid(network)
 
     async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
@@ -154,6 +157,7 @@ class WarningEngine:
             self._open_window = s.window_start
         g = grade(s.speed_kmh, s.road_class)
         self.segments[s.segment_id] = _Segment(s, g)
+        self.recent.note(s, g.level, profile_kmh=self._profile_kmh(s.segment_id, s.observed_at))
         self._dirty = True
         self._last_arrival = self.clock.monotonic()
         await self._publish_status(RoadStatus(
@@ -170,16 +174,33 @@ class WarningEngine:
         if change is None:
             IGNORED.labels("detected_event", "not_newer").inc()
             return
-        inc, warning = change
+        await self._publish_incident(*change)
+
+    async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
+        """Bus handler for ``tti.alarm``: terminals' own alarm bits as vehicle alarms, and an
+        SOS as word of an incident where the vehicle is."""
+        await self.put_rule_warnings(self.rules.on_alarm(env.payload))
+        await self._add_evidence(incidents.from_alarm(env.payload, self.network))
+
+    async def on_citizen_report(self, report: CitizenReport) -> None:
+        """A citizen's report (``tti.citizen.report``, every replica): an accident or closure
+        at a place is word of an incident there."""
+        await self._add_evidence(incidents.from_report(report, self.network))
+
+    async def _add_evidence(self, ev: incidents.Evidence | None) -> None:
+        if ev is None:
+            return
+        change = self.incidents.add(ev, self._segment_level,
+                                    new_id="inc-" + incidents.digest(ev.key))
+        if change is not None:
+            await self._publish_incident(*change)
+
+    async def _publish_incident(self, inc: Incident | None, warning: Warning | None) -> None:
         if inc is not None:
             await self.output.publish(
                 INCIDENT, inc, event_id=f"{inc.incident_id}:{inc.updated_at.isoformat()}")
         if warning is not None:
             await self._put_warning(warning, analyse=warning.kind == WarningKind.INCIDENT)
-
-    async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
-        """Bus handler for ``tti.alarm``: terminals' own alarm bits as vehicle alarms."""
-        await self.put_rule_warnings(self.rules.on_alarm(env.payload))
 
     async def put_rule_warnings(self, warnings: Iterable[Warning]) -> None:
         """Publish what the safety rules concluded; a just-raised alarm's driver gets a text."""
@@ -201,6 +222,8 @@ class WarningEngine:
         if self._dirty and self.clock.monotonic() - self._last_arrival >= settle_s:
             await self.evaluate()
         await self.expire_stale(now)
+        for change in self.incidents.expire(now, self._segment_level):
+            await self._publish_incident(*change)
         self.incidents.prune(now)
         await self.put_rule_warnings(self.rules.expire(now))
 
@@ -242,6 +265,14 @@ class WarningEngine:
         return count
 
     # --- outputs -----------------------------------------------------------------------------
+
+    def _profile_kmh(self, segment_id: str, at: datetime) -> float | None:
+        """The segment's profile speed for the bucket holding ``at``, if one is held."""
+        snap = self.profiles
+        if snap is None or at >= snap.valid_until + timedelta(seconds=self.window_s):
+            return None
+        profile = snap.speeds.get(segment_id)
+        return None if profile is None else profile.speed_kmh
 
     def _segment_level(self, segment_id: str) -> int | None:
         seg = self.segments.get(segment_id)
@@ -297,12 +328,14 @@ class WarningEngine:
     async def _trace_queues(self, *, no_data_at: datetime | None = None) -> None:
         network = self.network
         assert network is not None
-        raising = {sid for sid, s in self.segments.items()
-                   if not s.stale and congestion.raises(s.last, s.grade.level)}
+        severe = {sid for sid, s in self.segments.items()
+                  if not s.stale and congestion.raises(s.last, s.grade.level)}
+        raising = {sid for sid in severe
+                   if abnormal.may_start(network, sid, self.recent, self._live_window)}
         holding = {sid for sid, s in self.segments.items()
                    if not s.stale and (s.grade.level or 0) >= congestion.HOLD_AT_OR_ABOVE}
         plan = congestion.plan_queues(
-            network, raising=raising, holding=holding, queues=self.queues,
+            network, raising=raising, holding=holding, joining=severe, queues=self.queues,
             started=lambda wid: ((self.warnings.get(wid) or self.silenced[wid]).started_at, wid))
         for wid, into in sorted(plan.merged.items()):
             await self._end(wid, WarningStatus.RESOLVED, cause=f"merged into {into}",
@@ -318,62 +351,30 @@ class WarningEngine:
         for new in plan.new:
             await self._raise_queue(new)
 
+    async def _queue_evidence(self, w: Warning) -> None:
+        """A queue that ends at one point is word of an incident at its head (once seen, the
+        queue holds the incident until it dissolves)."""
+        network = self.network
+        if network is None or not w.segment_ids:
+            return
+        known = self.incidents.incident_of(f"queue:{w.warning_id}") is not None
+        head = congestion.head_of(network, w.segment_ids)
+        if known or abnormal.bottleneck(network, head, live=self._live_window,
+                                        state=self.recent, level_of=self._segment_level):
+            await self._add_evidence(incidents.from_queue(w))
+
+    def _live_window(self, segment_id: str) -> SegmentSpeed | None:
+        seg = self.segments.get(segment_id)
+        return None if seg is None or seg.stale else seg.last
+
     def _latest_at(self, segment_ids: set[str] | list[str]) -> datetime:
         times = [self.segments[s].last.observed_at for s in segment_ids if s in self.segments]
         return max(times) if times else self.clock.now()
 
-    def _queue_facts(self, segs: list[str]) -> dict[str, Any]:
-        network = self.network
-        assert network is not None
-        ordered = congestion.upstream_order(network, segs)
-        length = sum(network.get_segment(s).length_m for s in ordered if s in network)
-        windows = [self.segments[s].last for s in ordered if s in self.segments]
-        dist = sum(network.get_segment(w.segment_id).length_m for w in windows
-                   if w.speed_kmh and w.segment_id in network)
-        hours = sum(network.get_segment(w.segment_id).length_m / 1000.0 / w.speed_kmh
-                    for w in windows if w.speed_kmh and w.segment_id in network)
-        speed = round(dist / 1000.0 / hours, 1) if hours > 0 else None
-        free = [w.free_flow_kmh for w in windows if w.free_flow_kmh]
-        levels = [self.segments[s].grade.level or 0 for s in ordered if s in self.segments]
-        head = network.get_segment(congestion.head_of(network, ordered))
-        names = [network.get_segment(s).name for s in ordered if s in network]
-        return {
-            "ordered": ordered, "length_m": length, "speed_kmh": speed,
-            "free_flow_kmh": round(sum(free) / len(free), 1) if free else None,
-            "vehicles": max((w.sample_count for w in windows), default=0),
-            "level": max(levels, default=None), "head": head,
-            "names": names, "observed_at": max(w.observed_at for w in windows),
-            "window_start": min(w.window_start for w in windows
-                                if self.segments[w.segment_id].grade.level == congestion.SEVERE)
-            if any(self.segments[w.segment_id].grade.level == congestion.SEVERE for w in windows)
-            else min(w.window_start for w in windows),
-        }
-
-    def _queue_fields(self, facts: dict[str, Any]) -> dict[str, Any]:
-        headline, headline_en, description, description_en = congestion.queue_text(
-            facts["names"], length_m=facts["length_m"], speed_kmh=facts["speed_kmh"],
-            free_flow_kmh=facts["free_flow_kmh"], vehicles=facts["vehicles"],
-            level=facts["level"])
-        network = self.network
-        assert network is not None
-        mid = facts["head"].coords[len(facts["head"].coords) // 2]
-        return {
-            "segment_ids": tuple(facts["ordered"]), "headline": headline,
-            "headline_en": headline_en, "description": description,
-            "description_en": description_en,
-            "road_names": tuple(n for n in dict.fromkeys(facts["names"]) if n),
-            "level": facts["level"], "speed_kmh": facts["speed_kmh"],
-            "lon": mid[0], "lat": mid[1],
-            "severity": CapSeverity.SEVERE if facts["level"] == congestion.SEVERE
-            else CapSeverity.MODERATE,
-            "area": incidents.area_of(network, facts["ordered"], facts["names"]),
-            "details": {"length_m": round(facts["length_m"], 1),
-                        "vehicles": facts["vehicles"],
-                        "free_flow_kmh": facts["free_flow_kmh"]},
-        }
-
     async def _raise_queue(self, segs: list[str]) -> None:
-        facts = self._queue_facts(segs)
+        network = self.network
+        assert network is not None
+        facts = congestion.queue_facts(network, self.segments, segs)
         wid = congestion.queue_warning_id(facts["head"].segment_id, facts["window_start"])
         if wid in self.warnings or wid in self.ended:
             # The same queue seen again (a replay, or it ended and came back in the same
@@ -390,17 +391,20 @@ class WarningEngine:
             certainty=CapCertainty.OBSERVED, urgency=CapUrgency.IMMEDIATE,
             msg_type=CapMsgType.ALERT, started_at=facts["window_start"],
             updated_at=facts["observed_at"], cause="severe_congestion",
-            **self._queue_fields(facts))
+            **congestion.queue_fields(network, facts))
         self.queues[wid] = set(segs)
         await self._put_warning(w, analyse=True)
+        await self._queue_evidence(w)
 
     async def _update_queue(self, wid: str, segs: list[str]) -> None:
         if wid in self.silenced:
             self.queues[wid] = set(segs)
             return
         old = self.warnings[wid]
-        facts = self._queue_facts(segs)
-        fields = self._queue_fields(facts)
+        network = self.network
+        assert network is not None
+        facts = congestion.queue_facts(network, self.segments, segs)
+        fields = congestion.queue_fields(network, facts)
         moved = set(segs) != self.queues.get(wid, set())
         self.queues[wid] = set(segs)
         same = all(getattr(old, k) == v for k, v in fields.items())
@@ -414,6 +418,7 @@ class WarningEngine:
         if moved:
             w = replace(w, detour=None, impact=None)
         await self._put_warning(w, analyse=moved)
+        await self._queue_evidence(w)
 
     async def _end(self, wid: str, status: WarningStatus, *, cause: str, at: datetime) -> None:
         old = self.warnings.pop(wid, None)
@@ -429,6 +434,8 @@ class WarningEngine:
                     updated_at=at, ended_at=at, version=old.version + 1,
                     details={**old.details, "ended_because": cause})
         await self._emit(w)
+        if self.incidents.incident_of(f"queue:{wid}") is not None:
+            await self._add_evidence(incidents.from_queue(w, cleared=True))
         self.ended[wid] = w
         while len(self.ended) > MAX_ENDED:
             self.ended.popitem(last=False)

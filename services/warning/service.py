@@ -48,6 +48,7 @@ from shared.events import (
     SEGMENT_SPEED,
     TERMINAL_ALARM,
     WARNING_ACTION,
+    CitizenReport,
     DetectedEvent,
     DriverIdentity,
     MatchedPosition,
@@ -177,6 +178,11 @@ class WarningService:
         """Bus handler: wait for the network, then hand the event to the engine."""
         await self.ready.wait()
         await self.engine.on_detected_event(env)
+
+    async def on_citizen_report(self, report: CitizenReport) -> None:
+        """A checked citizen report (the report store has it): word of an incident."""
+        await self.ready.wait()
+        await self.engine.on_citizen_report(report)
 
     async def on_terminal_alarm(self, env: Envelope[TerminalAlarm]) -> None:
         """Bus handler: terminals' alarm bits (every partition: the state sees all vehicles)."""

@@ -232,3 +232,66 @@ async def test_cleared_incidents_are_forgotten_after_a_day(network: RoadNetwork)
     assert engine.incidents.prune(T0 + timedelta(hours=2)) == 0
     assert engine.incidents.prune(T0 + timedelta(hours=25)) == 1
     assert engine.incidents.list_incidents("all") == [] and engine.incidents.warnings == {}
+
+
+# --- abnormal, not usual (issue 15 §3) --------------------------------------------------------
+
+async def test_a_queue_that_is_always_there_raises_no_warning(network: RoadNetwork) -> None:
+    # A red light's approach: a crawl on two probes, minute after minute, from the first window.
+    engine, out = engine_on(network)
+    sid = main_road(network, 2, 2)[0]
+    for m, kmh in enumerate([9.0, 12.0, 7.0, 10.0, 8.0, 11.0, 6.0, 9.0]):
+        await feed(engine, window(sid, m, kmh, vehicles=2))
+    assert [s.level for s in out.of(ROAD_STATUS)] == [5] * 8  # the status says it as it is
+    assert out.of(WARNING) == []
+
+
+async def test_a_sudden_drop_against_the_recent_state_is_a_warning_once_it_persists(
+        network: RoadNetwork) -> None:
+    engine, out = engine_on(network)
+    sid = main_road(network, 3, 3)[0]
+    for m in range(5):
+        await feed(engine, window(sid, m, 50.0, vehicles=2))
+    await feed(engine, window(sid, 5, 8.0, vehicles=2))
+    assert out.of(WARNING) == []  # one minute on two cars: not yet
+    await feed(engine, window(sid, 6, 7.0, vehicles=2))
+    [w] = out.of(WARNING)
+    assert w.kind == WarningKind.CONGESTION and w.segment_ids == (sid,)
+
+
+async def test_many_vehicles_crawling_need_no_second_minute(network: RoadNetwork) -> None:
+    engine, out = engine_on(network)
+    sid = main_road(network, 3, 3)[0]
+    for m in range(5):
+        await feed(engine, window(sid, m, 50.0, vehicles=2))
+    await feed(engine, window(sid, 5, 8.0, vehicles=5))
+    assert len(out.of(WARNING)) == 1
+
+
+async def test_the_profile_says_what_is_usual_at_this_hour(network: RoadNetwork) -> None:
+    usual_jam, usual_free = main_road(network, 0, 0)[0], main_road(network, 6, 6)[0]
+    engine, out = engine_on(network)
+    engine.set_profiles(ProfileSnapshot(bucket=0, valid_until=T0 + timedelta(hours=1), speeds={
+        usual_jam: ProfileSpeed(segment_id=usual_jam, speed_kmh=12.0, updated_at=T0),
+        usual_free: ProfileSpeed(segment_id=usual_free, speed_kmh=55.0, updated_at=T0)}))
+    for m in range(2):
+        await feed(engine, window(usual_jam, m, 9.0, vehicles=2),
+                   window(usual_free, m, 9.0, vehicles=2))
+    [w] = out.of(WARNING)
+    assert w.segment_ids == (usual_free,)
+
+
+async def test_a_warned_queue_grows_back_onto_segments_that_are_not_abnormal_alone(
+        network: RoadNetwork) -> None:
+    engine, out = engine_on(network)
+    head, *upstream = main_road(network, 8, 10)[::-1]
+    for m in range(5):
+        await feed(engine, *(window(s, m, 50.0, vehicles=2) for s in (head, *upstream)))
+    await feed(engine, window(head, 5, 6.0, vehicles=5))
+    [w] = out.of(WARNING)
+    assert w.segment_ids == (head,)
+    # The queue reaches back onto two segments seen slow only now, on two cars each.
+    await feed(engine, window(head, 6, 6.0, vehicles=5),
+               *(window(s, 6, 9.0, vehicles=2) for s in upstream))
+    latest = engine.list_warnings("active")
+    assert len(latest) == 1 and set(latest[0].segment_ids) == {head, *upstream}
