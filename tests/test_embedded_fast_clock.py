@@ -4,7 +4,8 @@ Everything reads the one clock (``shared/clock.py``): the simulated fleet drives
 heartbeats on it, the gateway checks report times against it, bigdata closes its one-minute
 windows on it, the warning service grades them. With the default one-minute window and
 five-second reports the scenario (live speeds, the ``--incident`` slowdown becoming level 5 and
-a warning) takes minutes of clock time and a tenth of that in real time. The real-time waits
+an incident warning, which ends once the incident is over) takes minutes of clock time and a
+tenth of that in real time. The real-time waits
 below are generous: this is not a timing test.
 """
 
@@ -28,7 +29,7 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     yield from start_embedded(
         tmp_path_factory.mktemp("embedded-fast"), "--clock-rate", str(RATE),
         "--speed-window-s", "60", "--sim-interval-s", "5", "--vehicles", "80",
-        "--incident", "demo@30+3600:4")
+        "--incident", "demo@30+480:4")
 
 
 def _sim_time(inst: Embedded) -> float:
@@ -60,7 +61,7 @@ def test_fast_clock_runs_the_whole_scenario(fast: Embedded) -> None:
                 if segment in (w.get("segment_ids") or [w.get("segment_id")])]
 
     warnings = _wait("a warning on the incident segment", warned, 240, fast.proc)
-    assert warnings[0]["kind"] == "congestion"  # type: ignore[index]
+    assert warnings[0]["kind"] in ("congestion", "incident")  # type: ignore[index]
 
     def severe() -> object:
         status, road = _get(f"{fast.base}/api/v1/roads/{segment}")
@@ -73,3 +74,21 @@ def test_fast_clock_runs_the_whole_scenario(fast: Embedded) -> None:
     clock_s, real_s = _sim_time(fast) - clock0, time.monotonic() - real0
     assert clock_s > 60.0
     assert clock_s >= 0.5 * RATE * real_s, (clock_s, real_s)
+
+    # The slowdown lasts 8 clock-minutes: its warning is an incident's (the queue ends at one
+    # point) and ends, with the incident, once the traffic there recovers.
+    wid = warnings[0]["warning_id"]  # type: ignore[index]
+
+    def kind_of() -> object:
+        _, body = _get(f"{fast.base}/api/v1/warnings")
+        return next((w["kind"] for w in body["warnings"]  # type: ignore[index]
+                     if w["warning_id"] == wid), None)
+
+    def ended() -> bool:
+        _, body = _get(f"{fast.base}/api/v1/warnings")
+        _, incidents = _get(f"{fast.base}/api/v1/incidents")
+        return (all(w["warning_id"] != wid for w in body["warnings"])  # type: ignore[index]
+                and not incidents["incidents"])  # type: ignore[index]
+
+    _wait("the warning says incident", lambda: kind_of() == "incident", 120, fast.proc)
+    _wait("the warning and its incident ended after the slowdown", ended, 240, fast.proc)

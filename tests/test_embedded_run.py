@@ -129,9 +129,23 @@ def test_injected_incident_becomes_severe_level_and_warning(embedded: Embedded) 
 
     warnings = _wait("a warning on the incident segment", warned, 150, embedded.proc)
     w = warnings[0]  # type: ignore[index]
-    assert w["kind"] == "congestion" and w["active"] and w["status"] in ("raised", "updated")
+    assert w["active"] and w["status"] in ("raised", "updated")
     assert w["severity"] == "Severe" and w["msg_type"] in ("Alert", "Update")
     assert w["area"]["polygon"] and w["headline"]
+
+    def incident() -> object:
+        # The queue ends at the slowed segment with free road past it: a suspected incident,
+        # once the road past it has a live window (at once, or at a later update).
+        found = [x for x in warned() if x["kind"] == "incident"]  # type: ignore[attr-defined]
+        return found[0] if found and found[0]["detour"] else None
+
+    w = _wait("an incident warning with its detour", incident, 150, embedded.proc)
+    assert w["cause"] == "suspected_incident" and w["warning_id"] == warnings[0]["warning_id"]
+    assert len(warned()) == 1  # type: ignore[arg-type]
+    assert w["detour"]["segment_ids"] and w["impact"] is not None  # type: ignore[index]
+    _, body = _get(embedded.base + "/api/v1/incidents")
+    assert [i["warning_id"] for i in body["incidents"]  # type: ignore[index]
+            if segment in i["segment_ids"]] == [w["warning_id"]]  # type: ignore[index]
 
     def severe() -> object:
         # Road status and warnings reach the publisher on two subscriptions: the status may

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from services.warning.incidents import area_of
 from services.warning.levels import level_for_speed, tpi_for_speed
-from shared.events import CapSeverity, SegmentSpeed
+from shared.events import CapCategory, CapSeverity, SegmentSpeed, WarningKind
 from shared.levels import LEVEL_NAMES, LEVEL_NAMES_EN
 from shared.roadnet import RoadNetwork
 
@@ -255,14 +255,24 @@ def queue_facts(network: RoadNetwork, held: Mapping[str, Held], segs: Collection
     }
 
 
-def queue_fields(network: RoadNetwork, facts: dict[str, Any]) -> dict[str, Any]:
-    """The warning fields of a queue's facts (text, segments, level, area)."""
+def queue_fields(network: RoadNetwork, facts: dict[str, Any], *, incident: bool = False
+                 ) -> dict[str, Any]:
+    """The warning fields of a queue's facts (kind, text, segments, level, area). A queue
+    that ends at one point (``incident``) is a suspected incident's warning."""
     headline, headline_en, description, description_en = queue_text(
         facts["names"], length_m=facts["length_m"], speed_kmh=facts["speed_kmh"],
         free_flow_kmh=facts["free_flow_kmh"], vehicles=facts["vehicles"],
         level=facts["level"])
+    kind = WarningKind.INCIDENT if incident else WarningKind.CONGESTION
+    if incident:
+        headline, headline_en = f"{headline}（疑似交通事件）", f"{headline_en} (suspected incident)"
+        description = f"疑似交通事件：排队止于一点，其后道路畅通。{description}"
+        description_en = (f"Suspected incident: the queue ends at one point, with free road "
+                          f"past it. {description_en}")
     mid = facts["head"].coords[len(facts["head"].coords) // 2]
     return {
+        "kind": kind, "category": CapCategory.TRANSPORT,
+        "cause": "suspected_incident" if incident else "severe_congestion",
         "segment_ids": tuple(facts["ordered"]), "headline": headline,
         "headline_en": headline_en, "description": description,
         "description_en": description_en,

@@ -351,16 +351,15 @@ class WarningEngine:
         for new in plan.new:
             await self._raise_queue(new)
 
+    def _ends_at_a_point(self, network: RoadNetwork, facts: dict[str, Any]) -> bool:
+        """Whether a queue is a suspected incident: it ends at one point (``bottleneck``)."""
+        return abnormal.bottleneck(network, facts["head"].segment_id, live=self._live_window,
+                                   state=self.recent, level_of=self._segment_level)
+
     async def _queue_evidence(self, w: Warning) -> None:
-        """A queue that ends at one point is word of an incident at its head (once seen, the
-        queue holds the incident until it dissolves)."""
-        network = self.network
-        if network is None or not w.segment_ids:
-            return
-        known = self.incidents.incident_of(f"queue:{w.warning_id}") is not None
-        head = congestion.head_of(network, w.segment_ids)
-        if known or abnormal.bottleneck(network, head, live=self._live_window,
-                                        state=self.recent, level_of=self._segment_level):
+        """A queue that ends at one point is word of an incident at its head; once it is, the
+        queue holds the incident until it dissolves."""
+        if w.kind == WarningKind.INCIDENT:
             await self._add_evidence(incidents.from_queue(w))
 
     def _live_window(self, segment_id: str) -> SegmentSpeed | None:
@@ -386,12 +385,12 @@ class WarningEngine:
             await self._update_queue(wid, list(segs))
             return
         w = Warning(
-            warning_id=wid, kind=WarningKind.CONGESTION, status=WarningStatus.RAISED,
-            category=incidents.CATEGORY[WarningKind.CONGESTION],
+            warning_id=wid, status=WarningStatus.RAISED,
             certainty=CapCertainty.OBSERVED, urgency=CapUrgency.IMMEDIATE,
             msg_type=CapMsgType.ALERT, started_at=facts["window_start"],
-            updated_at=facts["observed_at"], cause="severe_congestion",
-            **congestion.queue_fields(network, facts))
+            updated_at=facts["observed_at"],
+            **congestion.queue_fields(network, facts,
+                                      incident=self._ends_at_a_point(network, facts)))
         self.queues[wid] = set(segs)
         await self._put_warning(w, analyse=True)
         await self._queue_evidence(w)
@@ -404,7 +403,8 @@ class WarningEngine:
         network = self.network
         assert network is not None
         facts = congestion.queue_facts(network, self.segments, segs)
-        fields = congestion.queue_fields(network, facts)
+        incident = old.kind == WarningKind.INCIDENT or self._ends_at_a_point(network, facts)
+        fields = congestion.queue_fields(network, facts, incident=incident)
         moved = set(segs) != self.queues.get(wid, set())
         self.queues[wid] = set(segs)
         same = all(getattr(old, k) == v for k, v in fields.items())

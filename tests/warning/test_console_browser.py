@@ -475,7 +475,7 @@ async def test_acceptance_police_work_the_demo_incident_in_chromium(embedded: An
                                 headers={"Authorization": f"Bearer {token}"}) as resp:
                 body = await resp.json()
             found = [x["warning_id"] for x in body["warnings"] if segment in x["segment_ids"]
-                     and x["kind"] == "congestion"]
+                     and x["kind"] in ("congestion", "incident")]
             return found[0] if found else None
 
         await wait_for(incident_warning, within_s=120)  # about 30 s after ready, usually

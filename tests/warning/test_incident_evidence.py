@@ -79,7 +79,8 @@ async def test_a_queue_that_ends_at_one_point_is_a_suspected_incident_under_its_
     engine, out = engine_on(network)
     _, queue = await queue_behind(engine, network, downstream_kmh=50.0)
     [w] = out.of(WARNING)
-    assert w.kind == WarningKind.CONGESTION
+    assert w.kind == WarningKind.INCIDENT and w.cause == "suspected_incident"
+    assert "疑似交通事件" in w.headline and w.detour is None  # the router is not wired here
     [inc] = engine.incidents.active()
     assert inc.status == "suspected" and inc.sources == ("probes",)
     assert inc.warning_id == w.warning_id  # the queue's warning stands for it: one warning
@@ -90,14 +91,16 @@ async def test_a_queue_that_ends_at_one_point_is_a_suspected_incident_under_its_
     await engine.evaluate()
     assert engine.incidents.active() == []
     assert out.of(INCIDENT)[-1].status == "cleared"
-    assert all(x.kind == WarningKind.CONGESTION for x in out.of(WARNING))
+    assert {x.warning_id for x in out.of(WARNING)} == {w.warning_id}  # one warning throughout
+    assert not out.of(WARNING)[-1].active
 
 
 async def test_a_queue_spreading_back_from_congestion_ahead_is_no_incident(
         network: RoadNetwork) -> None:
     engine, out = engine_on(network)
     await queue_behind(engine, network, downstream_kmh=12.0)
-    assert len(out.of(WARNING)) == 1
+    [w] = out.of(WARNING)
+    assert w.kind == WarningKind.CONGESTION and w.cause == "severe_congestion"
     assert engine.incidents.active() == []
 
 
@@ -116,7 +119,7 @@ async def test_a_camera_confirms_the_probes_incident_without_a_second_warning(
     assert inc.kind == "accident" and inc.status == "confirmed"
     assert set(inc.sources) == {"probes", "detector:cam-7"}
     assert inc.confidence == combined_confidence([0.6, 0.7])
-    assert [w.kind for w in engine.list_warnings("active")] == [WarningKind.CONGESTION]
+    assert [w.kind for w in engine.list_warnings("active")] == [WarningKind.INCIDENT]
 
 
 async def test_an_sos_and_a_citizens_report_at_one_place_are_one_confirmed_incident(
