@@ -221,25 +221,19 @@ class RoadNetwork:
         if k <= 0 or not radius_m >= 0.0:
             return []
         hits = nearest_hits(self._grid, lon, lat, radius_m)
-        grid = self._grid
         seg_ids = self._seg_ids
-        sub_offset = grid.sub_offset
-        sub_len = grid.sub_len
-        sub_bearing = grid.sub_bearing
-        result: list[Candidate] = []
-        for d2, t, row in hits[:k]:
-            sub = int(row[5])
-            result.append(
-                Candidate(
-                    seg_ids[int(row[4])],
-                    math.sqrt(d2),
-                    float(sub_offset[sub] + t * sub_len[sub]),
-                    row[0] + t * row[2],
-                    row[1] + t * row[3],
-                    float(sub_bearing[sub]),
-                )
+        # Rows carry the sub-edge's offset, length and bearing (`GridIndex.reg_rows`).
+        return [
+            Candidate(
+                seg_ids[int(row[4])],
+                math.sqrt(d2),
+                row[6] + t * row[7],
+                row[0] + t * row[2],
+                row[1] + t * row[3],
+                row[8],
             )
-        return result
+            for d2, t, row in hits[:k]
+        ]
 
     def in_bbox(
         self, min_lon: float, min_lat: float, max_lon: float, max_lat: float
