@@ -235,6 +235,9 @@ class _Step:
     # The forward-filtered position (same coordinates, without the newer fixes' evidence).
     filt_delta: float = 0.0
     filt_var: float = 0.0
+    # Distance (m) the reported speeds say was driven since the previous step, and its
+    # variance (`_driven`; None without both speeds).
+    drive: tuple[float, float] | None = None
     # Candidate index → how far past its segment's end the fix projects (when clamped).
     overshoot: dict[int, float] = field(default_factory=dict)
 
@@ -349,31 +352,34 @@ class OnlineMatcher:
         inv_sigma = 1.0 / p.sigma_m
         use_heading = (heading is not None and math.isfinite(heading) and speed_kmh is not None
                        and speed_kmh >= p.min_heading_speed_kmh)
+        h = heading if use_heading and heading is not None else 0.0
         segs = [index[c.segment_id] for c in cands]
         standing = speed_kmh is not None and speed_kmh < p.stationary_kmh
+        past_node_m, past_node_log = p.past_node_m, p.past_node_log
+        heading_cap, heading_weight = p.heading_cap, p.heading_weight
+        margin, scale = p.speed_margin_kmh, p.speed_scale_kmh
         emissions = []
         for c, seg in zip(cands, segs, strict=True):
             z = c.distance_m * inv_sigma
             score = -0.5 * z * z
             if use_heading:
-                assert heading is not None
-                diff = abs((heading - c.bearing_deg + 180.0) % 360.0 - 180.0) / 45.0
-                score -= min(p.heading_cap, p.heading_weight * diff * diff)
-            if standing and c.offset_m < p.past_node_m:
-                score -= p.past_node_log
+                diff = abs((h - c.bearing_deg + 180.0) % 360.0 - 180.0) / 45.0
+                score -= min(heading_cap, heading_weight * diff * diff)
+            if standing and c.offset_m < past_node_m:
+                score -= past_node_log
             if speed_kmh is not None:
-                over = (speed_kmh - free_flow[seg] - p.speed_margin_kmh) / p.speed_scale_kmh
+                over = (speed_kmh - free_flow[seg] - margin) / scale
                 if over > 0.0:
                     score -= over * over
             emissions.append(score)
         keep = max(emissions) - p.prune_log
-        kept = [n for n, e in enumerate(emissions) if e >= keep]
-        if len(kept) < len(cands):
+        if min(emissions) < keep:
+            kept = [n for n, e in enumerate(emissions) if e >= keep]
             cands = [cands[n] for n in kept]
             segs = [segs[n] for n in kept]
             emissions = [emissions[n] for n in kept]
         return _Step(t, lon, lat, speed_kmh, heading if use_heading else None, cands, segs,
-                     emissions, list(emissions), [-1] * len(cands), list(emissions))
+                     emissions, emissions[:], [-1] * len(cands), emissions[:])
 
     def _link(self, prev: _Step, step: _Step) -> bool:
         """Fill the transitions from prev to step and step's Viterbi scores; False if none."""
@@ -398,54 +404,65 @@ class OnlineMatcher:
         cap = p.distance_cap
         tol = p.backward_tolerance_m
         seg_len, seg_cost, seg_to, seg_from = g.seg_len, g.seg_cost, g.seg_to, g.seg_from
-        n_prev, n_cur = len(prev.cands), len(step.cands)
+        costs = g.costs
+        n_prev = len(prev.cands)
         seg_way = g.seg_way
         way_pen, straight_deg, hop_m = p.way_change_log, p.way_straight_deg, p.way_hop_m
         kx = _M_PER_DEG * math.cos(math.radians(step.lat))
+        radians, cos, sin = math.radians, math.cos, math.sin
+        # The current candidates as (index, segment, its way, offset, bearing, lon, lat).
+        cur = [(j, seg, seg_way[seg], c.offset_m, c.bearing_deg, c.lon, c.lat)
+               for j, (c, seg) in enumerate(zip(step.cands, step.segs, strict=True))]
+        n_cur = len(cur)
         trans = [[_NEG_INF] * n_prev for _ in range(n_cur)]
         route_m = [[_INF] * n_prev for _ in range(n_cur)]
         targets = [seg_from[s] for s in step.segs]
         scores = [_NEG_INF] * n_cur
         back = [-1] * n_cur
+        # Terms of each candidate's forward sum, from the previous candidates in order.
+        forward: list[list[float]] = [[] for _ in range(n_cur)]
         # Transitions from every candidate the forward probabilities still hold, not only from
         # those a path through the last decision reaches (ps = -inf adds nothing to scores).
         for i, (pc, ps, pseg, pa) in enumerate(zip(prev.cands, prev.scores, prev.segs,
                                                     prev.alpha, strict=True)):
             if pa == _NEG_INF:
                 continue
-            rest = seg_len[pseg] - pc.offset_m
+            poff = pc.offset_m
+            pway = seg_way[pseg]
+            plen = seg_len[pseg]
+            rest = plen - poff
             # Cost of finishing this segment, in route-cost units (ramps carry their penalty).
-            rest_cost = rest + (seg_cost[pseg] - seg_len[pseg]) * rest / max(seg_len[pseg], 1e-9)
+            rest_cost = rest + (seg_cost[pseg] - plen) * rest / max(plen, 1e-9)
             node_cost: list[tuple[float, float]] | None = None
-            for j, (c, cseg) in enumerate(zip(step.cands, step.segs, strict=True)):
-                if cseg == pseg and c.offset_m >= pc.offset_m - tol:
+            for j, cseg, cway, coff, cbear, clon, clat in cur:
+                if cseg == pseg and coff >= poff - tol:
                     # Signed: a little backwards is jitter, kept for refining positions.
-                    along = c.offset_m - pc.offset_m
+                    along = coff - poff
                     r = driven = max(0.0, along)
                 else:
                     if rest > limit:
                         continue
                     if node_cost is None:
-                        node_cost = g.costs(seg_to[pseg], targets, limit - rest_cost)
+                        node_cost = costs(seg_to[pseg], targets, limit - rest_cost)
                     d, d_m = node_cost[j]
                     if d == _INF:
                         continue
                     # Cost (ramps carry their penalty) against the straight line; metres
                     # against what the speeds say was driven, and for refining positions.
-                    r = rest_cost + d + c.offset_m
-                    driven = along = rest + d_m + c.offset_m
+                    r = rest_cost + d + coff
+                    driven = along = rest + d_m + coff
                     if r > limit:
                         continue
                 tr = -abs(r - gc) * inv_beta
-                if way_pen and seg_way[cseg] != seg_way[pseg]:
-                    turn = (c.bearing_deg - pc.bearing_deg + 180.0) % 360.0 - 180.0
+                if way_pen and cway != pway:
+                    turn = (cbear - pc.bearing_deg + 180.0) % 360.0 - 180.0
                     if abs(turn) < straight_deg:
                         # Sideways displacement across the mean direction of travel: none for
                         # a road that goes on as another way (straight or curving), the gap
                         # between the roads for a hop onto a parallel one.
-                        b = math.radians(pc.bearing_deg + 0.5 * turn)
-                        side = abs((c.lon - pc.lon) * kx * math.cos(b)
-                                   - (c.lat - pc.lat) * _M_PER_DEG * math.sin(b))
+                        b = radians(pc.bearing_deg + 0.5 * turn)
+                        side = abs((clon - pc.lon) * kx * cos(b)
+                                   - (clat - pc.lat) * _M_PER_DEG * sin(b))
                         if side >= hop_m:
                             tr -= way_pen
                 if expected >= 0.0:
@@ -453,6 +470,7 @@ class OnlineMatcher:
                     tr -= min(cap, 0.5 * z * z)
                 trans[j][i] = tr
                 route_m[j][i] = along
+                forward[j].append(pa + tr)
                 s = ps + tr
                 if s > scores[j]:
                     scores[j] = s
@@ -460,6 +478,8 @@ class OnlineMatcher:
         top = max(scores)
         if top == _NEG_INF:
             return False
+        if prev.speed_kmh is not None and step.speed_kmh is not None:
+            step.drive = self._driven(prev.speed_kmh, step.speed_kmh, dt)
         # Normalise so scores do not drift towards -inf over a long trip.
         step.scores = [s - top + e if s != _NEG_INF else _NEG_INF
                        for s, e in zip(scores, step.emissions, strict=True)]
@@ -468,11 +488,12 @@ class OnlineMatcher:
         step.route_m = route_m
         exp, log = math.exp, math.log
         alpha = []
-        for row, em in zip(trans, step.emissions, strict=True):
-            terms = [a + tr for a, tr in zip(prev.alpha, row, strict=True) if tr != _NEG_INF]
-            if terms:
+        for terms, em in zip(forward, step.emissions, strict=True):
+            if len(terms) == 1:
+                alpha.append(em + terms[0])  # log(exp(0)) adds exactly 0
+            elif terms:
                 m = max(terms)
-                alpha.append(em + m + log(sum(exp(x - m) for x in terms)))
+                alpha.append(em + m + log(sum([exp(x - m) for x in terms])))
             else:
                 alpha.append(_NEG_INF)
         top = max(alpha)
@@ -485,8 +506,8 @@ class OnlineMatcher:
         """Decide the oldest pending fix from the best path through the window, then fix it."""
         steps = self._steps
         k = 0 if steps[0].decided < 0 else 1
-        last = steps[-1]
-        j = max(range(len(last.scores)), key=last.scores.__getitem__)
+        scores = steps[-1].scores
+        j = scores.index(max(scores))
         path = [j]
         for n in range(len(steps) - 1, k, -1):
             j = steps[n].back[j]
@@ -502,26 +523,46 @@ class OnlineMatcher:
             pieces = self._pieces(anchor, step)
             del steps[0]
         # Later paths must pass through the decision: recompute their scores from it alone.
-        step.scores = [0.0 if i == j else _NEG_INF for i in range(len(step.cands))]
-        prev = step
+        scores = [_NEG_INF] * len(step.cands)
+        scores[j] = 0.0
+        step.scores = scores
+        if len(steps) > 1:
+            nxt = steps[1]
+            if all(b == j or s == _NEG_INF for b, s in zip(nxt.back, nxt.scores, strict=True)):
+                # Every best path already goes through the decision: the scores stay what
+                # they are (up to a constant, which nothing depends on).
+                return MatchResult(step.t, step.lon, step.lat, self._candidate(step), pieces,
+                                   confidence)
+        # Only candidates still on a path through the decision count (right after it, that
+        # is the decided one alone).
+        alive = [(j, 0.0)]
         for nxt in steps[1:]:
             assert nxt.trans is not None
             scores, back = [], []
-            # Only candidates still on a path through the decision count (right after it,
-            # that is the decided one alone).
-            alive = [(i, ps) for i, ps in enumerate(prev.scores) if ps != _NEG_INF]
-            for row, em in zip(nxt.trans, nxt.emissions, strict=True):
-                best, arg = _NEG_INF, -1
-                for i, ps in alive:
+            if len(alive) == 1:
+                i, ps = alive[0]
+                for row, em in zip(nxt.trans, nxt.emissions, strict=True):
                     s = ps + row[i]
-                    if s > best:
-                        best, arg = s, i
-                scores.append(best + em if arg >= 0 else _NEG_INF)
-                back.append(arg)
+                    if s > _NEG_INF:
+                        scores.append(s + em)
+                        back.append(i)
+                    else:
+                        scores.append(_NEG_INF)
+                        back.append(-1)
+            else:
+                for row, em in zip(nxt.trans, nxt.emissions, strict=True):
+                    best, arg = _NEG_INF, -1
+                    for i, ps in alive:
+                        s = ps + row[i]
+                        if s > best:
+                            best, arg = s, i
+                    scores.append(best + em if arg >= 0 else _NEG_INF)
+                    back.append(arg)
             top = max(scores)
-            nxt.scores = [s - top if s != _NEG_INF else s for s in scores]
+            scores = [s - top if s != _NEG_INF else s for s in scores]
+            nxt.scores = scores
             nxt.back = back
-            prev = nxt
+            alive = [(i, s) for i, s in enumerate(scores) if s != _NEG_INF]
         return MatchResult(step.t, step.lon, step.lat, self._candidate(step), pieces, confidence)
 
     def _confidence(self, k: int, j: int) -> float:
@@ -541,10 +582,13 @@ class OnlineMatcher:
         steps = self._steps
         step = steps[k]
         seg_road = self.graph.seg_road
-        road = seg_road[step.segs[j]]
+        segs = step.segs
+        road = seg_road[segs[j]]
         forward = step.alpha
-        if all(seg_road[s] == road for s, f in zip(step.segs, forward, strict=True)
-               if f != _NEG_INF):
+        for s, f in zip(segs, forward, strict=True):
+            if f != _NEG_INF and seg_road[s] != road:
+                break
+        else:
             return 1.0  # nothing else is possible: no need to look ahead
         exp, log = math.exp, math.log
         beta = [0.0] * len(steps[-1].cands)
@@ -557,18 +601,20 @@ class OnlineMatcher:
             msg = []
             for i in range(len(steps[n - 1].cands)):
                 col = [row[i] + w for row, w in rows if row[i] != _NEG_INF]
-                if not col:
+                if len(col) == 1:
+                    msg.append(col[0])  # log(exp(0)) adds exactly 0
+                elif col:
+                    top = max(col)
+                    msg.append(top + log(sum([exp(x - top) for x in col])))
+                else:
                     msg.append(_NEG_INF)
-                    continue
-                top = max(col)
-                msg.append(top + log(sum(exp(x - top) for x in col)))
             beta = msg
         total = [f + b for f, b in zip(forward, beta, strict=True)]
         top = max(total)
         if top == _NEG_INF:
             return 1.0  # no path on through the window: nothing competes either
         z = mass = 0.0
-        for x, s in zip(total, step.segs, strict=True):
+        for x, s in zip(total, segs, strict=True):
             if x != _NEG_INF:
                 p = exp(x - top)
                 z += p
@@ -626,31 +672,43 @@ class OnlineMatcher:
         terms: list[tuple[float, float]] = []
         lo = -_INF
         if anchor is not None and anchor.speed_kmh is not None:
-            assert step.route_m is not None
+            assert step.route_m is not None and step.drive is not None
             r_prev = step.route_m[j][anchor.decided]
-            d, var_d = self._driven(anchor.speed_kmh, v, step.t - anchor.t)
+            d, var_d = step.drive
             terms.append((anchor.filt_delta - r_prev + d, anchor.filt_var + var_d))
             lo = anchor.pos_delta - r_prev
         step.filt_delta, step.filt_var = _combine([(own, var0), *terms])
+        # The newer fixes' projections along the route: (position, distance driven to it
+        # from the fix before, its variance).
         chain: list[tuple[float, float, float]] = []
         hi = _INF
         r = 0.0
-        prev_step, prev_j, prev_v = step, j, v
+        prev_j = j
+        seg_len = self.graph.seg_len
         for nxt, nj in zip(ahead, path[1:], strict=False):
             if nxt.speed_kmh is None:
                 break
-            assert nxt.route_m is not None
+            assert nxt.route_m is not None and nxt.drive is not None
             r += nxt.route_m[nj][prev_j]
             if not chain:
                 hi = r
-            d, var_d = self._driven(prev_v, nxt.speed_kmh, nxt.t - prev_step.t)
-            chain.append((r + self._overshoot(nxt, nj), d, var_d))
-            prev_step, prev_j, prev_v = nxt, nj, nxt.speed_kmh
+            nc = nxt.cands[nj]
+            off = nc.offset_m
+            if 1e-6 < off < seg_len[nxt.segs[nj]] - 1e-6:
+                chain.append((r + 0.0, *nxt.drive))
+            else:
+                chain.append((r + self._overshoot(nxt, nj), *nxt.drive))
+            prev_j = nj
         if chain:
-            b_mu, b_var = 0.0, 0.0
-            for k, (pos, d, var_d) in enumerate(reversed(chain)):
-                b_mu, b_var = (pos, var0) if k == 0 else _combine([(b_mu, b_var), (pos, var0)])
-                b_mu, b_var = b_mu - d, b_var + var_d
+            it = reversed(chain)
+            pos, d, var_d = next(it)
+            b_mu, b_var = pos - d, var0 + var_d
+            inv0 = 1.0 / var0
+            for pos, d, var_d in it:
+                # _combine([(b_mu, b_var), (pos, var0)]) inline, then back by the drive.
+                den = 1.0 / b_var + inv0
+                b_mu = (b_mu / b_var + pos / var0) / den - d
+                b_var = 1.0 / den + var_d
             terms.append((b_mu, b_var))
         delta, step.pos_var = _combine([(own, var0), *terms])
         delta = max(lo, min(hi, delta)) if lo <= hi else delta
@@ -658,7 +716,7 @@ class OnlineMatcher:
             mu, var_n = _combine(terms)
             if self._across_junction(anchor, step, path, ahead, mu, var_n, lo, hi, delta):
                 return
-        delta = max(-c.offset_m, min(self.graph.seg_len[seg] - c.offset_m, delta))
+        delta = max(-c.offset_m, min(seg_len[seg] - c.offset_m, delta))
         step.pos_delta = delta
         step.pos_off = c.offset_m + delta
 
