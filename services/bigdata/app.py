@@ -46,8 +46,9 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -83,6 +84,7 @@ from shared.events import (
     FEATURE_CATALOGUE_REQUEST,
     FEATURE_KINDS,
     FEATURE_STATE,
+    MATCHED_POSITION,
     SEGMENT_SPEED,
     SEGMENT_SPEED_PARTIAL,
     VEHICLE_POSITION,
@@ -121,6 +123,10 @@ FEATURE_STATES = Counter("tti_bigdata_feature_states_total",
                          "Live feature states by outcome (applied, or why dropped)", ["result"])
 CATALOGUES = Counter("tti_bigdata_feature_catalogues_total",
                      "Feature catalogue publications, by what caused them", ["cause"])
+RECOVERED = Counter("tti_bigdata_recovered_total",
+                    "Events read again from the stream at start to rebuild what the replica "
+                    "before this one held in memory (matchers, merger windows), by subject",
+                    ["subject"])
 CATALOGUE_FEATURES = Gauge("tti_bigdata_catalogue_features",
                            "Features in the catalogue last published")
 
@@ -176,6 +182,10 @@ class Bigdata:
     CATALOGUE_REPUBLISH_S = 1800.0
     """An unchanged catalogue is published again this often (its copy in the stream, kept for
     ``stream_max_age``, stays fresh); requests get it at once."""
+    LAG_COVER_S = 60.0
+    """Recovery re-reads this much of a partition before the last position the replica before
+    this one was handed: the matcher's lag (≤ 30 s, or one reporting interval) and the fixes
+    its chain starts from."""
     MAX_DETECTORS = 1_000_000
     MAX_OUTBOX = 200_000
     PUBLISH_BATCH = 256
@@ -221,6 +231,12 @@ class Bigdata:
         self._subs: list[Subscription] = []
         self.partials_published = 0
         self.partials_merged = 0
+        # Shares merged, by window: a redelivered share (or one recovery read) is merged once.
+        self._merged_ids: dict[int, set[str]] = {}
+        # Vehicles whose fixes recovery replayed -> the newest such fix (epoch s): samples up to
+        # it are not added to windows (the replica before this one counted what it decided).
+        self._replayed_until: dict[str, float] = {}
+        self.recovered = 0
         self.latest: dict[str, SegmentSpeed] = {}
         self.gtfs_state = "not configured"
         self._catalogue_lock = asyncio.Lock()
@@ -299,9 +315,11 @@ class Bigdata:
     # --- consumers -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe: detector readings, and shares and speeds when sharded; positions last."""
+        """Recover, then subscribe: detector readings, and shares and speeds when sharded;
+        positions last."""
         cfg = self.config
         owned = cfg.owned_partitions()
+        await self.recover()
         if self.sharded:
             # Each replica reads every reading (its own durable) and keeps those of the
             # segments it merges: readings are few, and no router is needed.
@@ -324,6 +342,89 @@ class Bigdata:
             FEATURE_CATALOGUE_REQUEST, self.on_catalogue_request, durable="bigdata-catalogue"))
         self._position_sub = await self.bus.subscribe(
             VEHICLE_POSITION, self.on_position, durable="bigdata", partitions=owned)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    def recovery_span_s(self) -> float:
+        """How much of a partition recovery reads before its last delivered position."""
+        return self.LAG_COVER_S + self.window_s + self.grace_s + self.flush_interval_s
+
+    async def recover(self) -> None:
+        """Rebuild, from the stream, what the replica before this one held only in memory.
+
+        A position is acked once ``on_position`` returns, but its effects are not durable yet:
+        the matcher holds the newest fixes of each vehicle undecided (its lag), so a replica
+        that dies (SIGKILL, a node lost) takes the MatchedPositions of those fixes with it,
+        and the 两客一危 rules would never see them. Acking later instead would hold every
+        position for its lag and its window (minutes at province rates) and JetStream would
+        redeliver them after ``ack_wait`` behind the newer fixes, out of order. So the
+        stream is the log this state is rebuilt from, as a stream processor restores its
+        state from its changelog: for each owned partition, re-read (``EventBus.replay``, an
+        ephemeral consumer by start time) the positions from ``recovery_span_s`` before the
+        last one the partition's durable consumer handed out, through that one, into fresh
+        matchers. What the restarted replica decides again is published only if the stream
+        does not hold it yet: the partition's MatchedPositions of the span are read first,
+        so a fix the replica before decided is never published twice, however long the
+        restart took (JetStream's duplicate window, 2 min, would only cover a quick one).
+        The replayed fixes are not added to speed windows again (`_add_samples`): the replica
+        before counted those it decided, and the windows around a crash may differ. With
+        several replicas the merger's open windows are rebuilt too, from the shares stored
+        on its partitions (merged once per event id). The consumers' redeliveries of what
+        was handed out but not acked then find the matchers past them and are ignored.
+        Costs a start ``recovery_span_s`` of matching per partition; a clean stop is
+        replayed too (everything is then already published, nothing goes out twice).
+        """
+        owned = sorted(self.owned)
+        started = asyncio.get_running_loop().time()
+        if self.sharded:
+            await asyncio.gather(*(self._recover_merger(p) for p in owned))
+        counts = await asyncio.gather(*(self._recover_positions(p) for p in owned))
+        replayed = sum(n for n, _ in counts)
+        if replayed:
+            self.recovered += replayed
+            log.info("recovered %d positions of %d partitions (%d MatchedPositions already "
+                     "published) in %.1f s", replayed, sum(1 for n, _ in counts if n),
+                     sum(k for _, k in counts), asyncio.get_running_loop().time() - started)
+
+    async def _recover_positions(self, partition: int) -> tuple[int, int]:
+        point = await self.bus.resume_point(VEHICLE_POSITION, durable="bigdata",
+                                            partition=partition)
+        if point is None:
+            return 0, 0
+        since = point.stored_at - timedelta(seconds=self.recovery_span_s())
+        known: set[str] = set()
+
+        async def note(env: Envelope[Any]) -> None:
+            known.add(env.event_id)
+
+        await self.bus.replay(MATCHED_POSITION, note, partition=partition, since=since)
+        self.matched.published_before(known)
+
+        async def replayed(env: Envelope[VehiclePosition]) -> None:
+            pos = env.payload
+            t = pos.observed_at.timestamp()
+            if t > self._replayed_until.get(pos.vehicle_id, -math.inf):
+                self._replayed_until[pos.vehicle_id] = t  # before: it may decide this fix
+            await self.on_position(env)
+
+        n = await self.bus.replay(VEHICLE_POSITION, _skipping_bad(replayed),
+                                  partition=partition, since=since, through=point.seq)
+        RECOVERED.labels(VEHICLE_POSITION.name).inc(n)
+        return n, len(known)
+
+    async def _recover_merger(self, partition: int) -> None:
+        point = await self.bus.resume_point(SEGMENT_SPEED_PARTIAL, durable="bigdata-merge",
+                                            partition=partition)
+        if point is None:
+            return
+        # Shares of a window are published from its end + grace on; the merger closes it
+        # MERGE_SLACK_S later. Shares of windows already closed are refused as late.
+        span = self.window_s + self.merger.grace_s + 2 * self.flush_interval_s
+        n = await self.bus.replay(SEGMENT_SPEED_PARTIAL, _skipping_bad(self.on_partial),
+                                  partition=partition,
+                                  since=point.stored_at - timedelta(seconds=span),
+                                  through=point.seq)
+        RECOVERED.labels(SEGMENT_SPEED_PARTIAL.name).inc(n)
 
     async def stop(self) -> None:
         """Drain: stop taking positions, hand over or close every window, stop the rest."""
@@ -379,7 +480,16 @@ class Bigdata:
     def _add_samples(self, vehicle_id: str, samples: list[ProbeSample]) -> None:
         # The matcher decides fixes a little late (its lag): each sample carries its own time.
         now = self.clock.time()
+        replayed_until = self._replayed_until.get(vehicle_id) if self._replayed_until else None
         for sample in samples:
+            if replayed_until is not None:
+                if sample.result.t <= replayed_until:
+                    # Recovery decided this fix again: only its MatchedPosition may be owed.
+                    if sample.tag is not None:
+                        self.matched.add(sample)
+                    continue
+                del self._replayed_until[vehicle_id]
+                replayed_until = None
             POSITIONS.labels("matched" if sample.result.candidate else "unmatched").inc()
             before = self.windows.late_pieces
             self.windows.add_sample(vehicle_id, sample, now=now)
@@ -510,7 +620,12 @@ class Bigdata:
             # A replica configured with another window length: its shares cannot be merged.
             raise DecodeError(f"partial of a {partial.window_s} s window, this replica uses "
                               f"{self.window_s} s", code="window_mismatch")
+        merged = self._merged_ids.setdefault(partial.bucket, set())
+        if env.event_id in merged:
+            PARTIALS.labels("duplicate").inc()  # redelivered, or read by recovery already
+            return
         if self.merger.add_partial(partial, now=self.clock.time()):
+            merged.add(env.event_id)
             self.partials_merged += 1
             PARTIALS.labels("merged").inc()
         else:
@@ -540,6 +655,7 @@ class Bigdata:
                 break
             del self.matchers[vid]
             self._add_samples(vid, probe.flush())
+            self._replayed_until.pop(vid, None)
         VEHICLES.set(len(self.matchers))
 
     async def flush(self, now: float, *, final: bool = False) -> list[SegmentSpeed]:
@@ -622,6 +738,8 @@ class Bigdata:
         if self.network is None:
             return []
         w_s = self.window_s
+        for bucket in [b for b in self._merged_ids if self._merge_due(b, due_before)]:
+            del self._merged_ids[bucket]  # closed: a share of it now is refused as late
         values: list[tuple[str, int, FusedSpeed]] = []
         for w in self.merger.close_due(due_before):
             bucket = round(w.window_start.timestamp() / w_s)
@@ -687,6 +805,18 @@ class Bigdata:
                 await self.flush(now)
             except Exception:
                 log.exception("flushing speed windows failed")
+
+
+def _skipping_bad(handler: Callable[[Envelope[Any]], Awaitable[None]]
+                  ) -> Callable[[Envelope[Any]], Awaitable[None]]:
+    """A replay handler that skips what the live consumer would terminate (DecodeError)."""
+    async def handle(env: Envelope[Any]) -> None:
+        try:
+            await handler(env)
+        except DecodeError as exc:
+            log.warning("recovery skips event %s: %s", env.event_id, exc)
+
+    return handle
 
 
 BIGDATA = web.AppKey("bigdata", Bigdata)

@@ -76,6 +76,9 @@ class MatchedPositions:
         self._roads: dict[str, _Road] = {}
         self.queued = 0
         self.published = 0
+        self.known = 0
+        """Decided again after a restart but already in the stream: not published twice."""
+        self._published_before: set[str] = set()
 
     def use_network(self, network: RoadNetwork) -> None:
         """The network the matcher runs on (its segments' limits are read from it)."""
@@ -117,6 +120,10 @@ class MatchedPositions:
             road_name=road.name if road else None, bridge=road.bridge if road else False,
             tunnel=road.tunnel if road else False, status=pos.status, route_id=pos.route_id)
 
+    def published_before(self, event_ids: set[str]) -> None:
+        """Ids the stream already holds (read back by recovery): not queued again."""
+        self._published_before |= event_ids
+
     def add(self, sample: ProbeSample) -> None:
         """Queue the MatchedPosition of a tagged sample (an untagged one is not monitored)."""
         event = self.event(sample)
@@ -125,7 +132,13 @@ class MatchedPositions:
         env = sample.tag
         assert isinstance(env, Envelope)
         ms = round(event.observed_at.timestamp() * 1000)
-        self.outbox.add(Outgoing(f"matched:{event.vehicle_id}:{ms}", MATCHED_POSITION, event,
+        event_id = f"matched:{event.vehicle_id}:{ms}"
+        if event_id in self._published_before:
+            # Each fix is decided once per matcher, so the id is not needed again.
+            self._published_before.discard(event_id)
+            self.known += 1
+            return
+        self.outbox.add(Outgoing(event_id, MATCHED_POSITION, event,
                                  event.vehicle_id, correlation_id=env.correlation_id))
         self.queued += 1
         MATCHED.labels("on_road" if event.segment_id else "off_road").inc()

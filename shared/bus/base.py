@@ -13,6 +13,8 @@ import abc
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prometheus_client import Counter
@@ -81,6 +83,15 @@ async def run_handler(handler: Handler[Any], env_or_error: Envelope[Any] | Decod
         outcome = Outcome.ACK
     _handled_counter(subject.name, outcome).inc()
     return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a durable consumer's partition stands: the stream sequence of the last message it
+    was handed (acked or not) and when the stream stored that message."""
+
+    seq: int
+    stored_at: datetime
 
 
 class Subscription(abc.ABC):
@@ -154,6 +165,23 @@ class EventBus(abc.ABC):
         For partitioned subjects, ``partitions`` selects which (default: all); each partition is
         delivered in order. Each message goes to one member of the group.
         """
+
+    async def resume_point(self, subject: Subject[Any], *, durable: str,
+                           partition: int | None = None) -> ResumePoint | None:
+        """The last message durable group ``durable`` was handed on ``subject``'s
+        ``partition``, or None when it has had none (or the backend keeps no history: the
+        memory bus dies with the process whose state it would rebuild)."""
+        return None
+
+    async def replay(self, subject: Subject[T], handler: Handler[T], *,
+                     partition: int | None = None, since: datetime,
+                     through: int | None = None) -> int:
+        """Hand ``handler``, in stream order, every stored event of ``subject``'s
+        ``partition`` stored at or after ``since`` and up to stream sequence ``through``
+        (default: the last one stored now), without disturbing any durable consumer; returns
+        how many. For rebuilding in-memory state after a crash (see ``resume_point``). The
+        memory bus keeps no history: 0. A handler's exception propagates."""
+        return 0
 
     @property
     def connected(self) -> bool:

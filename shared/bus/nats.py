@@ -23,6 +23,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import nats.errors
@@ -39,6 +40,7 @@ from shared.bus.base import (
     EventBus,
     Handler,
     Outcome,
+    ResumePoint,
     Subscription,
     run_handler,
 )
@@ -53,6 +55,9 @@ _DRAIN_S = 10.0
 """How long closing waits for the connection to drain, then for it to close."""
 
 _STREAM_NAME_IN_USE = 10058  # JetStream error code: stream exists with another configuration
+_REPLAY_BATCH = 1024
+_REPLAY_IDLE_S = 5.0
+"""A replay's ephemeral consumer is removed by the server this long after its reader is gone."""
 _PULL_GRACE_S = 1.0  # slack past a pull request's expiry before we assume it is gone
 
 
@@ -561,6 +566,84 @@ class NatsBus(EventBus):
                 if deadline <= now and not fut.done():
                     fut.set_exception(BusError(
                         f"no PubAck within {self.publish_timeout_s:g}s"))
+
+    # -- replaying ----------------------------------------------------------------------------
+
+    async def resume_point(self, subject: Subject[Any], *, durable: str,
+                           partition: int | None = None) -> ResumePoint | None:
+        """The durable consumer's last delivered message (``delivered.stream_seq``) and when
+        it was stored; None for a consumer that does not exist or was handed nothing."""
+        js = self._js_or_raise()
+        name = self.consumer_name(subject, durable, partition)
+        try:
+            info = await js.consumer_info(self.stream, name)
+            seq = info.delivered.stream_seq
+            if not seq:
+                return None
+            msg = await js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None  # no such consumer, or its last message aged out of the stream
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot read consumer {name}: {exc}") from exc
+        if msg.time is None:
+            return None
+        return ResumePoint(seq, msg.time)
+
+    async def replay(self, subject: Subject[T], handler: Handler[T], *,
+                     partition: int | None = None, since: datetime,
+                     through: int | None = None) -> int:
+        """Read the partition's wire subject from ``since`` through an ephemeral pull consumer
+        of its own (one ``filter_subject``, deliver by start time, no acks, removed after), in
+        batches, handing each event to ``handler`` in order; an undecodable one is skipped."""
+        js = self._js_or_raise()
+        wire = self.wire_subject(subject, partition)
+        try:
+            if through is None:
+                try:
+                    through = (await js.get_msg(self.stream, subject=wire)).seq
+                except nats.js.errors.NotFoundError:
+                    return 0  # nothing stored on it
+            if not through:
+                return 0
+            name = f"replay-{next(self._tokens)}-{random.getrandbits(48):012x}"
+            config = api.ConsumerConfig(
+                name=name, description=f"TTI replay of {wire}", filter_subject=wire,
+                deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=since,
+                ack_policy=api.AckPolicy.NONE, replay_policy=api.ReplayPolicy.INSTANT,
+                inactive_threshold=_REPLAY_IDLE_S, mem_storage=True, num_replicas=1)
+            await js.add_consumer(self.stream, config=config)
+            psub = await js.pull_subscribe_bind(consumer=name, stream=self.stream)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot replay {wire}: {exc}") from exc
+        handed = 0
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(_REPLAY_BATCH, timeout=2.0)
+                except nats.errors.TimeoutError:
+                    break  # nothing more (what ``through`` names was deleted or aged out)
+                last = 0
+                for m in msgs:
+                    last = m.metadata.sequence.stream
+                    if last > through:
+                        break
+                    try:
+                        env = decode_envelope(subject, m.data)
+                    except DecodeError as exc:
+                        log.warning("replay of %s skips an undecodable event: %s", wire, exc)
+                        continue
+                    await handler(env)
+                    handed += 1
+                if last >= through:
+                    break
+        except nats.errors.Error as exc:
+            raise BusError(f"replay of {wire} failed after {handed} events: {exc}") from exc
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await psub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await js.delete_consumer(self.stream, name)
+        return handed
 
     # -- consuming ----------------------------------------------------------------------------
 
