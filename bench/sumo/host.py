@@ -65,12 +65,13 @@ class TtiHost:
     """``async with TtiHost(...) as tti``: TTI serving until the block ends."""
 
     def __init__(self, osm: Path, work: Path, *, clock_rate: float, clock_start: str,
-                 speed_window_s: float = 60.0, **settings: Any) -> None:
+                 speed_window_s: float = 60.0, fresh: bool = True, **settings: Any) -> None:
         http, jt808 = free_port(), free_port()
         work.mkdir(parents=True, exist_ok=True)
         db = work / "tti.db"
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
+            if fresh:  # else the database of an earlier host goes on (its speed history)
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
         self.config: Config = load_config(
             osm=str(osm), http_port=http, jt808_port=jt808, var_dir=str(work / "var"),
             db_url=f"sqlite:///{db}", clock_rate=clock_rate, clock_start=clock_start,

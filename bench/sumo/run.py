@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -76,6 +77,10 @@ class Options:
     demo_size: int = 1
     buses: bool = True
     """Buses on the network's GTFS routes (the demo city's), replayed and their ETAs scored."""
+    history_days: int = 1
+    """Earlier weeks' same weekday and hour replayed first (their own demand seed, no
+    incidents), so TTI knows what the place usually has then — its time-of-week profiles —
+    as a deployed system does. 0: TTI starts with no history."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,10 +159,11 @@ def choose_incidents(opts: Options, net: SumoNetwork, mapping: Mapping,
 
 async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
                   start: datetime, buses: dict[str, list[Report]], phones: dict[str, str],
-                  settings: dict[str, Any]) -> tuple[TtiHost, Replay, Replay | None, datetime]:
+                  settings: dict[str, Any], fresh: bool = True
+                  ) -> tuple[TtiHost, Replay, Replay | None, datetime]:
     host = TtiHost(net.osm_path, work / "tti", clock_rate=opts.rate,
                    clock_start=scenario_start(start, opts.rate).isoformat(),
-                   log_level="WARNING", **settings)
+                   log_level="WARNING", fresh=fresh, **settings)
     async with host:
         clock = host.clock
         t0 = start
@@ -177,6 +183,36 @@ async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
         await clock.sleep((end - clock.now()).total_seconds())
         log.info("replay done in %.0f s real", time.monotonic() - real0)
     return host, replay, bus_replay, t0
+
+
+def replay_history(opts: Options, net: SumoNetwork, out: Path, *, start: datetime,
+                   peak: float, settings: dict[str, Any]) -> list[str]:
+    """The earlier weeks (``Options.history_days``), replayed into TTI's database in turn, so
+    the scenario's TTI starts with their speed history. Returns a note per week."""
+    notes = []
+    duration = opts.minutes * 60
+    for d in range(opts.history_days):
+        day = start - timedelta(days=7 * (opts.history_days - d))
+        seed = opts.seed + 101 + d
+        folder = out / f"history{d + 1}"
+        demand = make_trips(net.net_path, folder / "demand", duration_s=duration,
+                            peak_per_hour=peak, seed=seed, probe_share=opts.probe_share)
+        run = run_sumo(net.net_path, [demand], folder / "sumo", end_s=duration, seed=seed,
+                       fcd=True)
+        assert run.fcd is not None
+        fcd = {v: [f for f in fixes if f.t < duration] for v, fixes in read_fcd(run.fcd).items()}
+        reports = schedule({v: f for v, f in fcd.items() if f}, interval_s=opts.interval_s,
+                           noise_m=opts.noise_m, seed=seed)
+        _, replay, _, _ = asyncio.run(_replay(opts, net, reports, out, start=day, buses={},
+                                              phones={}, settings=settings, fresh=d == 0))
+        st = replay.stats
+        notes.append(f"history: {day:%Y-%m-%d} (seed {seed}), {st.terminals} probes, "
+                     f"{st.reports_acked} of {st.reports_sent} reports acknowledged")
+    if opts.history_days:
+        # A week later, nothing of what those days warned of is still going on.
+        with sqlite3.connect(out / "tti" / "tti.db") as db:
+            db.execute("DELETE FROM warnings_current")
+    return notes
 
 
 def run_harness(opts: Options) -> Outcome:
@@ -226,13 +262,15 @@ def run_harness(opts: Options) -> Outcome:
     if buses is not None:
         registry = write_registry(out / "buses" / "vehicles.csv", buses.trips, phones)
         settings["vehicle_registry"] = str(registry)
+    history = replay_history(opts, net, out, start=start, peak=peak, settings=settings)
     host, replay, bus_replay, t0 = asyncio.run(_replay(
         opts, net, reports, out, start=start, buses=bus_reports, phones=phones,
-        settings=settings))
+        settings=settings, fresh=not opts.history_days))
     score = score_run(mapping=mapping, fcd=fcd, reports=reports, edgedata=edgedata,
                       baseline=baseline if incidents else None, incidents=incidents,
                       tap=host.tap, t0=t0, duration_s=duration)
     st = replay.stats
+    score.notes.extend(history)
     score.notes.append(
         f"replay: {st.terminals} terminals, {st.reports_sent} reports sent, "
         f"{st.reports_acked} acknowledged (0x8001), {st.reports_nacked} refused, "
@@ -305,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-m", type=float, default=5.0, help="GPS noise (metres, 1 sigma)")
     p.add_argument("--demo-size", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--history-days", type=int, default=1,
+                   help="earlier weeks replayed first, so TTI has time-of-week profiles")
     p.add_argument("--no-buses", action="store_true",
                    help="no buses on the demo city's GTFS routes (no bus ETAs)")
     a = p.parse_args(argv)
@@ -313,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                    incident_minutes=a.incident_minutes, probe_share=a.probe_share,
                    interval_s=a.interval_s, rate=1.0 if a.realtime else a.rate, seed=a.seed,
                    peak_per_hour=a.peak, noise_m=a.noise_m, out=a.out, demo_size=a.demo_size,
-                   buses=not a.no_buses)
+                   buses=not a.no_buses, history_days=a.history_days)
     real0 = time.monotonic()
     outcome = run_harness(opts)
     print(outcome.table)

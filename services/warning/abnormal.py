@@ -5,14 +5,16 @@ place usually has. A queue at a red light that comes back every cycle is level 5
 minute after minute: it is the road's normal state at that hour, not news. So a severe window
 (:func:`services.warning.congestion.raises`) starts a queue warning only when one of these holds:
 
-* **Abnormal against the usual speed.** The usual speed is the segment's time-of-week profile
-  (bigdata's history) where one exists; otherwise the median of the segment's own recent windows
-  (the last ``HORIZON_WINDOWS`` windows' span) that were not abnormal themselves, once there are
-  ``MIN_HISTORY`` of them. The window is abnormal at or below ``ABNORMAL_RATIO`` of it, and the
-  evidence is *corroborated* when the segment's previous window (within ``PERSIST_WINDOWS``) was
-  abnormal too, when a neighbouring segment's latest window is abnormal, or when the window
-  rests on ``STRONG_SAMPLES`` vehicles.
-* **Severe with nothing to compare.** No profile and too little recent state (a segment seen
+* **Abnormal against the usual speed.** The usual speed is the median of the segment's own
+  recent windows (the last ``HORIZON_WINDOWS`` windows' span) that were not abnormal themselves,
+  once there are ``MIN_HISTORY`` of them — or the segment's time-of-week profile (bigdata's
+  history) where that is lower: what the place usually has at this hour. Both must find the
+  window abnormal; a profile alone, often a median of a handful of windows, does not judge.
+  The window is abnormal at or below ``ABNORMAL_RATIO`` of it, and the evidence is
+  *corroborated* when the segment's previous window (within ``PERSIST_WINDOWS``) was abnormal
+  too, when a neighbouring segment's latest window is abnormal, or when the window rests on
+  ``STRONG_SAMPLES`` vehicles.
+* **Severe with nothing to compare.** Too little recent state (a segment seen
   for the first time, a replica just started): the window must be far below free flow
   (``COLD_RATIO``) on at least ``STRONG_SAMPLES`` vehicles — a crawl many vehicles share, not a
   car or two that caught a red light.
@@ -103,13 +105,11 @@ class RecentState:
         while held and held[0].start < horizon:
             held.popleft()
         severe = level == SEVERE
-        if profile_kmh is not None and profile_kmh > 0:
-            usual: float | None = profile_kmh
-            basis = "profile"
-        else:
-            normal = [w.speed_kmh for w in held if not w.abnormal]
-            usual = statistics.median(normal) if len(normal) >= MIN_HISTORY else None
-            basis = "recent" if usual is not None else "none"
+        normal = [w.speed_kmh for w in held if not w.abnormal]
+        usual = statistics.median(normal) if len(normal) >= MIN_HISTORY else None
+        basis = "recent" if usual is not None else "none"
+        if usual is not None and profile_kmh is not None and 0 < profile_kmh < usual:
+            usual, basis = profile_kmh, "profile"
         abnormal = usual is not None and s.speed_kmh <= ABNORMAL_RATIO * usual
         previous = held[-1] if held else None
         persisted = (previous is not None and previous.abnormal

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     out = tmp_path_factory.mktemp("sumo")
     return run_harness(Options(network="demo", minutes=4, incidents=1, incident_minutes=2,
-                               rate=20.0, out=out, peak_per_hour=2000.0))
+                               rate=20.0, out=out, peak_per_hour=2000.0, history_days=0))
 
 
 def test_every_probe_report_reaches_tti_over_jt808(outcome: Outcome) -> None:

@@ -274,7 +274,12 @@ async def test_the_profile_says_what_is_usual_at_this_hour(network: RoadNetwork)
     engine.set_profiles(ProfileSnapshot(bucket=0, valid_until=T0 + timedelta(hours=1), speeds={
         usual_jam: ProfileSpeed(segment_id=usual_jam, speed_kmh=12.0, updated_at=T0),
         usual_free: ProfileSpeed(segment_id=usual_free, speed_kmh=55.0, updated_at=T0)}))
-    for m in range(2):
+    # Both free this morning so far; then both crawl. That is what 解放大道's first piece
+    # usually has at this hour, not its seventh's.
+    for m in range(5):
+        await feed(engine, window(usual_jam, m, 50.0, vehicles=2),
+                   window(usual_free, m, 50.0, vehicles=2))
+    for m in range(5, 7):
         await feed(engine, window(usual_jam, m, 9.0, vehicles=2),
                    window(usual_free, m, 9.0, vehicles=2))
     [w] = out.of(WARNING)
