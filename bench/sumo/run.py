@@ -36,6 +36,7 @@ from bench.sumo.buses import (
 )
 from bench.sumo.demand import Incident, make_trips, write_incidents
 from bench.sumo.eta import score_buses
+from bench.sumo.fresh import freshness
 from bench.sumo.host import Tap, TtiHost
 from bench.sumo.mapping import Mapping, map_network
 from bench.sumo.network import SumoNetwork, build_network
@@ -185,6 +186,10 @@ async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
     return host, replay, bus_replay, t0
 
 
+def _secs(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f} s"
+
+
 def replay_history(opts: Options, net: SumoNetwork, out: Path, *, start: datetime,
                    peak: float, settings: dict[str, Any]) -> list[str]:
     """The earlier weeks (``Options.history_days``), replayed into TTI's database in turn, so
@@ -270,6 +275,13 @@ def run_harness(opts: Options) -> Outcome:
                       baseline=baseline if incidents else None, incidents=incidents,
                       tap=host.tap, t0=t0, duration_s=duration)
     st = replay.stats
+    fresh_score = freshness(fcd=fcd, reports=reports, mapping=mapping, tap=host.tap, t0=t0)
+    fs = fresh_score
+    score.notes.append(
+        f"freshness: {fs.published} of {fs.traversals} completed traversals in a published "
+        f"window; from the report completing one to the road speed including it p50 "
+        f"{_secs(fs.p50_s)}, p95 {_secs(fs.p95_s)} (target p95 <= 60 s); first colours "
+        f"{_secs(fs.first_colour_s)} after the first report")
     score.notes.extend(history)
     score.notes.append(
         f"replay: {st.terminals} terminals, {st.reports_sent} reports sent, "
@@ -303,6 +315,7 @@ def run_harness(opts: Options) -> Outcome:
                       for i in score.incidents],
         "warnings": score.warnings, "false_alarms": score.false_alarms,
         "replay": asdict(st), "table": table, "alarms": score.alarms,
+        "freshness": {**asdict(fresh_score), "coverage": fresh_score.coverage},
         "segment_minutes": score.details,
         "buses": None if score.buses is None else {
             **asdict(score.buses), "coverage": score.buses.coverage,

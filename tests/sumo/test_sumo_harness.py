@@ -157,3 +157,17 @@ def test_bus_predictions_are_scored_against_sumo_arrivals(outcome: Outcome) -> N
     assert score.coverage is not None and 0 < score.coverage <= 1
     assert score.detected > 0 and score.detection_median_abs_s is not None
     assert "bus ETAs (ETA Accuracy Benchmark" in outcome.table
+
+
+def test_freshness_is_measured_from_the_report_that_completes_a_traversal(
+        outcome: Outcome) -> None:
+    from bench.sumo.fresh import freshness
+
+    f = freshness(fcd=outcome.fcd, reports=outcome.reports, mapping=outcome.mapping,
+                  tap=outcome.tap, t0=outcome.t0)
+    assert f.traversals > 50 and f.coverage is not None and f.coverage > 0.8
+    assert f.p50_s is not None and f.p95_s is not None and 0 <= f.p50_s <= f.p95_s
+    assert f.first_colour_s is not None and f.first_colour_s >= 0
+    # A window's speed comes out after the window closes: never before the report completing
+    # a traversal in it could have been matched, never later than the run itself.
+    assert f.p95_s < outcome.score.hours * 3600
