@@ -23,7 +23,7 @@ from bench.sumo.mapping import Mapping
 from bench.sumo.replay import Report
 from bench.sumo.simulate import Fix
 
-__all__ = ["Freshness", "freshness"]
+__all__ = ["Freshness", "Latency", "freshness", "warning_latency"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,3 +97,40 @@ def freshness(*, fcd: dict[str, list[Fix]], reports: dict[str, list[Report]], ma
         p50_s=statistics.median(waits) if waits else None, p95_s=p95,
         first_colour_s=(first_speed - first_report
                         if first_speed is not None and first_report is not None else None))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Latency:
+    """From the speed window that completed a warning's evidence to the warning on the bus."""
+
+    warnings: int
+    p50_s: float | None
+    p95_s: float | None
+
+
+def warning_latency(tap: Tap) -> Latency:
+    """For every warning message about road segments (each version), the time from the newest
+    speed window of its segments that had arrived before it to its own arrival: what the
+    warning service takes once the evidence is in (issue 15 §3: p95 < 2 s). The speed window
+    itself follows the reports by the freshness above."""
+    arrivals: dict[str, list[datetime]] = defaultdict(list)
+    for at, s in tap.speeds:
+        arrivals[s.segment_id].append(at)
+    for times in arrivals.values():
+        times.sort()
+    waits: list[float] = []
+    for at, w in tap.warnings:
+        latest = None
+        for sid in w.segment_ids:
+            times = arrivals.get(sid)
+            if not times:
+                continue
+            k = bisect.bisect_right(times, at)
+            if k and (latest is None or times[k - 1] > latest):
+                latest = times[k - 1]
+        if latest is not None:
+            waits.append((at - latest).total_seconds())
+    p95 = statistics.quantiles(waits, n=20, method="inclusive")[-1] if len(waits) >= 20 else (
+        max(waits) if waits else None)
+    return Latency(warnings=len(waits), p50_s=statistics.median(waits) if waits else None,
+                   p95_s=p95)

@@ -36,7 +36,7 @@ from bench.sumo.buses import (
 )
 from bench.sumo.demand import Incident, make_trips, write_incidents
 from bench.sumo.eta import score_buses
-from bench.sumo.fresh import freshness
+from bench.sumo.fresh import freshness, warning_latency
 from bench.sumo.host import Tap, TtiHost
 from bench.sumo.mapping import Mapping, map_network
 from bench.sumo.network import SumoNetwork, build_network
@@ -190,6 +190,10 @@ def _secs(x: float | None) -> str:
     return "—" if x is None else f"{x:.0f} s"
 
 
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1000:.0f} ms"
+
+
 def replay_history(opts: Options, net: SumoNetwork, out: Path, *, start: datetime,
                    peak: float, settings: dict[str, Any]) -> list[str]:
     """The earlier weeks (``Options.history_days``), replayed into TTI's database in turn, so
@@ -282,6 +286,11 @@ def run_harness(opts: Options) -> Outcome:
         f"window; from the report completing one to the road speed including it p50 "
         f"{_secs(fs.p50_s)}, p95 {_secs(fs.p95_s)} (target p95 <= 60 s); first colours "
         f"{_secs(fs.first_colour_s)} after the first report")
+    lat = warning_latency(host.tap)
+    score.notes.append(
+        f"warning latency: {lat.warnings} warning messages, from the speed window completing "
+        f"the evidence to the warning on the bus p50 {_ms(lat.p50_s)}, p95 {_ms(lat.p95_s)} "
+        f"(target p95 < 2 s)")
     score.notes.extend(history)
     score.notes.append(
         f"replay: {st.terminals} terminals, {st.reports_sent} reports sent, "
@@ -316,6 +325,7 @@ def run_harness(opts: Options) -> Outcome:
         "warnings": score.warnings, "false_alarms": score.false_alarms,
         "replay": asdict(st), "table": table, "alarms": score.alarms,
         "freshness": {**asdict(fresh_score), "coverage": fresh_score.coverage},
+        "warning_latency": asdict(lat),
         "segment_minutes": score.details,
         "buses": None if score.buses is None else {
             **asdict(score.buses), "coverage": score.buses.coverage,
