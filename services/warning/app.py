@@ -90,7 +90,8 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
         spawn(app, service.profile_loop(), name="warning-profiles")
         spawn(app, service.registry_loop(), name="warning-registries")
         spawn(app, service.upkeep_loop(), name="warning-upkeep")
-        spawn(app, forecaster.keep_profiles(clock), name="warning-forecast-profiles")
+        spawn(app, forecaster.keep_profiles(clock, service.ready),
+              name="warning-forecast-profiles")
         yield
         await service.unsubscribe()
         await messages.unsubscribe()

@@ -421,10 +421,13 @@ class Forecaster:
             for waiting in self.tracks.pop(sid).pending.values():
                 self._unverified(waiting)
 
-    async def keep_profiles(self, clock: Clock) -> None:
-        """Fetch the profiles forecasts will need ahead of need: now, each horizon, one more."""
+    async def keep_profiles(self, clock: Clock, ready: asyncio.Event | None = None) -> None:
+        """Fetch the profiles forecasts will need ahead of need: now, each horizon, one more;
+        from when ``ready`` is set (the service reached bigdata: not before it listens)."""
         if self.profiles is None:
             return
+        if ready is not None:
+            await ready.wait()
         ahead = (0.0, *self.horizons_s, max(self.horizons_s, default=0.0) + 900.0)
         while True:
             now = clock.now()
