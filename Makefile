@@ -28,8 +28,9 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services
 
-bench: $(STAMP)  ## run every benchmark in bench/ (installs the bench extras: SUMO)
+bench: $(STAMP)  ## run every benchmark in bench/ (installs the bench extras: SUMO, fastmm, mappymatch)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet --no-deps 'mappymatch>=0.7,<0.8'  # declares pandas<3: see pyproject
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 sumo: $(STAMP)  ## SUMO ground truth: demo city, 30 min, 4 incidents (NETWORK=wuhan, MINUTES=, INCIDENTS=)

@@ -26,10 +26,10 @@ Matchers:
 - ``mappymatch``: NREL's LCSS matcher (``mappymatch``) on a networkx map in EPSG:3857, as its
   docs do; it is slow, so it runs on a subset of the traces (stated in the table).
 
-``fastmm`` and ``mappymatch`` are benchmark-only and are NOT project dependencies; install them
-into the venv to include them (``.venv/bin/pip install fastmm mappymatch``). mappymatch 0.7
-declares ``pandas<3`` while the project uses pandas 3: install it with ``--no-deps`` next to its
-other requirements (osmnx, igraph, geopandas, pyproj) or in a separate venv. A matcher that
+``fastmm`` and ``mappymatch`` are benchmark-only, not dependencies of the services: ``make bench``
+installs them (the ``bench`` extra holds fastmm and mappymatch's requirements; mappymatch 0.7
+declares ``pandas<3`` while the project runs pandas 3, on which its LCSS matcher works, so the
+Makefile installs it with ``--no-deps`` rather than let pip downgrade pandas). A matcher that
 cannot be imported or fails is listed with the reason instead of figures.
 
 Usage: ``.venv/bin/python bench/bench_matching.py [--traces 40] [--duration 3600]
