@@ -231,12 +231,14 @@ class IncidentBook:
 
     def expire(self, now: datetime, level_of: Callable[[str], int | None]
                ) -> list[tuple[Incident, Warning | None]]:
-        """Incidents whose every word has gone: cleared as of ``now`` (stream time)."""
+        """Incidents whose every word has gone by ``now``: cleared as of the moment the last
+        word ran out (so every replica says the same, whenever it looks)."""
         out = []
         for inc in self.active():
-            evs = self.evidence.get(inc.incident_id, {})
-            if not any(self._live(e, now) for e in evs.values()):
-                out.append(self._conclude(inc.incident_id, level_of, now=now))
+            evs = self.evidence.get(inc.incident_id, {}).values()
+            if evs and not any(self._live(e, now) for e in evs):
+                ran_out = max(e.at for e in evs) + timedelta(seconds=EVIDENCE_S)
+                out.append(self._conclude(inc.incident_id, level_of, now=min(now, ran_out)))
         return out
 
     # --- conclusions ---------------------------------------------------------------------------
@@ -245,7 +247,7 @@ class IncidentBook:
     def _live(e: Evidence, now: datetime) -> bool:
         if e.holds:
             return not e.cleared
-        return not e.cleared and now - e.at <= timedelta(seconds=EVIDENCE_S)
+        return not e.cleared and now - e.at < timedelta(seconds=EVIDENCE_S)
 
     def _points(self, segment_ids: Sequence[str], lon: float | None, lat: float | None
                 ) -> list[tuple[float, float]]:
