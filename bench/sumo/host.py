@@ -4,6 +4,13 @@ The four services on the memory bus and an embedded SQLite database in the scena
 serving HTTP and the JT/T 808 gateway on free local ports, on one clock. The harness taps the
 bus as one more consumer group: every segment speed, warning and incident TTI publishes is
 kept with the clock time it arrived, and so is every bus arrival prediction and stop event.
+
+A detector registry (``detectors``: the CSV ``tti import-detectors`` reads) is imported once the
+host is ready, through the geodatabase store bigdata holds (the roads it is checked against are
+in it by then), and bigdata reloads its registry at once (``Bigdata.load_detectors``, what its
+flush loop does every minute). The warning service reads detector sites from bigdata at start
+and every 5 minutes; it needs them for detected events, which the harness does not send. A host
+on the database of an earlier one (``fresh=False``) finds the registry there from the start.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from services.bigdata.app import BIGDATA
+from services.bigdata.store.features import DetectorImport, import_detectors_csv
 from services.runtime import build_embedded, make_bus
 from shared.bus import EventBus
 from shared.clock import Clock
@@ -65,7 +74,8 @@ class TtiHost:
     """``async with TtiHost(...) as tti``: TTI serving until the block ends."""
 
     def __init__(self, osm: Path, work: Path, *, clock_rate: float, clock_start: str,
-                 speed_window_s: float = 60.0, fresh: bool = True, **settings: Any) -> None:
+                 speed_window_s: float = 60.0, fresh: bool = True,
+                 detectors: Path | None = None, **settings: Any) -> None:
         http, jt808 = free_port(), free_port()
         work.mkdir(parents=True, exist_ok=True)
         db = work / "tti.db"
@@ -80,6 +90,10 @@ class TtiHost:
             warning_url=f"http://127.0.0.1:{http}/warning", **settings)
         self.clock: Clock = self.config.make_clock()
         self.tap = Tap()
+        self.detectors = detectors
+        self.detector_import: DetectorImport | None = None
+        self.detectors_loaded = 0
+        """Detectors bigdata knows watch a segment, after the import."""
         self._bus: EventBus | None = None
         self._runner: web.AppRunner | None = None
 
@@ -117,12 +131,17 @@ class TtiHost:
 
         await bus.subscribe(ARRIVAL_PREDICTION, on_prediction, durable="sumo-harness")
         await bus.subscribe(BUS_ARRIVAL, on_stop_event, durable="sumo-harness")
-        root, _ = build_embedded(self.config, bus, self.clock)
+        root, subapps = build_embedded(self.config, bus, self.clock)
         self._runner = make_runner(root)
         await self._runner.setup()
         sock = listen_socket(self.config.http_host, self.config.http_port)
         await web.SockSite(self._runner, sock).start()
         await self.wait_ready()
+        if self.detectors is not None:
+            bigdata = subapps["bigdata"][BIGDATA]
+            self.detector_import = await import_detectors_csv(bigdata.store, self.detectors)
+            await bigdata.load_detectors()
+            self.detectors_loaded = len(bigdata.detectors)
         return self
 
     async def wait_ready(self, timeout_s: float = 300.0) -> None:

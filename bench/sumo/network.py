@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.sumo.binaries import run_tool
 
-__all__ = ["SumoNetwork", "build_network", "shared_osm"]
+__all__ = ["SumoNetwork", "build_network", "road_category", "shared_osm"]
 
 WUHAN_OSM = Path("data") / "osm" / "wuhan_optics_valley.osm"
 
@@ -86,3 +86,24 @@ def build_network(name: str, out_dir: Path, *, demo_size: int = 1) -> SumoNetwor
         tmp.replace(net)
     return SumoNetwork(name=name, osm_path=osm, net_path=net, landmarks=landmarks,
                        gtfs_path=gtfs)
+
+
+def road_category(edge: str, kind: str, landmarks: dict[str, tuple[int, ...]]) -> str | None:
+    """What kind of road SUMO edge ``edge`` (OSM highway type ``kind``) is, for incidents and
+    detectors: with the demo's landmarks bridge, tunnel, ring (its motorway) or arterial;
+    elsewhere expressway (motorway, trunk), arterial (primary) or secondary; None otherwise."""
+    head = edge.lstrip("-").split("#")[0]
+    way = int(head) if head.isdigit() else None
+    if landmarks:
+        if way in landmarks.get("bridge", ()):
+            return "bridge"
+        if way in landmarks.get("tunnel", ()):
+            return "tunnel"
+        if kind == "motorway":
+            return "ring"
+        return "arterial" if kind in ("primary", "trunk") else None
+    if kind in ("motorway", "trunk"):
+        return "expressway"
+    if kind == "primary":
+        return "arterial"
+    return "secondary" if kind == "secondary" else None

@@ -3,10 +3,12 @@
     .venv/bin/python -m bench.sumo.run --network demo --minutes 30 --incidents 2
 
 Builds the network (``netconvert``), the demand (a morning peak), the buses of the demo city's
-timetable (``buses.py``) and the incidents, runs SUMO twice with the same demand and seed (with
-the incidents and without: the baseline), starts TTI in this process on a clock at ``--rate`` ×
-real time (``--rate 1``: a real-time replay), replays the probe vehicles and the buses through
-its JT/T 808 gateway and prints the table of ``score.py`` (bus ETAs: ``eta.py``).
+timetable (``buses.py``), the roadside detectors on its structures (``detectors.py``) and the
+incidents, runs SUMO twice with the same demand and seed (with the incidents and without: the
+baseline), starts TTI in this process on a clock at ``--rate`` × real time (``--rate 1``: a
+real-time replay), replays the probe vehicles and the buses through its JT/T 808 gateway and
+the detectors' readings through its HTTP detector input, and prints the table of ``score.py``
+(bus ETAs: ``eta.py``).
 Generated files go to ``--out`` (default ``var/sumo/<network>``), never into the repository.
 """
 
@@ -17,10 +19,11 @@ import asyncio
 import json
 import logging
 import math
+import secrets
 import sqlite3
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,11 +38,20 @@ from bench.sumo.buses import (
     write_registry,
 )
 from bench.sumo.demand import Incident, make_trips, write_incidents
+from bench.sumo.detectors import (
+    MODES,
+    DetectorReplay,
+    DetectorReplayStats,
+    Placement,
+    Reading,
+    place_detectors,
+    read_loops,
+)
 from bench.sumo.eta import score_buses
 from bench.sumo.fresh import freshness, warning_latency
 from bench.sumo.host import Tap, TtiHost
 from bench.sumo.mapping import Mapping, map_network
-from bench.sumo.network import SumoNetwork, build_network
+from bench.sumo.network import SumoNetwork, build_network, road_category
 from bench.sumo.replay import Replay, ReplayStats, Report, schedule
 from bench.sumo.score import Score, format_table, score_run
 from bench.sumo.simulate import EdgeMinute, Fix, read_edgedata, read_fcd, read_stops, run_sumo
@@ -82,6 +94,10 @@ class Options:
     """Earlier weeks' same weekday and hour replayed first (their own demand seed, no
     incidents), so TTI knows what the place usually has then — its time-of-week profiles —
     as a deployed system does. 0: TTI starts with no history."""
+    detectors: str = "structures"
+    """Roadside detectors (``detectors.MODES``): ``structures`` — loops on the bridges, tunnels
+    and ring road (elsewhere expressways and ramps), replayed through TTI's detector input in
+    every run; ``none`` — probes only."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,25 +115,15 @@ class Outcome:
     reports: dict[str, list[Report]]
     buses: BusDemand | None = None
     bus_replay: ReplayStats | None = None
+    detectors: Placement = field(default_factory=Placement)
+    detector_replay: DetectorReplayStats | None = None
+    readings: tuple[Reading, ...] = ()
+    detectors_loaded: int = 0
+    """Detectors TTI's bigdata knew to watch a segment once the registry was imported."""
 
 
 def _category(edge: str, net: SumoNetwork, mapping: Mapping) -> str | None:
-    head = edge.lstrip("-").split("#")[0]
-    way = int(head) if head.isdigit() else None
-    kind = mapping.edge_type.get(edge, "")
-    if net.landmarks:
-        if way in net.landmarks.get("bridge", ()):
-            return "bridge"
-        if way in net.landmarks.get("tunnel", ()):
-            return "tunnel"
-        if kind == "motorway":
-            return "ring"
-        return "arterial" if kind in ("primary", "trunk") else None
-    if kind in ("motorway", "trunk"):
-        return "expressway"
-    if kind == "primary":
-        return "arterial"
-    return "secondary" if kind == "secondary" else None
+    return road_category(edge, mapping.edge_type.get(edge, ""), net.landmarks)
 
 
 def choose_incidents(opts: Options, net: SumoNetwork, mapping: Mapping,
@@ -158,13 +164,36 @@ def choose_incidents(opts: Options, net: SumoNetwork, mapping: Mapping,
     return out
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sensors:
+    """The detectors' side of one replay: the registry, its readings, the sensor token."""
+
+    registry: Path
+    readings: list[Reading]
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replayed:
+    """What one replay into TTI did."""
+
+    host: TtiHost
+    replay: Replay
+    bus_replay: Replay | None
+    detector_replay: DetectorReplay | None
+    t0: datetime
+
+
 async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
                   start: datetime, buses: dict[str, list[Report]], phones: dict[str, str],
-                  settings: dict[str, Any], fresh: bool = True
-                  ) -> tuple[TtiHost, Replay, Replay | None, datetime]:
+                  settings: dict[str, Any], sensors: Sensors | None = None,
+                  fresh: bool = True) -> Replayed:
+    if sensors is not None:
+        settings = {**settings, "sensor_tokens": (sensors.token,)}
     host = TtiHost(net.osm_path, work / "tti", clock_rate=opts.rate,
                    clock_start=scenario_start(start, opts.rate).isoformat(),
-                   log_level="WARNING", fresh=fresh, **settings)
+                   log_level="WARNING", fresh=fresh,
+                   detectors=sensors.registry if sensors else None, **settings)
     async with host:
         clock = host.clock
         t0 = start
@@ -177,13 +206,36 @@ async def _replay(opts: Options, net: SumoNetwork, reports: dict, work: Path, *,
         replay = Replay(reports, host="127.0.0.1", port=host.jt808_port, clock=clock, t0=t0)
         bus_replay = (Replay(buses, host="127.0.0.1", port=host.jt808_port, clock=clock, t0=t0,
                              phones=phones) if buses else None)
+        detector_replay = (DetectorReplay(sensors.readings, collector_url=host.base_url
+                                          + "/collector", clock=clock, t0=t0,
+                                          token=sensors.token) if sensors else None)
         real0 = time.monotonic()
-        await asyncio.gather(replay.run(), *([bus_replay.run()] if bus_replay else []))
+        await asyncio.gather(replay.run(), *([bus_replay.run()] if bus_replay else []),
+                             *([detector_replay.run()] if detector_replay else []))
         # The last windows close one window plus the grace after they end.
         end = t0 + timedelta(seconds=opts.minutes * 60 + 150)
         await clock.sleep((end - clock.now()).total_seconds())
         log.info("replay done in %.0f s real", time.monotonic() - real0)
-    return host, replay, bus_replay, t0
+    return Replayed(host=host, replay=replay, bus_replay=bus_replay,
+                    detector_replay=detector_replay, t0=t0)
+
+
+def _sensors(placement: Placement, registry: Path, loops: Path, duration_s: float
+             ) -> Sensors | None:
+    """The readings of one SUMO run's loops up to ``duration_s``, for the replay."""
+    if not placement:
+        return None
+    return Sensors(registry=registry, readings=read_loops(loops, placement, until_s=duration_s),
+                   token=secrets.token_urlsafe(16))
+
+
+def _detector_note(label: str, st: DetectorReplayStats | None) -> str | None:
+    if st is None:
+        return None
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(st.rejected_by_code.items()))
+    return (f"{label}: {st.detectors} detectors, {st.intervals} intervals, "
+            f"{st.readings_sent} readings posted, {st.accepted} accepted, {st.rejected} "
+            f"rejected{f' ({codes})' if codes else ''}, at most {st.late_s_max:.1f} clock s late")
 
 
 def _secs(x: float | None) -> str:
@@ -195,28 +247,36 @@ def _ms(x: float | None) -> str:
 
 
 def replay_history(opts: Options, net: SumoNetwork, out: Path, *, start: datetime,
-                   peak: float, settings: dict[str, Any]) -> list[str]:
+                   peak: float, settings: dict[str, Any], placement: Placement | None = None,
+                   registry: Path | None = None) -> list[str]:
     """The earlier weeks (``Options.history_days``), replayed into TTI's database in turn, so
     the scenario's TTI starts with their speed history. Returns a note per week."""
     notes = []
     duration = opts.minutes * 60
+    placement = placement or Placement()
     for d in range(opts.history_days):
         day = start - timedelta(days=7 * (opts.history_days - d))
         seed = opts.seed + 101 + d
         folder = out / f"history{d + 1}"
         demand = make_trips(net.net_path, folder / "demand", duration_s=duration,
                             peak_per_hour=peak, seed=seed, probe_share=opts.probe_share)
+        loops = (placement.additional(folder / "sumo"),) if placement else ()
         run = run_sumo(net.net_path, [demand], folder / "sumo", end_s=duration, seed=seed,
-                       fcd=True)
+                       fcd=True, additional=loops)
         assert run.fcd is not None
+        sensors = (_sensors(placement, registry, folder / "sumo" / "loops.xml", duration)
+                   if registry is not None else None)
         fcd = {v: [f for f in fixes if f.t < duration] for v, fixes in read_fcd(run.fcd).items()}
         reports = schedule({v: f for v, f in fcd.items() if f}, interval_s=opts.interval_s,
                            noise_m=opts.noise_m, seed=seed)
-        _, replay, _, _ = asyncio.run(_replay(opts, net, reports, out, start=day, buses={},
-                                              phones={}, settings=settings, fresh=d == 0))
-        st = replay.stats
+        done = asyncio.run(_replay(opts, net, reports, out, start=day, buses={}, phones={},
+                                   settings=settings, sensors=sensors, fresh=d == 0))
+        st = done.replay.stats
+        dst = done.detector_replay.stats if done.detector_replay else None
         notes.append(f"history: {day:%Y-%m-%d} (seed {seed}), {st.terminals} probes, "
-                     f"{st.reports_acked} of {st.reports_sent} reports acknowledged")
+                     f"{st.reports_acked} of {st.reports_sent} reports acknowledged"
+                     + (f"; {dst.accepted} of {dst.readings_sent} detector readings accepted"
+                        if dst else ""))
     if opts.history_days:
         # A week later, nothing of what those days warned of is still going on.
         with sqlite3.connect(out / "tti" / "tti.db") as db:
@@ -234,6 +294,8 @@ def run_harness(opts: Options) -> Outcome:
     demand = make_trips(net.net_path, out / "demand", duration_s=duration, peak_per_hour=peak,
                         seed=opts.seed, probe_share=opts.probe_share)
     mapping = map_network(net.net_path, RoadNetwork.from_osm(net.osm_path))
+    placement = place_detectors(net, mapping, opts.detectors)
+    registry = placement.write_registry(out / "detectors" / "registry.csv") if placement else None
     start = datetime.fromisoformat(T0)
     buses = None
     if opts.buses and net.gtfs_path is not None:
@@ -243,19 +305,28 @@ def run_harness(opts: Options) -> Outcome:
     stops_add = (buses.stops,) if buses else ()
     # Vehicles still driving at the end are simulated a little longer, so queues can dissolve.
     end = duration + 600
+    def loops(folder: Path) -> tuple[Path, ...]:
+        return (placement.additional(folder),) if placement else ()
+
     base_run = run_sumo(net.net_path, routes, out / "baseline", end_s=end, seed=opts.seed,
-                        fcd=opts.incidents <= 0, additional=stops_add)
+                        fcd=opts.incidents <= 0,
+                        additional=(*stops_add, *loops(out / "baseline")))
     baseline = read_edgedata(base_run.edgedata)
     incidents = choose_incidents(opts, net, mapping, baseline)
     if incidents:
         inc_file = write_incidents(incidents, out / "incidents" / "incidents.rou.xml")
         run = run_sumo(net.net_path, [*routes, inc_file], out / "incidents", end_s=end,
-                       seed=opts.seed, fcd=True, additional=stops_add)
+                       seed=opts.seed, fcd=True,
+                       additional=(*stops_add, *loops(out / "incidents")))
         stops = read_stops(run.stops)
         incidents = [_as_happened(i, stops) for i in incidents]
     else:
         run = base_run
     edgedata = read_edgedata(run.edgedata)
+    run_dir = run.edgedata.parent
+    sensors = _sensors(placement, registry, run_dir / "loops.xml", duration) if registry else None
+    base_readings = (read_loops(out / "baseline" / "loops.xml", placement)
+                     if placement and incidents else [])
     assert run.fcd is not None
     fcd = {v: [f for f in fixes if f.t < duration] for v, fixes in read_fcd(run.fcd).items()}
     fcd = {v: f for v, f in fcd.items() if f}
@@ -271,13 +342,18 @@ def run_harness(opts: Options) -> Outcome:
     if buses is not None:
         registry = write_registry(out / "buses" / "vehicles.csv", buses.trips, phones)
         settings["vehicle_registry"] = str(registry)
-    history = replay_history(opts, net, out, start=start, peak=peak, settings=settings)
-    host, replay, bus_replay, t0 = asyncio.run(_replay(
+    history = replay_history(opts, net, out, start=start, peak=peak, settings=settings,
+                             placement=placement, registry=registry)
+    done = asyncio.run(_replay(
         opts, net, reports, out, start=start, buses=bus_reports, phones=phones,
-        settings=settings, fresh=not opts.history_days))
+        settings=settings, sensors=sensors, fresh=not opts.history_days))
+    host, replay, bus_replay, t0 = done.host, done.replay, done.bus_replay, done.t0
+    dst = done.detector_replay.stats if done.detector_replay else None
+    readings = (read_loops(run_dir / "loops.xml", placement) if placement else [])
     score = score_run(mapping=mapping, fcd=fcd, reports=reports, edgedata=edgedata,
                       baseline=baseline if incidents else None, incidents=incidents,
-                      tap=host.tap, t0=t0, duration_s=duration)
+                      tap=host.tap, t0=t0, duration_s=duration, detectors=placement,
+                      readings=readings, base_readings=base_readings)
     st = replay.stats
     fresh_score = freshness(fcd=fcd, reports=reports, mapping=mapping, tap=host.tap, t0=t0)
     fs = fresh_score
@@ -298,6 +374,20 @@ def run_harness(opts: Options) -> Outcome:
         f"{len(st.failures)} terminal failures, at most {st.late_s_max:.1f} clock s late; "
         f"clock rate {opts.rate:g}, reports every {opts.interval_s:g} s, "
         f"{100 * opts.probe_share:g} % probes, peak {peak:g} veh/h")
+    if placement:
+        imported = host.detector_import
+        score.notes.append(
+            f"detectors: {len(placement.sites)} on {len({s.edge_id for s in placement.sites})} "
+            f"edges ({', '.join(f'{k} {v}' for k, v in _places(placement))}), "
+            f"{sum(len(s.loops) for s in placement.sites)} SUMO loops (one a lane), watching "
+            f"{len(placement.segments)} TTI segments; registry "
+            f"{imported.applied if imported else 0} of {imported.rows if imported else 0} rows "
+            f"imported, {host.detectors_loaded} loaded by bigdata")
+        note = _detector_note("detector replay (HTTP, sensor token)", dst)
+        if note:
+            score.notes.append(note)
+    else:
+        score.notes.append("detectors: none (--detectors none)")
     if buses is not None:
         bst = bus_replay.stats if bus_replay else ReplayStats()
         bus_score = score_buses(trips=buses.trips, stops=read_bus_stops(run.stops), tap=host.tap,
@@ -324,6 +414,9 @@ def run_harness(opts: Options) -> Outcome:
                       for i in score.incidents],
         "warnings": score.warnings, "false_alarms": score.false_alarms,
         "replay": asdict(st), "table": table, "alarms": score.alarms,
+        "detectors": {"sites": [asdict(s) for s in placement.sites],
+                      "replay": asdict(dst) if dst else None,
+                      "segment_minutes": score.detector_details},
         "freshness": {**asdict(fresh_score), "coverage": fresh_score.coverage},
         "warning_latency": asdict(lat),
         "segment_minutes": score.details,
@@ -333,7 +426,16 @@ def run_harness(opts: Options) -> Outcome:
         indent=1, ensure_ascii=False), encoding="utf-8")
     return Outcome(score=score, replay=st, table=table, out=out, t0=t0, tap=host.tap,
                    mapping=mapping, fcd=fcd, reports=reports, buses=buses,
-                   bus_replay=bus_replay.stats if bus_replay else None)
+                   bus_replay=bus_replay.stats if bus_replay else None, detectors=placement,
+                   detector_replay=dst, readings=tuple(sensors.readings) if sensors else (),
+                   detectors_loaded=host.detectors_loaded)
+
+
+def _places(placement: Placement) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for s in placement.sites:
+        counts[s.place] = counts.get(s.place, 0) + 1
+    return sorted(counts.items())
 
 
 def _as_happened(inc: Incident, stops: dict[str, tuple[float, float]]) -> Incident:
@@ -370,13 +472,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="earlier weeks replayed first, so TTI has time-of-week profiles")
     p.add_argument("--no-buses", action="store_true",
                    help="no buses on the demo city's GTFS routes (no bus ETAs)")
+    p.add_argument("--detectors", choices=MODES, default="structures",
+                   help="roadside loops on the bridges, tunnels and ring road (elsewhere "
+                        "expressways and ramps), replayed through TTI's detector input; none: "
+                        "probes only")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     opts = Options(network=a.network, minutes=a.minutes, incidents=a.incidents,
                    incident_minutes=a.incident_minutes, probe_share=a.probe_share,
                    interval_s=a.interval_s, rate=1.0 if a.realtime else a.rate, seed=a.seed,
                    peak_per_hour=a.peak, noise_m=a.noise_m, out=a.out, demo_size=a.demo_size,
-                   buses=not a.no_buses, history_days=a.history_days)
+                   buses=not a.no_buses, history_days=a.history_days,
+                   detectors=a.detectors)
     real0 = time.monotonic()
     outcome = run_harness(opts)
     print(outcome.table)

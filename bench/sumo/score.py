@@ -27,6 +27,15 @@ after its queue dissolved detects it; time to detect counts from the incident's 
 first such event's arrival on the bus, time to clear from the queue dissolving to the moment
 every warning that detected it had ended. Every other warning is a false alarm, per hour of
 replayed traffic per 100 km of mapped (directed) road.
+
+Roadside detectors (``detectors.py``) change none of that: the scored segment-minutes are still
+those with ≥ 20 probe vehicle-seconds, and the references are the probes' and SUMO's own; TTI's
+value there may now merge the detectors' readings (source ``probe+detector``), and the table
+says on how many. The segment-minutes TTI knew from detectors alone are scored apart, against
+edgeData only (no probe reference exists there). Per incident: the detectors on its slowed
+edges, the slowest of their minutes against the same loops in the baseline run (while it
+lasted, up to its queue dissolving), and the minutes TTI published a detector-based speed on
+its segments, with the slowest.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bench.sumo.demand import Incident
+from bench.sumo.detectors import Placement, Reading, loop_minutes
 from bench.sumo.eta import BusScore, format_buses
 from bench.sumo.host import Tap
 from bench.sumo.mapping import Mapping
@@ -85,6 +95,13 @@ class IncidentScore:
     detected_s: float | None
     cleared_s: float | None
     warning_ids: tuple[str, ...]
+    detectors: int = 0
+    """Detectors on its slowed edges."""
+    detector_ratio: float | None = None
+    """Slowest detector minute while it lasted, against the same loop's in the baseline."""
+    tti_detector_minutes: int = 0
+    """Segment-minutes on its slowed edges TTI published with detector data, while it lasted."""
+    tti_detector_min_kmh: float | None = None
 
     @property
     def time_to_detect_s(self) -> float | None:
@@ -118,6 +135,12 @@ class Score:
     segments, and the harness incident it detected (None: a false alarm)."""
     buses: BusScore | None = None
     """Bus ETAs (``eta.py``); None without buses (a network without the demo's GTFS)."""
+    detector_scored: int = 0
+    """Scored segment-minutes (≥ 20 probe veh-s) whose TTI value had detector data."""
+    detector_only: SpeedScore | None = None
+    """TTI against edgeData on the segment-minutes it knew from detectors alone."""
+    detector_details: list[dict[str, object]] = field(default_factory=list)
+    has_detectors: bool = False
 
     @property
     def false_alarms_per_h_100km(self) -> float | None:
@@ -158,14 +181,42 @@ def true_road(reports: Iterable[Report], mapping: Mapping) -> dict[tuple[str, in
 
 
 def tti_speeds(tap: Tap, t0: datetime) -> dict[tuple[str, int], float]:
-    """(segment, minute) → TTI's probe speed for that window (the last value published)."""
-    out: dict[tuple[str, int], float] = {}
+    """(segment, minute) → TTI's speed for that window (the last value published)."""
+    return {k: v for k, (v, _) in tti_values(tap, t0).items()}
+
+
+def tti_values(tap: Tap, t0: datetime) -> dict[tuple[str, int], tuple[float, str]]:
+    """(segment, minute) → TTI's speed and its source for that window (the last published)."""
+    out: dict[tuple[str, int], tuple[float, str]] = {}
     for _, s in tap.speeds:
         if s.speed_kmh is None or s.source == "none":
             continue
         minute = round((s.window_start - t0).total_seconds() / 60.0)
-        out[(s.segment_id, minute)] = s.speed_kmh
+        out[(s.segment_id, minute)] = (s.speed_kmh, s.source)
     return out
+
+
+def _detector_view(inc: Incident, affected: tuple[str, ...], dissolved: float | None,
+                   detectors: Placement, loops: dict[tuple[str, int], Reading],
+                   base_loops: dict[tuple[str, int], Reading],
+                   tti: dict[tuple[str, int], tuple[float, str]], mapping: Mapping
+                   ) -> dict[str, object]:
+    """What the detectors saw of one incident, and what TTI published from them."""
+    sites = detectors.on_edges(affected)
+    first = int(inc.start_s // 60)
+    last = int((dissolved if dissolved is not None else inc.end_s) // 60)
+    ratios = []
+    for site in sites:
+        for m in range(first, last + 1):
+            r, b = loops.get((site.detector_id, m)), base_loops.get((site.detector_id, m))
+            if r is None or b is None or r.mean_speed_kmh is None or not b.mean_speed_kmh:
+                continue
+            ratios.append(r.mean_speed_kmh / b.mean_speed_kmh)
+    edges = set(affected)
+    seen = [v for (seg, m), (v, src) in tti.items()
+            if "detector" in src and first <= m <= last and mapping.edge_of(seg) in edges]
+    return {"detectors": len(sites), "detector_ratio": min(ratios) if ratios else None,
+            "tti_detector_minutes": len(seen), "tti_detector_min_kmh": min(seen) if seen else None}
 
 
 def _column(name: str, eligible: list[tuple[str, int]], est: dict[tuple[str, int], float],
@@ -232,7 +283,9 @@ def _incident_effect(inc: Incident, run: dict[tuple[str, int], EdgeMinute],
 def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str, list[Report]],
               edgedata: dict[tuple[str, int], EdgeMinute],
               baseline: dict[tuple[str, int], EdgeMinute] | None, incidents: list[Incident],
-              tap: Tap, t0: datetime, duration_s: float) -> Score:
+              tap: Tap, t0: datetime, duration_s: float, detectors: Placement | None = None,
+              readings: Iterable[Reading] = (), base_readings: Iterable[Reading] = ()
+              ) -> Score:
     """Score one replayed run (see the module docstring for every definition)."""
     road_class = {s: m.road_class for s, m in mapping.by_segment.items()}
     minutes = int(duration_s // 60)
@@ -246,7 +299,8 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         if em is not None:
             edge_ref[(seg, m)] = em.speed_ms * 3.6
     road = true_road((r for rs in reports.values() for r in rs), mapping)
-    tti = tti_speeds(tap, t0)
+    values = tti_values(tap, t0)
+    tti = {k: v for k, (v, _) in values.items()}
     speeds = [
         _column("TTI vs edgeData", eligible, tti, edge_ref, road_class),
         _column("TTI vs probe Edie", eligible, tti, edie, road_class),
@@ -258,7 +312,26 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         {"segment_id": seg, "minute": m, "probe_s": edie_raw[(seg, m)][0],
          "edge_id": mapping.by_segment[seg].edge_id, "tti": tti.get((seg, m)),
          "probe_edie": edie.get((seg, m)), "true_road": road.get((seg, m)),
-         "edgedata": edge_ref.get((seg, m))} for seg, m in eligible]
+         "edgedata": edge_ref.get((seg, m)), "tti_source": values.get((seg, m), (0, None))[1]}
+        for seg, m in eligible]
+    # Detectors: how many scored values merged them; the detector-only ones against edgeData.
+    detector_scored = sum(1 for k in eligible if "detector" in values.get(k, (0, ""))[1])
+    scored = set(eligible)
+    only = sorted(k for k, (_, src) in values.items()
+                  if src == "detector" and 0 <= k[1] < minutes and k not in scored
+                  and k[0] in mapping.by_segment)
+    only_ref: dict[tuple[str, int], float] = {}
+    for seg, m in only:
+        em = edgedata.get((mapping.by_segment[seg].edge_id, m))
+        if em is not None and em.sampled_s >= MIN_EDGE_SECONDS:
+            only_ref[(seg, m)] = em.speed_ms * 3.6
+    detector_only = (_column("TTI (detectors only) vs edgeData", only, tti, only_ref, road_class)
+                     if detectors else None)
+    detector_details: list[dict[str, object]] = [
+        {"segment_id": seg, "minute": m, "edge_id": mapping.by_segment[seg].edge_id,
+         "tti": tti[(seg, m)], "edgedata": only_ref.get((seg, m))} for seg, m in only]
+    loops = loop_minutes(readings)
+    base_loops = loop_minutes(base_readings)
     # Warnings and incidents, each by id: when it first arrived, its segments, when it ended.
     events: dict[str, dict[str, object]] = {}
     for at, w in tap.warnings:
@@ -279,7 +352,7 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         if i.status == "cleared" and ev["ended"] is None:
             ev["ended"] = at
     matched: set[str] = set()
-    scored: list[IncidentScore] = []
+    incident_scores: list[IncidentScore] = []
     for inc in incidents:
         if baseline is None:
             raise ValueError("incidents need the baseline run to be scored")
@@ -302,22 +375,27 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         if hits and all(ev["ended"] is not None for _, _, ev in hits):
             cleared = max((ev["ended"] - t0).total_seconds()  # type: ignore[operator]
                           for _, _, ev in hits)
-        scored.append(IncidentScore(incident=inc, affected_edges=affected, dissolved_s=dissolved,
-                                    detected_s=detected, cleared_s=cleared,
-                                    warning_ids=tuple(w for _, w, _ in hits)))
+        view = (_detector_view(inc, affected, dissolved, detectors, loops, base_loops, values,
+                               mapping) if detectors else {})
+        incident_scores.append(IncidentScore(
+            incident=inc, affected_edges=affected, dissolved_s=dissolved, detected_s=detected,
+            cleared_s=cleared, warning_ids=tuple(w for _, w, _ in hits),
+            **view))  # type: ignore[arg-type]
     warning_ids = [w for w in events if not w.startswith("incident:")]
     false = [w for w in events if w not in matched]
-    detected_by = {w: i.incident.incident_id for i in scored for w in i.warning_ids}
+    detected_by = {w: i.incident.incident_id for i in incident_scores for w in i.warning_ids}
     alarms: list[dict[str, object]] = [
         {"id": wid, "kind": ev["kind"], "first_s": (ev["first"] - t0).total_seconds(),  # type: ignore[operator]
          "ended_s": None if ev["ended"] is None else (ev["ended"] - t0).total_seconds(),  # type: ignore[operator]
          "segments": sorted(ev["segments"]),  # type: ignore[call-overload]
          "detects": detected_by.get(wid)} for wid, ev in events.items()]
-    return Score(speeds=speeds, incidents=scored, warnings=len(warning_ids),
+    return Score(speeds=speeds, incidents=incident_scores, warnings=len(warning_ids),
                  false_alarms=len(false), hours=duration_s / 3600.0, mapped_km=mapping.mapped_km,
                  segments_mapped=len(mapping.by_segment),
                  segments_unmapped=mapping.unmapped_segments, probe_vehicles=len(fcd),
-                 details=details, alarms=alarms)
+                 details=details, alarms=alarms, detector_scored=detector_scored,
+                 detector_only=detector_only, detector_details=detector_details,
+                 has_detectors=bool(detectors))
 
 
 def _pct(x: float | None) -> str:
@@ -346,6 +424,18 @@ def format_table(score: Score, title: str) -> str:
     ]
     for label, vals in rows:
         lines.append(f"{label:<50}" + "".join(f"{v:>{w}}" for v in vals))
+    if score.has_detectors:
+        n = cols[0].eligible if cols else 0
+        lines.append(f"{'  of them with detector data (probe+detector)':<50}"
+                     f"{score.detector_scored} of {n} segment-minutes")
+        d = score.detector_only
+        if d is not None:
+            lines.append(
+                f"{'  detectors only (no probe; not scored above)':<50}{d.eligible} "
+                f"segment-minutes with edgeData: TTI vs edgeData median error "
+                f"{_pct(d.median_error)}, within 10 / 25 % {_pct(d.within_10)} / "
+                f"{_pct(d.within_25)}, level agrees {_pct(d.level_agreement)}, median "
+                f"ratio {_num(d.median_ratio, '{:.2f}')}")
     lines += ["", "incidents"]
     ttd = [i.time_to_detect_s for i in score.incidents if i.time_to_detect_s is not None]
     ttc = [i.time_to_clear_s for i in score.incidents if i.time_to_clear_s is not None]
@@ -361,6 +451,10 @@ def format_table(score: Score, title: str) -> str:
         f"  {'false alarms':<40}{score.false_alarms}"
         f" = {_num(score.false_alarms_per_h_100km, '{:.2f}')} per h per 100 km",
     ]
+    if score.has_detectors:
+        watched = [i for i in score.incidents if i.detectors]
+        lines.append(f"  {'on edges detectors watch':<40}{len(watched)} of {len(score.incidents)}"
+                     f" ({sum(1 for i in watched if i.detected_s is not None)} of them detected)")
     for i in score.incidents:
         inc = i.incident
         lines.append(
@@ -371,6 +465,14 @@ def format_table(score: Score, title: str) -> str:
             f"{_num(None if i.time_to_detect_s is None else i.time_to_detect_s / 60)} min "
             f"after; cleared {_num(None if i.time_to_clear_s is None else i.time_to_clear_s / 60)}"
             f" min after the queue")
+        if score.has_detectors:
+            lines.append(
+                f"      detectors on its slowed edges: {i.detectors}"
+                + ("" if not i.detectors else
+                   f"; slowest loop minute {_pct(i.detector_ratio)} of the baseline's; TTI "
+                   f"published {i.tti_detector_minutes} detector-based segment-minutes there"
+                   + ("" if i.tti_detector_min_kmh is None
+                      else f", the slowest {i.tti_detector_min_kmh:.1f} km/h")))
     lines += ["", f"network: {score.segments_mapped} TTI segments mapped onto SUMO edges "
               f"({score.mapped_km:.1f} km directed), {score.segments_unmapped} not; "
               f"{score.probe_vehicles} probe vehicles; {score.hours * 60:.0f} min of traffic"]
