@@ -171,3 +171,19 @@ def test_freshness_is_measured_from_the_report_that_completes_a_traversal(
     # A window's speed comes out after the window closes: never before the report completing
     # a traversal in it could have been matched, never later than the run itself.
     assert f.p95_s < outcome.score.hours * 3600
+
+
+def test_detector_readings_reach_tti_through_its_detector_input(outcome: Outcome) -> None:
+    """The loops on the structures are TTI detectors: every reading posted is accepted, and
+    TTI publishes detector-based speeds for a segment they watch."""
+    st, placement = outcome.detector_replay, outcome.detectors
+    assert st is not None and placement, "the default places loops on the demo's structures"
+    assert {s.place for s in placement.sites} >= {"bridge", "tunnel", "ring"}
+    assert outcome.detectors_loaded == len(placement.sites), "bigdata loaded the registry"
+    assert st.intervals >= 3 and st.readings_sent == len(outcome.readings)
+    assert st.readings_sent >= st.intervals * len(placement.sites) // 2
+    assert st.accepted == st.readings_sent and st.rejected == 0 and not st.failures
+    from_detectors = {s.segment_id for _, s in outcome.tap.speeds if "detector" in s.source}
+    assert from_detectors & placement.segments
+    assert from_detectors <= placement.segments, "only watched segments get detector data"
+    assert "with detector data" in outcome.table and "detector replay" in outcome.table
