@@ -212,9 +212,11 @@ def test_live_congestion_delays_predictions(schedule: Schedule, network: RoadNet
     free = Predictor(schedule, network=lambda: network)
     jammed = Predictor(schedule, network=lambda: network)
     segs = ShapeSegments.from_network(st.run.trip.pattern.shape, network)
-    for sid in segs.ids:
-        free.speeds.update(sid, 30.0, t - 30)
-        jammed.speeds.update(sid, 8.0, t - 30)
+    # A jam: every minute of the last five, several vehicles crawling on every segment.
+    for age in (270, 210, 150, 90, 30):
+        for sid in segs.ids:
+            free.speeds.update(sid, 30.0, t - age, sample_count=5)
+            jammed.speeds.update(sid, 8.0, t - age, sample_count=5)
     base = dict(free.predict(st, t))
     slow = dict(jammed.predict(st, t))
     assert base.keys() == slow.keys() and base

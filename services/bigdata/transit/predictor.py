@@ -5,10 +5,14 @@ The time to the next stops is a sum of runs (stop to stop) and dwells (at each s
 * **Run time** — the normal time for that stop pair, learned online per route, stop pair and
   time-of-day bucket (the mean of departures → next arrivals seen), or the timetable's until a
   pair has been seen twice. When live speeds (``tti.segment.speed``) cover most of the run, the
-  road's current state is used instead: the time at those speeds (capped at a bus's speed),
-  scaled by the learned ratio of bus time to road time for the pair (buses slow down for lights,
-  accelerate slower, keep to the kerb). Live data says most about the next minutes, so for stops
-  further ahead the estimate leans back towards the normal run time.
+  estimate moves towards what the road says now: free-flow time (capped at a bus's speed) plus
+  the delay the live windows testify to (:func:`segment_delay_s`), scaled by the learned ratio
+  of bus time to road time for the pair (buses slow down for lights, accelerate slower, keep to
+  the kerb). How far it moves (:meth:`Predictor.live_weight`) is how much the windows say —
+  their vehicles, vehicle-time and age — times how soon the bus gets there: fully for the next
+  three minutes, fading to a fifth from a quarter of an hour on, where history knows better
+  (as TheTransitClock blends the latest vehicles' stop-path times into the historical ones
+  only for the first stop paths ahead).
 * **Dwell** — learned per route, stop and bucket (zero for stops the bus usually passes), else the
   timetable's. A bus at its first stop leaves at the scheduled departure (terminals hold).
 
@@ -38,49 +42,140 @@ class PredictorSettings:
 
     horizon_s: float = 3600.0  # predict stops up to this far ahead
     live_ttl_s: float = 300.0  # a segment speed older than this is not live any more
+    live_half_life_s: float = 120.0  # a window's weight halves with this age (the road changes)
+    live_full_s: float = 180.0  # live speeds count fully for stops reached this soon ...
+    live_fade_s: float = 900.0  # ... then less and less, down to live_floor from here on
+    live_floor: float = 0.2
     bus_cap_kmh: float = 60.0  # buses do not drive faster than this whatever the traffic
     min_live_coverage: float = 0.5  # share of a run with live speeds needed to use them
     min_samples: int = 2  # learned values are used from this many observations on
     fallback_speed_kmh: float = 20.0  # run time when the timetable has none (equal times)
 
 
+@dataclass(frozen=True, slots=True)
+class SpeedWindow:
+    """One published window of a segment: its speed and how much it says."""
+
+    speed_kmh: float
+    observed_t: float  # end of the window (epoch s)
+    duration_s: float  # length of the window
+    confidence: float  # 0-1, from the vehicles and vehicle-time behind it
+    free_flow_kmh: float | None
+
+
+def window_confidence(sample_count: int) -> float:
+    """Trust in a window from its vehicle count alone (as ``speeds.confidence`` without time)."""
+    return 1.0 - math.exp(-max(0, sample_count) / 3.0)
+
+
 class SegmentSpeeds:
-    """The latest live speed per road segment (from ``tti.segment.speed``)."""
+    """The recent live windows per road segment (from ``tti.segment.speed``), newest last.
+
+    One window is one minute of whichever vehicles were there — often a single car. Keeping the
+    few windows of the last ``ttl_s`` lets :func:`segment_delay_s` tell a car that waited at one red
+    (one slow window among quick ones) from a queue (slow window after slow window).
+    """
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._speeds: dict[str, tuple[float, float]] = {}
+        self._windows: dict[str, list[SpeedWindow]] = {}
 
     def __len__(self) -> int:
-        return len(self._speeds)
+        return len(self._windows)
 
-    def update(self, segment_id: str, speed_kmh: float | None, observed_t: float) -> None:
-        """Keep the newest value; a window without vehicles (None) clears the segment."""
-        old = self._speeds.get(segment_id)
-        if old is not None and old[1] > observed_t:
+    def update(self, segment_id: str, speed_kmh: float | None, observed_t: float, *,
+               sample_count: int = 1, confidence: float | None = None,
+               window_s: float = 60.0, free_flow_kmh: float | None = None) -> None:
+        """Add a window (a later revision of the same window replaces it; older ones are
+        ignored); a window without vehicles (None) clears the segment. Without a
+        ``confidence``, the vehicle count gives one."""
+        ws = self._windows.get(segment_id)
+        if ws and ws[-1].observed_t > observed_t:
             return
         if speed_kmh is None or not speed_kmh > 0:
-            self._speeds.pop(segment_id, None)
+            self._windows.pop(segment_id, None)
+            return
+        conf = window_confidence(sample_count) if confidence is None else confidence
+        w = SpeedWindow(speed_kmh, observed_t, max(1.0, window_s), max(0.0, min(1.0, conf)),
+                        free_flow_kmh)
+        if ws is None:
+            self._windows[segment_id] = [w]
+            return
+        if ws[-1].observed_t == observed_t:
+            ws[-1] = w
         else:
-            self._speeds[segment_id] = (speed_kmh, observed_t)
+            ws.append(w)
+        while ws and observed_t - ws[0].observed_t > self.ttl_s:
+            ws.pop(0)
+
+    def fresh(self, segment_id: str, t: float) -> list[SpeedWindow]:
+        """The windows still live at event time ``t`` (none older than ``ttl_s``)."""
+        return [w for w in self._windows.get(segment_id, ()) if t - w.observed_t <= self.ttl_s]
 
     def find(self, segment_id: str, t: float) -> float | None:
-        """The live speed (km/h) at event time ``t``, or None when unknown or stale."""
-        v = self._speeds.get(segment_id)
-        if v is None or t - v[1] > self.ttl_s:
+        """The newest live speed (km/h) at event time ``t``, or None when unknown or stale."""
+        ws = self._windows.get(segment_id)
+        if not ws or t - ws[-1].observed_t > self.ttl_s:
             return None
-        return v[0]
+        return ws[-1].speed_kmh
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRun:
+    """What the live windows say of a stretch of the shape (seconds, metres)."""
+
+    free_s: float  # the covered part at free flow (capped at a bus's speed)
+    delay_s: float  # the delay the windows testify to over the covered part
+    covered_m: float
+    trusted_m: float  # covered metres weighed by the trust in their windows (0-1 each)
+
+
+def segment_delay_s(windows: list[SpeedWindow], length_m: float, free_kmh: float,
+                    cap_kmh: float, t: float, half_life_s: float = 120.0
+                    ) -> tuple[float, float]:
+    """(delay over free flow on ``length_m`` of a segment, trust 0-1) from its live windows.
+
+    A window's speed is distance over time of the vehicles there that minute. Read as the
+    speed of the whole segment it turns one car that waited 50 s at the stop line into a
+    segment "at 3 km/h", minutes long — but a bus meets that red once. So the windows are read
+    as delay, and no window testifies to more delay than it lasted: the estimate is their
+    confidence-weighted mean delay, bounded by the sum over the windows of each one's delay up
+    to its own duration. One slow minute among quick ones (a red) adds at most a minute; a
+    queue, slow window after slow window, adds what it shows. Newer windows weigh more (their
+    weight halves every ``half_life_s``). Trust is the chance that at least one window is
+    right, ``1 − Π(1 − confidence × recency)``: three cars or several minutes say more than one
+    car once (bigdata's confidence of one car over a whole window is 0.28).
+    """
+    free_pace = 3.6 / min(free_kmh, cap_kmh)
+    raw = vouched = weights = minutes = 0.0
+    miss = 1.0
+    for w in windows:
+        delay = length_m * (3.6 / min(w.speed_kmh, cap_kmh) - free_pace)
+        recency = 0.5 ** (max(0.0, t - w.observed_t) / half_life_s)
+        weight = max(w.confidence, 1e-3) * recency
+        shown = min(max(0.0, delay), w.duration_s)
+        raw += weight * delay
+        vouched += weight * shown
+        weights += weight
+        minutes += shown / w.duration_s
+        miss *= 1.0 - w.confidence * recency
+    if weights <= 0:
+        return 0.0, 0.0
+    return min(raw / weights, max(1.0, minutes) * vouched / weights), 1.0 - miss
 
 
 class ShapeSegments:
-    """Which road segment each stretch of a shape runs on: ``[starts[i], ends[i]) → ids[i]``."""
+    """Which road segment each stretch of a shape runs on: ``[starts[i], ends[i]) → ids[i]``,
+    with the segment's free-flow speed (km/h, None when unknown)."""
 
-    __slots__ = ("ends", "ids", "starts")
+    __slots__ = ("ends", "free_kmh", "ids", "starts")
 
-    def __init__(self, starts: list[float], ends: list[float], ids: list[str]) -> None:
+    def __init__(self, starts: list[float], ends: list[float], ids: list[str],
+                 free_kmh: list[float | None] | None = None) -> None:
         self.starts = starts
         self.ends = ends
         self.ids = ids
+        self.free_kmh = free_kmh if free_kmh is not None else [None] * len(ids)
 
     @classmethod
     def from_network(cls, shape: ShapeLine, network: RoadNetwork, *, step_m: float = 10.0,
@@ -105,22 +200,34 @@ class ShapeSegments:
                 starts.append(a)
                 ends.append(b)
                 ids.append(seg)
-        return cls(starts, ends, ids)
+        free: list[float | None] = []
+        for sid in ids:
+            found = network.find_segment(sid)
+            free.append(found.free_flow_kmh if found is not None else None)
+        return cls(starts, ends, ids, free)
 
-    def live_time(self, a: float, b: float, speeds: SegmentSpeeds, t: float, cap_kmh: float
-                  ) -> tuple[float, float]:
-        """(seconds over the covered part, metres covered) of [a, b] at live speeds."""
-        secs = covered = 0.0
+    def live_time(self, a: float, b: float, speeds: SegmentSpeeds, t: float, cap_kmh: float,
+                  half_life_s: float = 120.0) -> LiveRun:
+        """What the live windows at event time ``t`` say of [a, b] (see :func:`segment_delay_s`).
+
+        A piece of a segment the stretch covers only in part gets that share of the delay the
+        windows show for the whole piece: the bound on what a window testifies to holds for
+        the segment, not per metre."""
+        free_s = delay_s = covered = trusted = 0.0
         i = max(0, bisect_right(self.starts, a) - 1)
         while i < len(self.ids) and self.starts[i] < b:
             lo, hi = max(a, self.starts[i]), min(b, self.ends[i])
-            if hi > lo:
-                v = speeds.find(self.ids[i], t)
-                if v is not None:
-                    secs += (hi - lo) / (min(v, cap_kmh) / 3.6)
-                    covered += hi - lo
+            windows = speeds.fresh(self.ids[i], t) if hi > lo else []
+            if windows:
+                ff = min(windows[-1].free_flow_kmh or self.free_kmh[i] or cap_kmh, cap_kmh)
+                piece = self.ends[i] - self.starts[i]
+                delay, trust = segment_delay_s(windows, piece, ff, cap_kmh, t, half_life_s)
+                free_s += (hi - lo) * 3.6 / ff
+                delay_s += delay * (hi - lo) / piece
+                covered += hi - lo
+                trusted += trust * (hi - lo)
             i += 1
-        return secs, covered
+        return LiveRun(free_s, delay_s, covered, trusted)
 
 
 class Learned:
@@ -215,17 +322,20 @@ class Predictor:
         """Map every pattern now (blocking: run it in a thread); returns how many mapped."""
         return sum(self.segments_of(p) is not None for p in self.schedule.patterns)
 
-    def road_time(self, pattern: Pattern, a: float, b: float, t: float) -> float | None:
-        """Seconds to drive [a, b] at live speeds, if they cover enough of it."""
+    def road_time(self, pattern: Pattern, a: float, b: float, t: float
+                  ) -> tuple[float, float] | None:
+        """(seconds to drive [a, b] as the live windows say, trust 0-1 in that), if they cover
+        enough of it; the uncovered rest at the covered part's pace, and trusted not at all."""
         if b <= a:
-            return 0.0
+            return 0.0, 1.0
         segs = self.segments_of(pattern)
         if segs is None:
             return None
-        secs, covered = segs.live_time(a, b, self.speeds, t, self.settings.bus_cap_kmh)
-        if covered < self.settings.min_live_coverage * (b - a):
+        live = segs.live_time(a, b, self.speeds, t, self.settings.bus_cap_kmh,
+                              self.settings.live_half_life_s)
+        if live.covered_m < self.settings.min_live_coverage * (b - a):
             return None
-        return secs * (b - a) / covered  # the uncovered rest at the covered part's pace
+        return (live.free_s + live.delay_s) * (b - a) / live.covered_m, live.trusted_m / (b - a)
 
     # ---- estimates -----------------------------------------------------------------------
     def _bucket(self, t: float) -> str:
@@ -263,14 +373,31 @@ class Predictor:
         length = d_k - d_j
         frac = 1.0 if length <= 1.0 else min(1.0, remaining / length)
         normal = self.normal_run_s(run, j, k, bucket) * frac
-        road = self.road_time(p, d_k - remaining, d_k, t)
-        if road is None:
+        found = self.road_time(p, d_k - remaining, d_k, t)
+        if found is None:
             return normal
+        road, trust = found
         ratio = self.ratios.find((run.trip.route_id, p.stop_ids[j], p.stop_ids[k]), bucket)
         live = road * (ratio if ratio is not None else 1.0)
-        # Live speeds tell most about the next ten minutes, less about the hour after.
-        w = 1.0 if lead_s <= 600 else max(0.3, 1.0 - 0.7 * (lead_s - 600) / 3000)
-        return w * live + (1 - w) * normal
+        return self.live_weight(lead_s, trust) * (live - normal) + normal
+
+    def live_weight(self, lead_s: float, trust: float) -> float:
+        """How far a leg's estimate moves from its normal run time to what the road says now.
+
+        As much as the windows are trusted (:func:`segment_delay_s`), and by how soon the bus
+        gets there: the state of a road now tells about the next few minutes, little about a
+        quarter of an hour on (a red has cycled, a queue has grown or gone), where the run
+        times buses actually had (learned, else the timetable) are the better guess.
+        """
+        s = self.settings
+        if lead_s <= s.live_full_s:
+            fade = 1.0
+        elif lead_s >= s.live_fade_s:
+            fade = s.live_floor
+        else:
+            fade = 1.0 - (1.0 - s.live_floor) * (lead_s - s.live_full_s) / (
+                s.live_fade_s - s.live_full_s)
+        return max(0.0, min(1.0, trust)) * fade
 
     def predict(self, st: VehicleState, t: float) -> list[tuple[int, float]]:
         """``(stop index, predicted arrival epoch s)`` for the downstream stops in the horizon."""
@@ -315,8 +442,8 @@ class Predictor:
         gap = float(p.stop_dist_m[0]) - pos
         if gap <= 0:
             return 0.0
-        road = self.road_time(p, pos, float(p.stop_dist_m[0]), t)
-        return road if road is not None else gap / (self.settings.fallback_speed_kmh / 3.6)
+        found = self.road_time(p, pos, float(p.stop_dist_m[0]), t)
+        return found[0] if found is not None else gap / (self.settings.fallback_speed_kmh / 3.6)
 
     # ---- learning ------------------------------------------------------------------------
     def learn(self, vehicle_id: str, kind: str, run: TripRun, k: int, t: float,
@@ -329,7 +456,9 @@ class Predictor:
             if reliable and dwell_s is not None and k > 0:
                 self.dwells.add((trip.route_id, p.stop_ids[k]), bucket, max(0.0, dwell_s))
             if k + 1 < p.n_stops:
-                road = self.road_time(p, float(p.stop_dist_m[k]), float(p.stop_dist_m[k + 1]), t)
+                found = self.road_time(p, float(p.stop_dist_m[k]), float(p.stop_dist_m[k + 1]),
+                                       t)
+                road = None if found is None else found[0]
                 self._open[vehicle_id] = _OpenRun(run.key, k, t, road) if reliable else \
                     _OpenRun(run.key, -1, t, None)
             return

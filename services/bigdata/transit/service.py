@@ -255,10 +255,14 @@ class TransitService:
 
     # ---- handlers ------------------------------------------------------------------------
     async def on_speed(self, env: Envelope[SegmentSpeed]) -> None:
-        """Keep the latest live speed per segment."""
+        """Keep the segment's window with how much it says (vehicles, confidence, length)."""
         if self.predictor is not None:
             s = env.payload
-            self.predictor.speeds.update(s.segment_id, s.speed_kmh, s.observed_at.timestamp())
+            self.predictor.speeds.update(
+                s.segment_id, s.speed_kmh, s.observed_at.timestamp(), sample_count=s.sample_count,
+                confidence=s.confidence if s.confidence > 0 else None,
+                window_s=(s.observed_at - s.window_start).total_seconds(),
+                free_flow_kmh=s.free_flow_kmh)
 
     async def on_position(self, env: Envelope[VehiclePosition]) -> None:
         """Track one position; publish stop events and changed predictions."""
