@@ -252,6 +252,18 @@ def test_learned_means() -> None:
     assert learned.find("k", "am") == pytest.approx(200.0, abs=1.0)
 
 
+def test_learned_run_times_forget_the_bus_that_met_an_incident() -> None:
+    runs, mean = Learned(min_samples=2, median_of=5), Learned(min_samples=2)
+    for v in (100.0, 104.0, 98.0, 340.0, 102.0, 101.0):  # the fourth bus sat in a queue
+        runs.add("k", "am", v)
+        mean.add("k", "am", v)
+    assert runs.find("k", "am") == pytest.approx(102.0)
+    assert mean.find("k", "am") > 130.0  # a mean carries that run for many trips
+    for _ in range(5):  # a lasting change (road works) is followed
+        runs.add("k", "am", 160.0)
+    assert runs.find("k", "am") == pytest.approx(160.0)
+
+
 # --- the ETA Accuracy Benchmark --------------------------------------------------------------
 
 

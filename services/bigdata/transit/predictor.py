@@ -23,7 +23,9 @@ the shape, keeping the nearest segment that runs the shape's way.
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +51,7 @@ class PredictorSettings:
     bus_cap_kmh: float = 60.0  # buses do not drive faster than this whatever the traffic
     min_live_coverage: float = 0.5  # share of a run with live speeds needed to use them
     min_samples: int = 2  # learned values are used from this many observations on
+    median_of: int = 5  # run times and ratios: the median of this many latest observations
     fallback_speed_kmh: float = 20.0  # run time when the timetable has none (equal times)
 
 
@@ -231,15 +234,21 @@ class ShapeSegments:
 
 
 class Learned:
-    """Running means per key and time-of-day bucket, with an all-day fallback.
+    """Running values per key and time-of-day bucket, with an all-day fallback.
 
-    The first samples are averaged evenly, later ones exponentially (weight 0.2) so the mean
-    follows slow changes (road works, a new timetable) without forgetting at once.
+    By default a mean: the first samples averaged evenly, later ones exponentially (weight 0.2)
+    so it follows slow changes (road works, a new timetable) without forgetting at once. With
+    ``median_of`` it is the median of the last that many samples instead — for run times, where
+    one bus caught in an incident's queue is not what the next one meets once it has cleared
+    (live speeds tell while it has not), and a mean would carry that run for many trips
+    (TheTransitClock likewise filters out-of-bounds travel times before averaging).
     """
 
-    def __init__(self, min_samples: int) -> None:
+    def __init__(self, min_samples: int, *, median_of: int | None = None) -> None:
         self.min_samples = min_samples
+        self.median_of = median_of
         self._data: dict[tuple[object, str], list[float]] = {}
+        self._recent: dict[tuple[object, str], deque[float]] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -249,13 +258,19 @@ class Learned:
         for b in (bucket, "*"):
             e = self._data.get((key, b))
             if e is None:
-                self._data[(key, b)] = [value, 1.0]
+                e = self._data[(key, b)] = [value, 1.0]
             else:
                 e[1] += 1
                 e[0] += (value - e[0]) * max(0.2, 1.0 / e[1])
+            if self.median_of:
+                recent = self._recent.get((key, b))
+                if recent is None:
+                    recent = self._recent[(key, b)] = deque(maxlen=self.median_of)
+                recent.append(value)
+                e[0] = statistics.median(recent)
 
     def find(self, key: object, bucket: str) -> float | None:
-        """The bucket's mean, else the all-day mean, when seen often enough; else None."""
+        """The bucket's value, else the all-day one, when seen often enough; else None."""
         for b in (bucket, "*"):
             e = self._data.get((key, b))
             if e is not None and e[1] >= self.min_samples:
@@ -296,8 +311,10 @@ class Predictor:
         self.settings = settings or PredictorSettings()
         self.network = network
         self.speeds = SegmentSpeeds(self.settings.live_ttl_s)
-        self.runs = Learned(self.settings.min_samples)
-        self.ratios = Learned(self.settings.min_samples)
+        # Run times and bus/road ratios robust to a bus that met an incident; dwells a mean
+        # (their long tail is part of what riders wait for).
+        self.runs = Learned(self.settings.min_samples, median_of=self.settings.median_of)
+        self.ratios = Learned(self.settings.min_samples, median_of=self.settings.median_of)
         self.dwells = Learned(self.settings.min_samples)
         self._segments: dict[str, ShapeSegments | None] = {}
         self._open: dict[str, _OpenRun] = {}
