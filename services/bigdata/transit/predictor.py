@@ -3,16 +3,18 @@
 The time to the next stops is a sum of runs (stop to stop) and dwells (at each stop between):
 
 * **Run time** — the normal time for that stop pair, learned online per route, stop pair and
-  time-of-day bucket (the mean of departures → next arrivals seen), or the timetable's until a
-  pair has been seen twice. When live speeds (``tti.segment.speed``) cover most of the run, the
-  estimate moves towards what the road says now: free-flow time (capped at a bus's speed) plus
-  the delay the live windows testify to (:func:`segment_delay_s`), scaled by the learned ratio
-  of bus time to road time for the pair (buses slow down for lights, accelerate slower, keep to
-  the kerb). How far it moves (:meth:`Predictor.live_weight`) is how much the windows say —
-  their vehicles, vehicle-time and age — times how soon the bus gets there: fully for the next
-  three minutes, fading to a fifth from a quarter of an hour on, where history knows better
-  (as TheTransitClock blends the latest vehicles' stop-path times into the historical ones
-  only for the first stop paths ahead).
+  time-of-day bucket (the median of the last five departures → next arrivals seen, so one bus
+  that met an incident does not set it), or the timetable's until a pair has been seen twice.
+  When live speeds (``tti.segment.speed``) cover most of the run, the estimate moves towards
+  what the road says now: free-flow time (capped at a bus's speed) plus the delay the live
+  windows testify to (:func:`segment_delay_s`: a car that waited at one red says a minute at
+  most, a queue says what it shows), scaled by the learned ratio of bus time to road time for
+  the pair (buses slow down for lights, accelerate slower, keep to the kerb). How far it moves
+  (:meth:`Predictor.live_weight`) is how much the windows say — their vehicles, vehicle-time
+  and age — times how soon the bus gets there: fully for the next three minutes, fading to a
+  fifth from a quarter of an hour on, where the run times buses had know better (much as
+  TheTransitClock's Kalman filter weighs the last vehicle's time on a stop path against the
+  times of earlier days).
 * **Dwell** — learned per route, stop and bucket (zero for stops the bus usually passes), else the
   timetable's. A bus at its first stop leaves at the scheduled departure (terminals hold).
 
