@@ -262,6 +262,12 @@ def test_learned_run_times_forget_the_bus_that_met_an_incident() -> None:
     for _ in range(5):  # a lasting change (road works) is followed
         runs.add("k", "am", 160.0)
     assert runs.find("k", "am") == pytest.approx(160.0)
+    # The timetable counts as one more sample: two runs, one an incident's, do not set it.
+    two = Learned(min_samples=2, median_of=5)
+    two.add("k", "am", 157.0)
+    two.add("k", "am", 342.0)
+    assert two.find("k", "am", prior=129.0) == pytest.approx(157.0)
+    assert two.find("k", "am") == pytest.approx(249.5)
 
 
 # --- the ETA Accuracy Benchmark --------------------------------------------------------------

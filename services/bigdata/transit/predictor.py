@@ -271,11 +271,17 @@ class Learned:
                 recent.append(value)
                 e[0] = statistics.median(recent)
 
-    def find(self, key: object, bucket: str) -> float | None:
-        """The bucket's value, else the all-day one, when seen often enough; else None."""
+    def find(self, key: object, bucket: str, *, prior: float | None = None) -> float | None:
+        """The bucket's value, else the all-day one, when seen often enough; else None.
+
+        With ``median_of``, a ``prior`` (the timetable's value) counts as one more sample in
+        the median, so that two observations, one of them an incident's, do not set it."""
         for b in (bucket, "*"):
             e = self._data.get((key, b))
             if e is not None and e[1] >= self.min_samples:
+                recent = self._recent.get((key, b))
+                if prior is not None and recent:
+                    return float(statistics.median([*recent, prior]))
                 return e[0]
         return None
 
@@ -363,11 +369,12 @@ class Predictor:
     def normal_run_s(self, run: TripRun, j: int, k: int, bucket: str) -> float:
         """Usual time from stop j to stop k (learned, else the timetable's)."""
         trip = run.trip
+        sched = float(trip.arrival_s[k] - trip.departure_s[j])
         learned = self.runs.find((trip.route_id, trip.pattern.stop_ids[j],
-                                  trip.pattern.stop_ids[k]), bucket)
+                                  trip.pattern.stop_ids[k]), bucket,
+                                 prior=sched if sched > 0 else None)
         if learned is not None:
             return learned
-        sched = float(trip.arrival_s[k] - trip.departure_s[j])
         if sched > 0:
             return sched
         dist = float(trip.pattern.stop_dist_m[k] - trip.pattern.stop_dist_m[j])
@@ -396,7 +403,8 @@ class Predictor:
         if found is None:
             return normal
         road, trust = found
-        ratio = self.ratios.find((run.trip.route_id, p.stop_ids[j], p.stop_ids[k]), bucket)
+        ratio = self.ratios.find((run.trip.route_id, p.stop_ids[j], p.stop_ids[k]), bucket,
+                                 prior=1.0)
         live = road * (ratio if ratio is not None else 1.0)
         return self.live_weight(lead_s, trust) * (live - normal) + normal
 
