@@ -295,7 +295,8 @@ def run_harness(opts: Options) -> Outcome:
                         seed=opts.seed, probe_share=opts.probe_share)
     mapping = map_network(net.net_path, RoadNetwork.from_osm(net.osm_path))
     placement = place_detectors(net, mapping, opts.detectors)
-    registry = placement.write_registry(out / "detectors" / "registry.csv") if placement else None
+    detector_registry = (placement.write_registry(out / "detectors" / "registry.csv")
+                         if placement else None)
     start = datetime.fromisoformat(T0)
     buses = None
     if opts.buses and net.gtfs_path is not None:
@@ -324,7 +325,8 @@ def run_harness(opts: Options) -> Outcome:
         run = base_run
     edgedata = read_edgedata(run.edgedata)
     run_dir = run.edgedata.parent
-    sensors = _sensors(placement, registry, run_dir / "loops.xml", duration) if registry else None
+    sensors = (_sensors(placement, detector_registry, run_dir / "loops.xml", duration)
+               if detector_registry else None)
     base_readings = (read_loops(out / "baseline" / "loops.xml", placement)
                      if placement and incidents else [])
     assert run.fcd is not None
@@ -340,10 +342,10 @@ def run_harness(opts: Options) -> Outcome:
     if net.gtfs_path is not None:  # as tti run imports the demo city's timetable
         settings["gtfs"] = str(net.gtfs_path)
     if buses is not None:
-        registry = write_registry(out / "buses" / "vehicles.csv", buses.trips, phones)
-        settings["vehicle_registry"] = str(registry)
+        vehicles = write_registry(out / "buses" / "vehicles.csv", buses.trips, phones)
+        settings["vehicle_registry"] = str(vehicles)
     history = replay_history(opts, net, out, start=start, peak=peak, settings=settings,
-                             placement=placement, registry=registry)
+                             placement=placement, registry=detector_registry)
     done = asyncio.run(_replay(
         opts, net, reports, out, start=start, buses=bus_reports, phones=phones,
         settings=settings, sensors=sensors, fresh=not opts.history_days))
