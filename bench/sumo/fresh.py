@@ -109,17 +109,22 @@ class Latency:
 
 
 def warning_latency(tap: Tap) -> Latency:
-    """For every warning message about road segments (each version), the time from the newest
-    speed window of its segments that had arrived before it to its own arrival: what the
+    """For every warning about road segments, from the newest speed window of its segments
+    that had arrived before its first message (the Alert) to that message's arrival: what the
     warning service takes once the evidence is in (issue 15 §3: p95 < 2 s). The speed window
-    itself follows the reports by the freshness above."""
+    itself follows the reports by the freshness above; later messages of a warning (updates,
+    its detour, its end) follow the queue, not new evidence, and are not counted."""
     arrivals: dict[str, list[datetime]] = defaultdict(list)
     for at, s in tap.speeds:
         arrivals[s.segment_id].append(at)
     for times in arrivals.values():
         times.sort()
     waits: list[float] = []
-    for at, w in tap.warnings:
+    seen: set[str] = set()
+    for at, w in sorted(tap.warnings, key=lambda aw: aw[0]):
+        if w.warning_id in seen:
+            continue
+        seen.add(w.warning_id)
         latest = None
         for sid in w.segment_ids:
             times = arrivals.get(sid)

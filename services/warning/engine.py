@@ -215,12 +215,22 @@ class WarningEngine:
 
     # --- time --------------------------------------------------------------------------------
 
+    SETTLE_S = 1.0
+    """A window's speeds arrive in a burst: queues are traced this long after the last."""
+
+    async def settle(self) -> bool:
+        """Trace the queues once the window's burst of speeds is over (cheap: call often, the
+        warning's latency is this check's period plus ``SETTLE_S``). True if it traced."""
+        settle_s = min(self.SETTLE_S, self.window_s / 4)
+        if self._dirty and self.clock.monotonic() - self._last_arrival >= settle_s:
+            await self.evaluate()
+            return True
+        return False
+
     async def tick(self) -> None:
         """Periodic work: a quiet window's queues, staleness, profile fallback, the index."""
         now = self.clock.now()
-        settle_s = min(5.0, self.window_s / 4)
-        if self._dirty and self.clock.monotonic() - self._last_arrival >= settle_s:
-            await self.evaluate()
+        await self.settle()
         await self.expire_stale(now)
         for change in self.incidents.expire(now, self._segment_level):
             await self._publish_incident(*change)

@@ -27,8 +27,8 @@ def speed(sid: str, minute: int) -> SegmentSpeed:
                         sample_count=3)
 
 
-def warning(segments: tuple[str, ...], version: int) -> Warning:
-    return Warning(warning_id="w", kind=WarningKind.CONGESTION, status=WarningStatus.RAISED,
+def warning(wid: str, segments: tuple[str, ...], version: int = 1) -> Warning:
+    return Warning(warning_id=wid, kind=WarningKind.CONGESTION, status=WarningStatus.RAISED,
                    category=CapCategory.TRANSPORT, severity=CapSeverity.SEVERE,
                    urgency=CapUrgency.IMMEDIATE, certainty=CapCertainty.OBSERVED,
                    msg_type=CapMsgType.ALERT, cause="severe_congestion", started_at=T0,
@@ -40,10 +40,11 @@ def test_latency_counts_from_the_newest_window_of_the_warnings_segments() -> Non
     at = T0 + timedelta(minutes=2)
     tap.speeds += [(at, speed("a", 0)), (at + timedelta(seconds=0.3), speed("b", 0)),
                    (at + timedelta(seconds=9), speed("a", 1))]  # after the warning: not it
-    tap.warnings += [(at + timedelta(seconds=0.5), warning(("a", "b"), 1)),
-                     (at + timedelta(seconds=10), warning(("a",), 2)),
-                     (at + timedelta(seconds=11), warning(("elsewhere",), 3))]
+    tap.warnings += [(at + timedelta(seconds=0.5), warning("w1", ("a", "b"))),
+                     (at + timedelta(seconds=30), warning("w1", ("a",), 2)),  # an update
+                     (at + timedelta(seconds=10), warning("w2", ("a",))),
+                     (at + timedelta(seconds=11), warning("w3", ("elsewhere",)))]
     lat = warning_latency(tap)
-    assert lat.warnings == 2  # the third names no segment with a window
+    assert lat.warnings == 2  # w1's update is no new evidence; w3 names no segment with a window
     assert lat.p50_s is not None and abs(lat.p50_s - 0.6) < 1e-6  # median of 0.2 s and 1.0 s
     assert lat.p95_s is not None and abs(lat.p95_s - 1.0) < 1e-6
