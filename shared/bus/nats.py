@@ -55,9 +55,11 @@ _DRAIN_S = 10.0
 """How long closing waits for the connection to drain, then for it to close."""
 
 _STREAM_NAME_IN_USE = 10058  # JetStream error code: stream exists with another configuration
-_REPLAY_BATCH = 1024
-_REPLAY_IDLE_S = 5.0
-"""A replay's ephemeral consumer is removed by the server this long after its reader is gone."""
+_REPLAY_BATCH = 256
+_REPLAY_IDLE_S = 120.0
+"""A replay's ephemeral consumer is removed by the server this long after its last pull (if
+the reader died; it deletes it itself otherwise): longer than handling a batch can take on a
+busy start, or the consumer would vanish mid-replay."""
 _PULL_GRACE_S = 1.0  # slack past a pull request's expiry before we assume it is gone
 
 
@@ -598,11 +600,13 @@ class NatsBus(EventBus):
         js = self._js_or_raise()
         wire = self.wire_subject(subject, partition)
         try:
-            if through is None:
-                try:
-                    through = (await js.get_msg(self.stream, subject=wire)).seq
-                except nats.js.errors.NotFoundError:
-                    return 0  # nothing stored on it
+            try:
+                newest = (await js.get_msg(self.stream, subject=wire)).seq or 0
+            except nats.js.errors.NotFoundError:
+                return 0  # nothing stored on it
+            # A filtered consumer's delivered sequence moves on past other subjects' messages:
+            # ``through`` may name one; the replay ends at the last of this subject before it.
+            through = newest if through is None else min(through, newest)
             if not through:
                 return 0
             name = f"replay-{next(self._tokens)}-{random.getrandbits(48):012x}"
@@ -620,8 +624,11 @@ class NatsBus(EventBus):
             while True:
                 try:
                     msgs = await psub.fetch(_REPLAY_BATCH, timeout=2.0)
-                except nats.errors.TimeoutError:
-                    break  # nothing more (what ``through`` names was deleted or aged out)
+                except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
+                    # Nothing more: what ``through`` names was deleted or aged out.
+                    log.warning("replay of %s ended at %d events, before sequence %d",
+                                wire, handed, through)
+                    break
                 last = 0
                 for m in msgs:
                     last = m.metadata.sequence.stream
