@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.sumo.binaries import run_tool
+from bench.sumo.simulate import INCIDENT_VTYPE
 
 __all__ = ["Incident", "make_trips", "peak_rates", "write_incidents"]
 
@@ -94,11 +95,11 @@ def make_trips(net_path: Path, out_dir: Path, *, duration_s: float, peak_per_hou
 def write_incidents(incidents: list[Incident], path: Path) -> Path:
     """The stopped vehicles of ``incidents`` as a SUMO route file."""
     root = ET.Element("routes")
-    ET.SubElement(root, "vType", {"id": "incident", "vClass": "passenger", "color": "red"})
+    ET.SubElement(root, "vType", {"id": INCIDENT_VTYPE, "vClass": "passenger", "color": "red"})
     for inc in sorted(incidents, key=lambda i: i.start_s):
         for lane in inc.lanes:
             veh = ET.SubElement(root, "vehicle", {
-                "id": f"{inc.incident_id}_lane{lane}", "type": "incident",
+                "id": f"{inc.incident_id}_lane{lane}", "type": INCIDENT_VTYPE,
                 "depart": f"{inc.start_s:.0f}", "departLane": str(lane),
                 "departPos": f"{inc.pos_m:.1f}", "departSpeed": "0"})
             ET.SubElement(veh, "route", {"edges": inc.edge_id})

@@ -16,7 +16,8 @@ compares TTI with). Scored segment-minutes have ≥ 20 probe vehicle-seconds. Re
 divide by the reference speed, at least 5 km/h (a queue's crawl would make any error huge).
 Levels come from ``services/warning/levels.py``, the one grading, by the segment's road class.
 
-Incidents: the edges an incident slowed are the incident's edge and those upstream of it,
+Incidents: edgeData counts the traffic, not the incidents' own stopped vehicles. The edges an
+incident slowed are the incident's edge and those upstream of it,
 contiguously and within 2 km, whose edgeData speed fell below 70 % of the baseline run's (same
 demand, same seed, no incident) in at least 2 minutes while it lasted or in the 10 minutes
 after (minutes with ≥ 10 vehicle-seconds in both runs); its queue has dissolved at the first
@@ -25,8 +26,9 @@ incident TTI published (an incident and the warning it carries, or the queue war
 stands for it, are one) on a segment of those edges between the incident's start and 5 minutes
 after its queue dissolved detects it; time to detect counts from the incident's start to the
 first such event's arrival on the bus, time to clear from the queue dissolving to the moment
-every warning that detected it had ended. Every other warning is a false alarm, per hour of
-replayed traffic per 100 km of mapped (directed) road.
+every warning that detected it had ended. An incident none of whose edges was slowed is
+listed but left out of the detection rate: no probe or loop could have seen it. Every other
+warning is a false alarm, per hour of replayed traffic per 100 km of mapped (directed) road.
 
 Roadside detectors (``detectors.py``) change none of that: the scored segment-minutes are still
 those with ≥ 20 probe vehicle-seconds, and the references are the probes' and SUMO's own; TTI's
@@ -95,6 +97,8 @@ class IncidentScore:
     detected_s: float | None
     cleared_s: float | None
     warning_ids: tuple[str, ...]
+    slowed_traffic: bool = True
+    """Whether any of its edges was slowed at all (without it, the traffic never showed it)."""
     detectors: int = 0
     """Detectors on its slowed edges."""
     detector_ratio: float | None = None
@@ -150,9 +154,11 @@ class Score:
 
     @property
     def detection_rate(self) -> float | None:
-        if not self.incidents:
+        """Of the incidents that slowed the traffic (the others no probe or loop could see)."""
+        seen = [i for i in self.incidents if i.slowed_traffic]
+        if not seen:
             return None
-        return sum(1 for i in self.incidents if i.detected_s is not None) / len(self.incidents)
+        return sum(1 for i in seen if i.detected_s is not None) / len(seen)
 
 
 def probe_edie(fcd: dict[str, list[Fix]], mapping: Mapping
@@ -277,6 +283,8 @@ def _incident_effect(inc: Incident, run: dict[tuple[str, int], EdgeMinute],
         if not any(_slowed(run.get((e, m)), base.get((e, m)), RECOVERED) for e in affected):
             dissolved = max(inc.end_s, m * 60.0)
             break
+    if not any(slowed(e) for e in affected):
+        return (), None  # nothing the traffic drove showed it
     return tuple(sorted(affected)), dissolved
 
 
@@ -358,6 +366,8 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
             raise ValueError("incidents need the baseline run to be scored")
         horizon = max(m for _, m in edgedata) if edgedata else minutes
         affected, dissolved = _incident_effect(inc, edgedata, baseline, mapping, horizon)
+        slowed_traffic = bool(affected)
+        affected = affected or (inc.edge_id,)
         edges = set(affected)
         upto = (dissolved if dissolved is not None else duration_s) + DETECT_AFTER_S
         hits = []
@@ -380,7 +390,7 @@ def score_run(*, mapping: Mapping, fcd: dict[str, list[Fix]], reports: dict[str,
         incident_scores.append(IncidentScore(
             incident=inc, affected_edges=affected, dissolved_s=dissolved, detected_s=detected,
             cleared_s=cleared, warning_ids=tuple(w for _, w, _ in hits),
-            **view))  # type: ignore[arg-type]
+            slowed_traffic=slowed_traffic, **view))  # type: ignore[arg-type]
     warning_ids = [w for w in events if not w.startswith("incident:")]
     false = [w for w in events if w not in matched]
     detected_by = {w: i.incident.incident_id for i in incident_scores for w in i.warning_ids}
@@ -440,8 +450,9 @@ def format_table(score: Score, title: str) -> str:
     ttd = [i.time_to_detect_s for i in score.incidents if i.time_to_detect_s is not None]
     ttc = [i.time_to_clear_s for i in score.incidents if i.time_to_clear_s is not None]
     lines += [
-        f"  {'incidents':<40}{len(score.incidents)}",
-        f"  {'detection rate':<40}{_pct(score.detection_rate)}",
+        f"  {'incidents':<40}{len(score.incidents)} "
+        f"({sum(i.slowed_traffic for i in score.incidents)} slowed the traffic)",
+        f"  {'detection rate (of those)':<40}{_pct(score.detection_rate)}",
         f"  {'mean time to detect':<40}"
         + (f"{statistics.fmean(ttd) / 60:.1f} min" if ttd else "—"),
         f"  {'mean time to clear (after the queue went)':<40}"
@@ -460,7 +471,9 @@ def format_table(score: Score, title: str) -> str:
         lines.append(
             f"    {inc.incident_id} {inc.kind} on {inc.edge_id} ({inc.place}, lanes "
             f"{','.join(map(str, inc.lanes))}) {inc.start_s / 60:.0f}-{inc.end_s / 60:.0f} min: "
-            f"{len(i.affected_edges)} edges slowed, queue gone "
+            + (f"{len(i.affected_edges)} edges slowed, " if i.slowed_traffic
+               else "slowed no traffic (not counted in the rate), ") +
+            "queue gone "
             f"{_num(None if i.dissolved_s is None else i.dissolved_s / 60)} min; detected "
             f"{_num(None if i.time_to_detect_s is None else i.time_to_detect_s / 60)} min "
             f"after; cleared {_num(None if i.time_to_clear_s is None else i.time_to_clear_s / 60)}"

@@ -52,15 +52,34 @@ class SumoRun:
     summary: str
 
 
+INCIDENT_VTYPE = "incident"
+"""The stopped vehicles that make the incidents (``demand.write_incidents``)."""
+
+
+def traffic_vtypes(routes: list[Path]) -> list[str]:
+    """The vehicle types of the route files but the incidents' own stopped vehicles."""
+    types: list[str] = []
+    for path in routes:
+        for _, el in ET.iterparse(path, events=("start",)):
+            if el.tag == "vType" and el.get("id") and el.get("id") != INCIDENT_VTYPE:
+                types.append(el.get("id", ""))
+    return sorted(set(types))
+
+
 def run_sumo(net: Path, routes: list[Path], out_dir: Path, *, end_s: float, seed: int,
              fcd: bool, additional: tuple[Path, ...] = ()) -> SumoRun:
     """Simulate ``end_s`` seconds (1-s steps); FCD of the vehicles with the FCD device (probes,
-    buses) when ``fcd``; ``additional``: more additional files (the buses' stops)."""
+    buses) when ``fcd``; ``additional``: more additional files (the buses' stops). edgeData
+    counts the traffic, not the incidents' stopped vehicles: their own minutes at 0 km/h on
+    the edge would read as a slowdown nobody drove."""
     out_dir.mkdir(parents=True, exist_ok=True)
     add = out_dir / "edgedata.add.xml"
     edgedata = out_dir / "edgedata.xml"
+    types = traffic_vtypes(routes)
+    only = f' vTypes="{" ".join(types)}"' if types else ""
     add.write_text(f'<additional><edgeData id="minute" file="{edgedata.name}" '
-                   f'period="{PERIOD_S}" excludeEmpty="true"/></additional>\n', encoding="utf-8")
+                   f'period="{PERIOD_S}" excludeEmpty="true"{only}/></additional>\n',
+                   encoding="utf-8")
     args = ["sumo", "-n", str(net), "-r", ",".join(map(str, routes)),
             "-a", ",".join(map(str, (add, *additional))),
             "--begin", "0", "--end", str(int(end_s)), "--step-length", "1",
