@@ -157,6 +157,7 @@
     selected: null,
     tab: "warnings",
     listLoaded: false,
+    opened: false,       // the stream has been open before (a later open follows a gap)
     lastId: readLastId(),
     es: null,
     connState: "offline",
@@ -287,6 +288,7 @@
     state.warnings.clear();
     state.selected = null;
     state.listLoaded = false;
+    state.opened = false;
     $("console").hidden = true;
     $("who").hidden = true;
     $("signin").hidden = false;
@@ -388,7 +390,12 @@
       state.reconnectTry = 0;
       setConn("connected");
       // Listed after the stream is open: what changes from here on comes through the stream.
-      if (!state.listLoaded) loadList();
+      // After a gap the stream replays from Last-Event-ID, and the list is read again too: a
+      // replay the server could not give (an event id it no longer holds, a browser that
+      // reconnected without the header) still ends with what the server holds now. A listed
+      // copy never replaces a newer one (upsert), so the two agree whichever comes first.
+      if (!state.listLoaded || state.opened) loadList();
+      state.opened = true;
     });
     es.addEventListener("warning", (ev) => {
       const id = Number(ev.lastEventId);
