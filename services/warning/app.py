@@ -64,7 +64,8 @@ def create_app(config: Config, *, bus: EventBus, clock: Clock | None = None,
     ttl = config.lease_ttl_s
     lease = lease or lease_for_bus(bus, LEASE_NAME, holder, on_change=on_change, ttl_s=ttl,
                                    renew_s=ttl / 5, poll_s=min(2.0, ttl / 6))
-    output = LeaseOutput(bus, lease, store)
+    # A standby holds back what it computes for longer than a dead holder can keep the lease.
+    output = LeaseOutput(bus, lease, store, hold_s=max(LeaseOutput.HOLD_S, 4 * ttl))
     engine = WarningEngine(window_s=config.speed_window_s, clock=clock, output=output)
     forecaster = Forecaster(window_s=config.speed_window_s, output=output,
                             profiles=ProfileBook(client.get_profiles, clock=clock))

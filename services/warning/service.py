@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections import deque
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
@@ -44,9 +46,12 @@ from shared.errors import ConfigError, TransientError
 from shared.events import (
     DETECTED_EVENT,
     DRIVER_IDENTITY,
+    INCIDENT,
     MATCHED_POSITION,
     SEGMENT_SPEED,
     TERMINAL_ALARM,
+    TERMINAL_COMMAND,
+    WARNING,
     WARNING_ACTION,
     CitizenReport,
     DetectedEvent,
@@ -71,6 +76,8 @@ SUPPRESSED = Counter("tti_warning_standby_suppressed_total",
 ACTIVE_REPLICA = Gauge("tti_warning_active_replica", "1 on the replica that publishes")
 
 DETECTOR_REFRESH_S = 300.0
+HELD_BACK = frozenset({WARNING.name, INCIDENT.name, TERMINAL_COMMAND.name})
+"""What a standby keeps to send on taking over: what nothing would say again."""
 
 
 class LeaseOutput:
@@ -80,23 +87,59 @@ class LeaseOutput:
     stream and what a restart resumes). Nothing is lost when the bus or the database refuses
     for a while: refused events wait in the outbox (``shared/bus/outbox.py``), refused saves in
     a queue, and `retry` (called every second) sends them again, in order.
+
+    A standby holds back the warnings, incidents and terminal commands it computed in the last
+    ``HOLD_S`` and, on taking over
+    (`catch_up`), sends it before anything else: a holder that died decided the same events
+    up to ``ttl`` before its lease ran out, and may have died before sending them (a warning's
+    version 1 lost, its version 2 out). What the old holder did send goes again under the same
+    event id: JetStream drops it inside its duplicate window, the workflow store by its event
+    id, and every consumer keeps a warning's newest version.
     """
 
     MAX_PENDING = 100_000
+    HOLD_S = 120.0
+    """≥ the lease's ttl + poll (17 s by default) + how late the standby is on its consumers."""
 
-    def __init__(self, bus: EventBus, lease: Lease, store: WorkflowStore | None = None) -> None:
+    def __init__(self, bus: EventBus, lease: Lease, store: WorkflowStore | None = None, *,
+                 hold_s: float = HOLD_S) -> None:
         self.bus = bus
         self.lease = lease
         self.store = store
+        self.hold_s = hold_s
         self._outboxes: dict[str, Outbox] = {}
         self._unsaved: list[tuple[Warning, str]] = []
+        self._held_back: deque[tuple[float, Subject[Any], Any, str]] = deque()
         self._lock = asyncio.Lock()
 
     async def publish(self, subject: Subject[T], payload: T, *, event_id: str) -> None:
         """Hand the event to the bus if active (JetStream drops a repeated event id)."""
         if not self.lease.held:
             SUPPRESSED.labels(subject.name).inc()
+            if subject.name not in HELD_BACK:
+                return  # road status and forecasts: the next window's says it again
+            now = time.monotonic()
+            held = self._held_back
+            held.append((now, subject, payload, event_id))
+            while held and (held[0][0] < now - self.hold_s or len(held) > self.MAX_PENDING):
+                held.popleft()
             return
+        self._enqueue(subject, payload, event_id)
+        await self.retry()
+
+    async def catch_up(self) -> int:
+        """On taking over: send what was held back, oldest first; returns how many."""
+        held, self._held_back = self._held_back, deque()
+        cutoff = time.monotonic() - self.hold_s
+        sent = 0
+        for at, subject, payload, event_id in held:
+            if at >= cutoff:
+                self._enqueue(subject, payload, event_id)
+                sent += 1
+        await self.retry()
+        return sent
+
+    def _enqueue(self, subject: Subject[Any], payload: Any, event_id: str) -> None:
         if self.store is not None and isinstance(payload, Warning):
             self._unsaved.append((payload, event_id))
             del self._unsaved[:-self.MAX_PENDING]
@@ -107,7 +150,6 @@ class LeaseOutput:
         # Per-vehicle subjects (commands to terminals) go to their vehicle's partition.
         key = getattr(payload, "vehicle_id", None) if subject.partitioned else None
         box.add(Outgoing(event_id=event_id, subject=subject, payload=payload, key=key))
-        await self.retry()
 
     async def retry(self) -> None:
         """Save and send what is still owed (one caller at a time, so nothing goes twice)."""
@@ -413,6 +455,8 @@ class WarningService:
         if held:
             log.info("this warning replica is now active")
             if self.ready.is_set():
+                caught = await self.output.catch_up()
+                log.info("sent %d events held back as standby", caught)
                 await self.engine.republish()
         elif self.stopping:
             log.info("this warning replica handed the lease over (shutting down)")
