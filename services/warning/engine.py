@@ -25,15 +25,14 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import Counter, Gauge
 
 from services.warning import abnormal, congestion, incidents
+from services.warning.adoption import MAX_ENDED, Adoption
 from services.warning.area_index import AreaGrid, compute_index
 from services.warning.congestion import STALE_WINDOWS, Grade, grade
 from services.warning.rules.ruleset import RuleSet
-from services.warning.workflow import roles
-from services.warning.workflow.actions import apply_action, raised_warning
 from shared.clients.bigdata import DetectorSite, ProfileSnapshot
 from shared.clock import Clock
 from shared.codec import Envelope
-from shared.errors import Forbidden, NotFound, TtiError
+from shared.errors import TtiError
 from shared.events import (
     AREA_INDEX,
     INCIDENT,
@@ -72,7 +71,6 @@ ACTIVE = Gauge("tti_warning_active_warnings", "Active warnings, by kind", ["kind
 IGNORED = Counter("tti_warning_inputs_ignored_total",
                   "Inputs the engine did not apply, by reason", ["input", "reason"])
 
-MAX_ENDED = 5000
 """Ended warnings kept for ``/v1/warnings?status=ended`` (newest kept)."""
 
 
@@ -102,7 +100,7 @@ class _Published:
     level: int | None
 
 
-class WarningEngine:
+class WarningEngine(Adoption):
     """Grades segments, tracks queues and incidents, and keeps every warning's lifecycle."""
 
     def __init__(self, *, window_s: float, clock: Clock, output: Output,
@@ -131,6 +129,8 @@ class WarningEngine:
         # Congestion warnings a department closed or cancelled while the queue goes on: their
         # segments stay claimed, silently, so the queue does not come back as a "new" warning.
         self.silenced: dict[str, Warning] = {}
+        self._followed: OrderedDict[str, None] = OrderedDict()
+        """Warnings taken from the active replica (`follow`), oldest first."""
         self._actions: dict[str, asyncio.Future[Warning]] = {}
 
     # --- inputs ------------------------------------------------------------------------------
@@ -520,17 +520,6 @@ class WarningEngine:
 
     # --- departments ---------------------------------------------------------------------------
 
-    def restore(self, warnings: list[Warning]) -> None:
-        """Resume the active warnings a previous run persisted (before the first event)."""
-        for w in warnings:
-            if not w.active:
-                continue
-            self.warnings[w.warning_id] = w
-            if w.kind == WarningKind.CONGESTION and w.segment_ids:
-                self.queues[w.warning_id] = set(w.segment_ids)
-            self.rules.resume(w)  # vehicle alarms: their rule goes on with the episode
-        self._count_active()
-
     async def on_action(self, env: Envelope[WarningAction]) -> None:
         """Bus handler for ``tti.warning.action``: apply it; whoever waits learns the outcome."""
         a = env.payload
@@ -554,49 +543,6 @@ class WarningEngine:
     def forget_action(self, action_id: str) -> None:
         """Stop waiting for an action (the request gave up)."""
         self._actions.pop(action_id, None)
-
-    async def apply_department_action(self, a: WarningAction) -> Warning:
-        """Apply one department action to the warning state and publish the result."""
-        if a.action == "raise":
-            w = raised_warning(a, self.network)
-            held = self.find_warning(w.warning_id)
-            if held is not None:
-                return held  # the same action again (redelivered): already raised
-            if not roles.may_raise(a.role, w.kind):
-                raise Forbidden(f"role {a.role} may not raise {w.kind.value} warnings")
-            await self._put_warning(w, analyse=bool(w.segment_ids))
-            return w
-        held = self.find_warning(a.warning_id) or self.silenced.get(a.warning_id)
-        if held is None:
-            raise NotFound(f"no warning {a.warning_id!r}")
-        if not roles.sees(a.role, held.kind):
-            raise Forbidden(f"role {a.role} does not act on {held.kind.value} warnings")
-        done: list[dict[str, Any]] = list(held.details.get("actions", []))  # type: ignore
-        if any(n.get("action_id") == a.action_id for n in done):
-            return held  # redelivered
-        w = apply_action(held, a)
-        w = replace(w, details={**w.details, "actions": [
-            *done, {"action_id": a.action_id, "action": a.action, "user": a.user,
-                    "at": a.at.isoformat()}][-50:]})
-        congestion_queue = w.kind == WarningKind.CONGESTION and w.warning_id in self.queues
-        if not w.active and congestion_queue:
-            self.silenced[w.warning_id] = w
-            self.warnings.pop(w.warning_id, None)
-            self.ended[w.warning_id] = w
-            await self._emit(w)
-            self._count_active()
-            return w
-        self.silenced.pop(w.warning_id, None)
-        if w.warning_id in self.ended and w.active:
-            del self.ended[w.warning_id]
-        self.rules.adopt(w)
-        await self._put_warning(w, analyse=False)
-        return w
-
-    def closed_segments(self) -> set[str]:
-        """Segments closed by active closure warnings (routing avoids them)."""
-        return {s for w in self.warnings.values() if w.kind == WarningKind.CLOSURE
-                for s in w.segment_ids}
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -193,6 +193,7 @@ class WarningService:
         self.ready = asyncio.Event()
         self.state = "starting"
         self._subs: list[Any] = []
+        self._followed_seq = 0
         self.stopping = False
         # Routes are read from their CSV in `prepare` (no I/O here).
         engine.rules = RuleSet(RuleSettings.from_config(config, coach_routes={}), clock=clock)
@@ -290,6 +291,8 @@ class WarningService:
         await self._load_fences()
         while True:
             try:
+                # Where following the active replica starts: what is logged from here on.
+                self._followed_seq = await self.store.last_seq()
                 self.engine.restore(await self.store.active_warnings())
                 break
             except TransientError as exc:
@@ -409,6 +412,8 @@ class WarningService:
             try:
                 if self.lease.held:
                     await self.output.retry()
+                elif self.ready.is_set():
+                    await self.follow()
                 now = self.clock.monotonic()
                 if now - last_prune >= 86_400.0:
                     last_prune = now
@@ -449,12 +454,29 @@ class WarningService:
                 await self._load_detectors()
                 await self._load_fences()
 
+    async def follow(self) -> int:
+        """A standby takes what the active replica logged since the last call (its newer
+        versions: `WarningEngine.follow`); returns how many messages it read."""
+        read = 0
+        while True:
+            entries = await self.store.log_after(self._followed_seq)
+            for e in entries:
+                self._followed_seq = e.seq
+                self.engine.follow(e.warning)
+            read += len(entries)
+            if len(entries) < 500:
+                return read
+
     async def on_lease(self, held: bool) -> None:
         """Lease callback: a replica that becomes active republishes what is active."""
         ACTIVE_REPLICA.set(1 if held else 0)
         if held:
             log.info("this warning replica is now active")
             if self.ready.is_set():
+                try:
+                    await self.follow()  # what the old holder logged last, before going on
+                except TransientError as exc:
+                    log.warning("taking over without the old holder's last messages: %s", exc)
                 caught = await self.output.catch_up()
                 log.info("sent %d events held back as standby", caught)
                 await self.engine.republish()

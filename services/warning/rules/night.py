@@ -142,7 +142,12 @@ class NightDrivingRule:
         """Go on with an episode a previous run left open."""
         if self.book.resume(w) is not None:
             vid = str(w.details.get("vehicle_id"))
-            self.coaches[vid] = _Coach(w.updated_at, last_moving=w.updated_at)
+            c = self.coaches.get(vid)
+            if c is None or c.last_at < w.updated_at:
+                self.coaches[vid] = _Coach(w.updated_at, last_moving=w.updated_at)
+            else:  # this replica has seen the coach since (it follows the active one)
+                c.moving_since = None
+                c.last_moving = max(c.last_moving or w.updated_at, w.updated_at)
 
     def adopt(self, w: Warning) -> None:
         """A department's change of an open episode's warning."""

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 from services.warning.rules.common import RuleSettings
 from services.warning.rules.driver_texts import alarm_text_command
+from services.warning.rules.episodes import EpisodeBook
 from services.warning.rules.fatigue import CONTINUOUS, DAILY, FatigueRule
 from services.warning.rules.geofences import GeofenceRule
 from services.warning.rules.night import NightDrivingRule
@@ -57,6 +58,8 @@ SKIPPED = Counter("tti_warning_rule_inputs_skipped_total",
 
 
 class _Rule(Protocol):
+    book: EpisodeBook
+
     def expire(self, now: datetime) -> list[Warning]: ...
     def resume(self, w: Warning) -> None: ...
     def adopt(self, w: Warning) -> None: ...
@@ -183,6 +186,23 @@ class RuleSet:
         rule = self.rule_of(w)
         if rule is not None:
             rule.adopt(w)
+
+    def follow(self, w: Warning) -> str | None:
+        """A newer version the active replica published (a standby following it): the
+        episode goes on as that version. Returns the id of an episode of this replica's own
+        it replaced (the same vehicle and rule under another id: this replica saw the episode
+        begin later, after a restart), which the caller drops."""
+        rule = self.rule_of(w)
+        if rule is None:
+            return None
+        ep = rule.book.find(rule.book.key_of(w))
+        if ep is not None and ep.warning.warning_id == w.warning_id:
+            rule.adopt(w)  # the same episode: its state goes on, the warning is theirs
+            return None
+        if not w.active:
+            return None  # theirs ended; one of ours (if any) is not that one
+        rule.resume(w)
+        return ep.warning.warning_id if ep is not None else None
 
     def commands_for(self, w: Warning) -> list[TerminalCommand]:
         """The text for the driver when ``w`` is an alarm a rule has just raised."""

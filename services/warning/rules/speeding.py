@@ -186,9 +186,14 @@ class SpeedingRule:
             return
         vid = str(w.details.get("vehicle_id"))
         max_kmh = w.details.get("max_speed_kmh")
-        self.tracks[vid] = _Track(w.updated_at, last_over=w.updated_at,
-                                  max_kmh=float(max_kmh) if isinstance(max_kmh, int | float)
-                                  else 0.0)
+        said = float(max_kmh) if isinstance(max_kmh, int | float) else 0.0
+        t = self.tracks.get(vid)
+        if t is None or t.last_at < w.updated_at:
+            self.tracks[vid] = _Track(w.updated_at, last_over=w.updated_at, max_kmh=said)
+        else:  # this replica has seen the vehicle since (it follows the active one)
+            t.over_since = None
+            t.last_over = max(t.last_over or w.updated_at, w.updated_at)
+            t.max_kmh = max(t.max_kmh, said)
 
     def adopt(self, w: Warning) -> None:
         """A department's change of an open episode's warning."""
