@@ -32,18 +32,17 @@ What must hold:
 - every acknowledged fix of a 两客一危 vehicle (coach, tourist bus, dangerous goods) has its
   MatchedPosition in the stream exactly once, those the killed bigdata held undecided too
   (``Bigdata.recover``);
-- no warning is lost or doubled: every warning id's versions run 1, 2, … without a gap (an
-  expected failure for now, see the end), each
-  version is one decision (status, segments, severity, cause) whoever published it, the
-  incident's warning was raised before the kill and carried on after it by the replica that
-  took over, every warning the active replica holds at the end is in the stream, and the
-  replica that was killed and restarted (now the standby, rebuilt from the workflow store and
-  its durable consumers) should hold what the active one holds. It does not yet: the warning
-  engine's memory (recent normal windows, the rules' episodes) is not rebuilt after a crash
-  (services/warning, owned elsewhere), so that last check is an expected failure (xfail,
-  with the difference) reached only after every other check passed. Two replicas may publish at
-  different moments (the lease changes hands within its ttl), so the check is on what each
-  version says, not on when it went out.
+- no warning is lost or doubled: every warning id's versions run 1, 2, … without a gap (a
+  version the killed holder decided but never sent is sent by the standby, which held it
+  back, on taking over), each version is one decision (status, segments, severity, cause)
+  whoever published it, the incident's warning was raised before the kill and carried on
+  after it by the replica that took over, every warning the active replica holds at the end
+  is in the stream, and the replica that was killed and restarted (now the standby, rebuilt
+  from the workflow store and its durable consumers) holds what the active one holds: its
+  engine's memory (recent normal windows, the rules' episodes) begins at its ack floors, so it
+  follows the versions the active replica publishes (``WarningEngine.follow``). Two replicas
+  may publish at different moments (the lease changes hands within its ttl), so the check is
+  on what each version says, not on when it went out.
 """
 
 from __future__ import annotations
@@ -402,16 +401,11 @@ async def test_one_replica_of_each_killed_mid_stream(stack: Stack, tmp_path: Pat
         facts = (w.status, w.kind, w.severity, w.cause, w.segment_ids)
         held = versions[w.warning_id].setdefault(w.version, facts)
         assert held == facts, f"{w.warning_id} version {w.version}: {held} and {facts}"
-    # Known faults of services/warning (owned elsewhere, not changed here) are collected and
-    # reported as an expected failure after every other check (the end of the test).
-    known: list[str] = []
     gaps = {wid: sorted(v) for wid, v in versions.items()
             if sorted(v) != list(range(1, max(v) + 1))}
-    if gaps:
-        # Seen: a night-driving alarm with only version 2. The killed holder decided version
-        # 1 and died before publishing it; the standby, on taking over, republishes only each
-        # warning's current version (WarningEngine.republish).
-        known.append(f"version gaps in {len(gaps)} warnings, e.g. {dict(list(gaps.items())[:3])}")
+    # A holder that dies may have decided a version and not sent it: the standby held it back
+    # and sends it on taking over (LeaseOutput.catch_up).
+    assert not gaps, f"version gaps in {len(gaps)} warnings: {dict(list(gaps.items())[:3])}"
     ours = [env for env in warnings if incident in env.payload.segment_ids]
     assert ours, f"no warning on the incident segment\n{logs('warning-0', 'warning-1')}"
     # The replicas held it before the kill (waited for above); the one killed may have died
@@ -431,31 +425,38 @@ async def test_one_replica_of_each_killed_mid_stream(stack: Stack, tmp_path: Pat
             for w in ("warning-0", "warning-1")}
     # Nothing the active replica holds is missing from the stream (no warning lost).
     assert all(v in versions.get(wid, {}) for wid, v in held[now_active].items()), held
-    # Known limitation of services/warning (not changed here): the engine's memory — a
-    # segment's recent normal windows that make a queue abnormal, the rules' per-vehicle
-    # episodes — is not rebuilt after a crash; the restarted replica restores the warnings
-    # active in the workflow store when it started and goes on from its consumers' ack
-    # floors, so it may not conclude what needed the events before (seen: a congestion
-    # warning; night-driving alarms at 02:00-05:00 Beijing time under ids of its own). It
-    # should hold what the active one holds: until services/warning rebuilds that state the
-    # test reports the difference as an expected failure (below), after every other check.
-    only_active = set(held[now_active]) - set(held[active])
-    differ = {wid: (held[now_active].get(wid), held[active].get(wid))
-              for wid in set(held[now_active]) | set(held[active])
-              if held[now_active].get(wid) != held[active].get(wid)}
-    held_same = not differ
+    # The restarted replica began its memory at its consumers' ack floors (it has not seen the
+    # normal windows that made a queue abnormal, nor the first fixes of a coach's night
+    # drive): it follows what the active replica publishes (WarningEngine.follow), so it holds
+    # the same, within its follow interval.
+    async def held_by(w: str) -> dict[str, int]:
+        port = services.ports[w]
+        return {**await asyncio.to_thread(_active_warnings, port),
+                **await asyncio.to_thread(_active_warnings, port, alarms=True)}
+
+    holding: dict[str, dict[str, int]] = {}
+
+    async def held_alike() -> bool:
+        for w in ("warning-0", "warning-1"):
+            holding[w] = await held_by(w)
+        return holding[now_active] == holding[active]
+
+    try:
+        await wait_until("the restarted replica holds what the active one holds", held_alike, 30)
+        held_same = True
+    except AssertionError:
+        held_same = False
+    only_active = set(holding[now_active]) - set(holding[active])
+    differ = {wid: (holding[now_active].get(wid), holding[active].get(wid))
+              for wid in set(holding[now_active]) | set(holding[active])
+              if holding[now_active].get(wid) != holding[active].get(wid)}
     print(f"warnings: {len(versions)} ids, {len(warnings)} messages, "
           f"{sum(len(v) for v in versions.values())} versions; incident warning "
-          f"{len({e.payload.warning_id for e in ours})} id(s); {len(held[now_active])} active at "
-          f"the end, the restarted replica {'holds the same' if held_same else 'differs on'} "
+          f"{len({e.payload.warning_id for e in ours})} id(s); "
+          f"{len(holding[now_active])} active at the end, the restarted replica "
+          f"{'holds the same' if held_same else 'differs on'} "
           f"{len(differ) or ''} ({len(only_active)} only on the active one); "
           f"the lease moved {active} -> {now_active}")
     assert set(services.stop().values()) == {0}
-    if differ:
-        # The restarted replica raises episodes of its own (an id from the first fix it saw),
-        # which it would publish on taking over: a second warning for one coach's night drive.
-        known.append(f"the restarted replica's engine is not rebuilt: (active, restarted) "
-                     f"versions differ for {len(differ)} warnings, e.g. "
-                     f"{dict(list(differ.items())[:4])}")
-    if known:
-        pytest.xfail("services/warning after a crash: " + "; ".join(known))
+    assert held_same, (f"(active, restarted) versions differ for {len(differ)} warnings, e.g. "
+                       f"{dict(list(differ.items())[:4])}")
