@@ -89,12 +89,12 @@ class LeaseOutput:
     a queue, and `retry` (called every second) sends them again, in order.
 
     A standby holds back the warnings, incidents and terminal commands it computed in the last
-    ``HOLD_S`` and, on taking over
-    (`catch_up`), sends it before anything else: a holder that died decided the same events
-    up to ``ttl`` before its lease ran out, and may have died before sending them (a warning's
-    version 1 lost, its version 2 out). What the old holder did send goes again under the same
-    event id: JetStream drops it inside its duplicate window, the workflow store by its event
-    id, and every consumer keeps a warning's newest version.
+    ``HOLD_S`` and, on taking over (`catch_up`), sends them before anything else: a holder
+    that died decided the same events up to ``ttl`` before its lease ran out, and may have
+    died before sending them (a warning's version 1 lost, its version 2 out). What the old
+    holder did send goes again under the same event id: JetStream drops it inside its
+    duplicate window, the workflow store by its event id, and every consumer keeps a
+    warning's newest version.
     """
 
     MAX_PENDING = 100_000
@@ -412,6 +412,8 @@ class WarningService:
             try:
                 if self.lease.held:
                     await self.output.retry()
+                    # What it logs itself needs no following if it stands by again later.
+                    self._followed_seq = await self.store.last_seq()
                 elif self.ready.is_set():
                     await self.follow()
                 now = self.clock.monotonic()
@@ -420,6 +422,8 @@ class WarningService:
                     pruned = await self.store.prune(self.clock.now())
                     if pruned:
                         log.info("workflow store: %d rows past retention pruned", pruned)
+            except TransientError as exc:  # the database away: /readyz says so; next second
+                log.debug("warning upkeep deferred: %s", exc)
             except Exception:
                 log.exception("warning upkeep failed")
 
