@@ -92,7 +92,7 @@ def start_embedded(work: Path, *args: str) -> Iterator[Embedded]:
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     yield from start_embedded(
         tmp_path_factory.mktemp("embedded"), "--speed-window-s", "5", "--sim-interval-s", "1",
-        "--vehicles", "80", "--incident", "demo@4+300:4")
+        "--vehicles", "300", "--incident", "demo@4+300:4")
 
 
 def test_ready_within_60_seconds(embedded: Embedded) -> None:
