@@ -53,7 +53,7 @@ def cluster(tmp_path: Path, nats_url: str, unique_name: str) -> Iterator[dict[st
         # Without TTI_OSM the simulator generates the same (deterministic) demo city itself,
         # and with it the bus routes and the demo incident segment.
         sim_env = {k: v for k, v in env.items() if k not in ("TTI_OSM", "TTI_GTFS")}
-        services.spawn(["simulate", "--vehicles", "60", "--sim-interval-s", "1",
+        services.spawn(["simulate", "--vehicles", "240", "--sim-interval-s", "1",
                         "--incident", "demo@2+300:4"], "sim", env=sim_env)
         seg = region.incident_segment_id
         yield {"ports": ports, "incident": seg, "services": services,
