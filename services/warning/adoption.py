@@ -85,11 +85,11 @@ class Adoption:
             self.warnings[wid] = w
             if queue:
                 segs = set(w.segment_ids)
-                for other, theirs in list(self.queues.items()):
-                    if other != wid and theirs & segs and other in self.warnings \
-                            and other not in self._followed:
-                        self.warnings.pop(other)  # ours, where theirs is: theirs goes on
-                        self.queues.pop(other)
+                for own, own_segs in list(self.queues.items()):
+                    if own != wid and own_segs & segs and own in self.warnings \
+                            and own not in self._followed:
+                        self.warnings.pop(own)  # ours, where theirs is: theirs goes on
+                        self.queues.pop(own)
                 self.queues[wid] = segs
         else:
             self.warnings.pop(wid, None)
