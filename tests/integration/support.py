@@ -37,6 +37,7 @@ import orjson
 
 from services.simulator.world import Vehicle, World
 from shared.codec import Envelope, decode_envelope
+from shared.demo import DemoRegion
 from shared.events import Subject
 from shared.jt808 import (
     FrameSplitter,
@@ -95,6 +96,46 @@ def metric_value(port: int, name: str, **labels: str) -> float:
 def tti_binary() -> str:
     """The ``tti`` console script of this virtualenv."""
     return str(Path(sys.executable).with_name("tti"))
+
+
+def demo_stack_env(tmp: Path, region: DemoRegion, nats_url: str, db_url: str,
+                   ports: Mapping[str, int], *, token: str, **extra: str) -> dict[str, str]:
+    """The environment ``tti serve`` processes share on a private NATS and database: the
+    demo city, a var directory in ``tmp``, bigdata and warning found at the ports of
+    ``bigdata[-0]`` and ``warning[-0]``, text logs on loopback, a sensor token, terminals
+    allowed to register themselves; ``extra`` (``TTI_*`` names) added last."""
+    def port(service: str) -> int:
+        return ports[service] if service in ports else ports[f"{service}-0"]
+
+    return {**os.environ, "TTI_BUS_URL": nats_url, "TTI_DB_URL": db_url,
+            "TTI_VAR_DIR": str(tmp / "var"), "TTI_OSM": str(region.osm_path),
+            "TTI_GTFS": str(region.gtfs_path),
+            "TTI_BIGDATA_URL": f"http://127.0.0.1:{port('bigdata')}",
+            "TTI_WARNING_URL": f"http://127.0.0.1:{port('warning')}",
+            "TTI_LOG_FORMAT": "text", "TTI_HTTP_HOST": "127.0.0.1",
+            "TTI_SENSOR_TOKENS": token, "TTI_ALLOW_OPEN_REGISTRATION": "true", **extra}
+
+
+def replica_overrides(replicas: int, jt808: Sequence[int],
+                      services: Sequence[str] = SERVICES) -> dict[str, dict[str, str]]:
+    """Each ``<service>-<i>`` process's own variables: its replica index, and collector i's
+    JT/T 808 port ``jt808[i]``."""
+    overrides = {f"{s}-{i}": {"TTI_REPLICA_INDEX": str(i)}
+                 for s in services for i in range(replicas)}
+    for i in range(replicas):
+        overrides[f"collector-{i}"]["TTI_JT808_PORT"] = str(jt808[i])
+    return overrides
+
+
+def write_registry(path: Path, world: World, n: int, operator: str = "TTI test"
+                   ) -> dict[str, str]:
+    """The vehicle registry CSV of ``world``'s first ``n`` vehicles (what the simulator
+    writes); each vehicle's class by id."""
+    vehicles = world.make_fleet(n)
+    lines = ["terminal_phone,plate,vehicle_class,operator,route_id"]
+    lines += [f"{v.phone},{v.plate},{v.vehicle_class},{operator}," for v in vehicles]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {v.vehicle_id: v.vehicle_class for v in vehicles}
 
 
 def service_of(process: str) -> str:
@@ -447,6 +488,8 @@ class AckingFleet:
     reply_timeout_s: float = 2.0
     max_timeout_s: float = 6.0
     reconnect: bool = False
+    ramp_s: float = 0.0
+    """The terminals' first connections spread over this long (at least one interval)."""
     reports: list[Report] = field(default_factory=list)
     answers: list[tuple[float, int]] = field(default_factory=list)  # (loop time, result)
     errors: list[str] = field(default_factory=list)
@@ -486,7 +529,7 @@ class AckingFleet:
 
     async def _run(self, v: Vehicle, index: int, phase: float) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(phase * self.interval_s)
+        await asyncio.sleep(phase * max(self.interval_s, self.ramp_s))
         port_at = index % len(self.ports)
         auth_code: str | None = None
         mine: list[Report] = []  # this vehicle's reports not yet acknowledged

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from tests.integration.support import (
     ServiceProcesses,
     all_ready,
     consumers_behind,
+    demo_stack_env,
     free_port,
     metric_value,
     readyz,
@@ -99,14 +99,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         nats_server.start()
         ports = {s: free_port() for s in SERVICES}
         jt808 = free_port()
-        env = {**os.environ, "TTI_BUS_URL": nats_server.url, "TTI_DB_URL": pg.dsn,
-               "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": str(WINDOW_S),
-               "TTI_JT808_PORT": str(jt808), "TTI_OSM": str(region.osm_path),
-               "TTI_GTFS": str(region.gtfs_path),
-               "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata']}",
-               "TTI_WARNING_URL": f"http://127.0.0.1:{ports['warning']}",
-               "TTI_LOG_FORMAT": "text", "TTI_HTTP_HOST": "127.0.0.1",
-               "TTI_SENSOR_TOKENS": "faults-test-token", "TTI_ALLOW_OPEN_REGISTRATION": "true"}
+        env = demo_stack_env(tmp_path, region, nats_server.url, pg.dsn, ports,
+                             token="faults-test-token", TTI_SPEED_WINDOW_S=str(WINDOW_S),
+                             TTI_JT808_PORT=str(jt808))
         services = ServiceProcesses(env, ports, tmp_path)
         services.start()
         services.wait_ready()

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import signal
 from collections import defaultdict
 from collections.abc import Iterator
@@ -85,11 +84,14 @@ from tests.integration.support import (
     PrivatePostgres,
     ServiceProcesses,
     consumers_behind,
+    demo_stack_env,
     free_port,
     get_json,
     metric_value,
+    replica_overrides,
     stream_envelopes,
     wait_until,
+    write_registry,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -126,15 +128,6 @@ class Stack:
     registry: dict[str, str]  # vehicle id -> class
 
 
-def _registry_csv(path: Path, world: World, n: int) -> dict[str, str]:
-    """The fleet's vehicle registry (what the simulator writes), and each vehicle's class."""
-    vehicles = world.make_fleet(n)
-    lines = ["terminal_phone,plate,vehicle_class,operator,route_id"]
-    lines += [f"{v.phone},{v.plate},{v.vehicle_class},TTI test," for v in vehicles]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {v.vehicle_id: v.vehicle_class for v in vehicles}
-
-
 def _world(stack: Stack) -> World:
     seg = stack.region.incident_segment_id
     world = World(stack.network, seed=11, hot_segment=seg, hot_share=0.25)
@@ -147,9 +140,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     """Private NATS and PostgreSQL; two processes of each service on them, stopped after."""
     region = generate_demo_region(tmp_path / "demo")
     network = RoadNetwork.from_osm(region.osm_path)
-    registry = _registry_csv(tmp_path / "vehicles.csv",
-                             World(network, seed=11, hot_segment=region.incident_segment_id),
-                             VEHICLES)
+    registry = write_registry(tmp_path / "vehicles.csv",
+                              World(network, seed=11, hot_segment=region.incident_segment_id),
+                              VEHICLES)
     pg = PrivatePostgres()
     nats_server = PrivateNats(tmp_path / "jetstream", tmp_path / "nats-server.log")
     services: ServiceProcesses | None = None
@@ -158,20 +151,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         nats_server.start()
         ports = {f"{s}-{i}": free_port() for s in REPLICAS for i in range(2)}
         jt808 = [free_port(), free_port()]
-        env = {**os.environ, "TTI_BUS_URL": nats_server.url, "TTI_DB_URL": pg.dsn,
-               "TTI_VAR_DIR": str(tmp_path / "var"), "TTI_SPEED_WINDOW_S": str(WINDOW_S),
-               "TTI_OSM": str(region.osm_path), "TTI_GTFS": str(region.gtfs_path),
-               "TTI_VEHICLE_REGISTRY": str(tmp_path / "vehicles.csv"),
-               "TTI_BIGDATA_URL": f"http://127.0.0.1:{ports['bigdata-0']}",
-               "TTI_WARNING_URL": f"http://127.0.0.1:{ports['warning-0']}",
-               "TTI_LOG_FORMAT": "text", "TTI_HTTP_HOST": "127.0.0.1",
-               "TTI_REPLICA_COUNT": "2", "TTI_LEASE_TTL_S": "3",
-               "TTI_SENSOR_TOKENS": "replicas-test-token",
-               "TTI_ALLOW_OPEN_REGISTRATION": "true"}
-        overrides = {f"{s}-{i}": {"TTI_REPLICA_INDEX": str(i)}
-                     for s in REPLICAS for i in range(2)}
-        for i in range(2):
-            overrides[f"collector-{i}"]["TTI_JT808_PORT"] = str(jt808[i])
+        env = demo_stack_env(tmp_path, region, nats_server.url, pg.dsn, ports,
+                             token="replicas-test-token", TTI_SPEED_WINDOW_S=str(WINDOW_S),
+                             TTI_VEHICLE_REGISTRY=str(tmp_path / "vehicles.csv"),
+                             TTI_REPLICA_COUNT="2", TTI_LEASE_TTL_S="3")
+        overrides = replica_overrides(2, jt808, REPLICAS)
         services = ServiceProcesses(env, ports, tmp_path, overrides=overrides)
         services.start()
         services.wait_ready(120)
