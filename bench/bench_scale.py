@@ -239,6 +239,9 @@ async def run_once(replicas: int, args: argparse.Namespace, tmp: Path) -> dict[s
             tmp, region, nats.url, pg.dsn, ports, token="bench-scale-token",
             TTI_VEHICLE_REGISTRY=str(tmp / "vehicles.csv"), TTI_LOG_LEVEL="WARNING",
             TTI_REPLICA_COUNT=str(replicas),
+            # Every position of the run stays in the stream (an hour is ≈ 6 GB), so what is
+            # stored can be counted against what was acknowledged at the end.
+            TTI_BUS_STREAM_MAX_BYTES=str(16 << 30),
             # A fleet connecting at once: the per-gateway registration limit (50/s, a guard
             # against a flood) would spread 20,000 first logins over minutes.
             TTI_JT808_MAX_REGISTRATIONS_PER_S="5000")

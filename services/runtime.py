@@ -41,6 +41,7 @@ def make_bus(config: Config, clock: Clock) -> EventBus:
     if not config.bus_url.startswith("memory:"):
         kwargs["stream"] = config.bus_stream
         kwargs["stream_replicas"] = config.bus_replicas
+        kwargs["stream_max_bytes"] = config.bus_stream_max_bytes
     return bus_from_url(config.bus_url, **kwargs)
 
 

@@ -68,6 +68,11 @@ class Config:
         1, GENERAL,
         "Copies NATS keeps of the stream and the key-value buckets: 1, or 3 on a three-node "
         "cluster; every service sets it on the stream when it starts.")
+    bus_stream_max_bytes: int = setting(
+        1 << 30, GENERAL,
+        "Bytes the JetStream stream keeps, the oldest dropped beyond: size it for how far "
+        "behind a consumer may fall (a position is about 840 bytes there: 2,000 a second fill "
+        "a GiB in 11 min); every service sets it on the stream when it starts.")
     db_url: str = setting(
         "sqlite:///var/tti.db", GENERAL,
         "Geodatabase, sqlite:///FILE or postgresql://…; unset, tti run and the imports use "
